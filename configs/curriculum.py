@@ -79,6 +79,39 @@ def _optim_config() -> mlc.ConfigDict:
     return o
 
 
+def _checkpoint_config() -> mlc.ConfigDict:
+    """Orbax checkpoints in `<workdir>/checkpoints` (the official run saves every 100 steps)."""
+    ck = mlc.ConfigDict()
+    ck.every_steps = 100
+    ck.keep = 3  # the last K complete checkpoints are kept
+    ck.async_save = True  # write in a background thread while training goes on
+    ck.save_on_preemption = True  # SIGTERM: save at the next step boundary, then exit cleanly
+    return ck
+
+
+def _log_config() -> mlc.ConfigDict:
+    """Metrics (`metrics.jsonl`, TensorBoard), progress bar, plots and the rollout gallery."""
+    lg = mlc.ConfigDict()
+    lg.every_steps = 1
+    lg.tensorboard = True
+    lg.progress_bar = True
+    lg.gallery_every_steps = 50  # 0 = off; writes `gallery/step_<N>.html`
+    lg.gallery_questions = 8  # questions per gallery page (each with its G completions)
+    lg.plot_at_end = True  # `plots/curves.png` when the run finishes
+    return lg
+
+
+def _eval_config() -> mlc.ConfigDict:
+    """Evaluation (`python -m rewardmap_jax.evaluate`, and periodic eval during training)."""
+    ev = mlc.ConfigDict()
+    ev.every_steps = 0  # 0 = only at the end of training
+    ev.max_questions = 0  # 0 = the whole split
+    ev.batch_size = 16
+    ev.temperature = 0.0  # greedy decoding for evaluation
+    ev.max_new_tokens = 2048
+    return ev
+
+
 def _base() -> mlc.ConfigDict:
     c = mlc.ConfigDict()
     c.seed = 0
@@ -106,6 +139,9 @@ def _base() -> mlc.ConfigDict:
     c.reward = _reward_config()
     c.rl = _rl_config()
     c.optim = _optim_config()
+    c.checkpoint = _checkpoint_config()
+    c.log = _log_config()
+    c.eval = _eval_config()
     return c
 
 
@@ -121,6 +157,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         c.rl.max_new_tokens = 64
         c.rl.mini_batch_size = 8
         c.optim.lr = 1e-4
+        c.checkpoint.every_steps = 50
+        c.eval.max_new_tokens = 64
     else:
         c.model.preset = preset
         c.model.param_dtype = "bfloat16"
