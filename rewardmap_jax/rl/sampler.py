@@ -1,0 +1,280 @@
+"""Rollout sampler: prefill each prompt once, share its KV cache with G samples, decode in jit.
+
+Two jitted functions per shape bucket:
+
+* `_prefill` (B prompts): encodes the images and the prompt once with a preallocated KV cache of
+  `L + T` slots, then repeats the cache rows G times (row `b * G + g` is sample g of prompt b).
+* `_decode` (B*G rows): the whole decode loop as one `lax.while_loop` with donated state; exits
+  early once every row has stopped. The first token is drawn from the prefill logits, so the loop
+  runs at most T - 1 model steps.
+
+Positions: token i of the completion sits at 3-D position `L + rope_delta + i` on all three axes
+(rope delta against the padded prompt length L, the transformers 4.x convention; `rope_deltas`
+may be omitted and is then derived from the prompt positions: max over valid tokens + 1 - L).
+
+Vision special tokens are masked out of the sampling distribution, so no completion can change
+the prompt's image-token count. Sampling parameters are traced scalars: changing them never
+recompiles; only the shapes (batch, prompt bucket, patch bucket, T, G) select a compilation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import lax
+
+from rewardmap_jax.rl import sampling
+
+# Trace counters (incremented only when jax traces, i.e. compiles, a function): tests and logs use
+# them to check that a run compiles once per shape bucket.
+TRACE_COUNTS: Counter[str] = Counter()
+
+# Model contract: forward(model, input_ids (B,L) int32, positions (3,B,L) int32,
+#   attention_mask (B,L) bool, vision, cache) -> (logits (B,L,V), cache), and
+#   init_cache(model, batch, max_len) -> cache. `ModelAdapter` binds them for one model family.
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelAdapter:
+    """How the sampler talks to a model (hashable; passed to jit as static).
+
+    forward: (model, input_ids, positions, attention_mask, vision, cache) -> (logits, cache).
+      For decode steps `input_ids` is (N, 1) and `attention_mask` (N, 1) all True.
+    init_cache: (model, batch, max_len) -> empty KV cache pytree.
+    batch_axis: which axis of every non-scalar cache leaf is the batch axis.
+    """
+
+    forward: Callable[..., tuple[jax.Array, Any]]
+    init_cache: Callable[[Any, int, int], Any]
+    batch_axis: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """Per-call sampling settings. `max_new_tokens` and `num_generations` select a compilation;
+    everything else is a traced value."""
+
+    max_new_tokens: int
+    num_generations: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop_ids: tuple[int, ...] = ()
+    pad_id: int = 0
+    forbidden_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.num_generations < 1:
+            raise ValueError(f"num_generations must be >= 1, got {self.num_generations}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if set(self.stop_ids) & set(self.forbidden_ids):
+            raise ValueError(
+                f"stop ids {sorted(set(self.stop_ids) & set(self.forbidden_ids))} are also "
+                "forbidden: the rollout could never stop on them"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptBatch:
+    """A left-padded, bucketed prompt batch (host- or device-side arrays).
+
+    input_ids: (B, L) int32, left-padded.
+    attention_mask: (B, L) bool, False at pads.
+    positions: (3, B, L) int32 M-RoPE positions (`get_rope_index`).
+    rope_deltas: (B,) int32, max position + 1 - L (padded length), or None to derive.
+    vision: the model's vision input pytree (packed patches, grids, ...) or None.
+    """
+
+    input_ids: Any
+    attention_mask: Any
+    positions: Any
+    rope_deltas: Any = None
+    vision: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollout:
+    """Sampler output, rows ordered prompt-major (`b * G + g`).
+
+    tokens: (B*G, T) int32, `pad_id` after the stop token (the stop token is kept).
+    logp_sample: (B*G, T) fp32 log-probs under the sampling distribution (0 at pads; 0 for greedy).
+    logp_policy: (B*G, T) fp32 log-probs under the raw policy (T=1, no truncation; 0 at pads).
+    lengths: (B*G,) int32 completion lengths, stop token included.
+    finished: (B*G,) bool, True where a stop token was emitted within T tokens.
+    steps: () int32 decode steps run (T, or fewer after an early exit).
+    """
+
+    tokens: jax.Array
+    logp_sample: jax.Array
+    logp_policy: jax.Array
+    lengths: jax.Array
+    finished: jax.Array
+    steps: jax.Array
+
+
+def rope_deltas_from_positions(positions: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """(3,B,L) int positions, (B,L) bool mask -> (B,) int32 deltas: max valid position + 1 - L."""
+    length = attention_mask.shape[-1]
+    masked = jnp.where(attention_mask[None], positions, jnp.iinfo(jnp.int32).min)
+    return (jnp.max(masked, axis=(0, 2)) + 1 - length).astype(jnp.int32)
+
+
+def _repeat_rows(tree: Any, reps: int, axis: int) -> Any:
+    """Repeats every non-scalar leaf `reps` times along `axis` (row b -> rows b*reps..)."""
+    if reps == 1:
+        return tree
+    return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.repeat(x, reps, axis=axis), tree)
+
+
+def _prefill(adapter, graphdef, state, ids, positions, mask, vision, num_generations, max_new):
+    TRACE_COUNTS["prefill"] += 1
+    model = nnx.merge(graphdef, state)
+    batch, length = ids.shape
+    cache = adapter.init_cache(model, batch, length + max_new)
+    logits, cache = adapter.forward(model, ids, positions, mask, vision, cache)
+    # Left padding puts every prompt's last real token in the last column.
+    last = logits[:, -1].astype(jnp.float32)
+    return _repeat_rows(last, num_generations, 0), _repeat_rows(cache, num_generations,
+                                                               adapter.batch_axis)
+
+
+def _decode(adapter, graphdef, state, cache, logits, start_pos, key, knobs, stop_ids, forbidden,
+            max_new, pad_id):
+    """Decode loop. cache/logits (N, V) are donated; start_pos (N,) int32 = position of token 0."""
+    TRACE_COUNTS["decode"] += 1
+    model = nnx.merge(graphdef, state)
+    temperature, top_k, top_p = knobs
+    rows = logits.shape[0]
+
+    def draw(i, logits, done):
+        tok, lp_s, lp_p = sampling.sample_tokens(
+            jax.random.fold_in(key, i), logits, temperature, top_k, top_p, forbidden
+        )
+        tok = jnp.where(done, pad_id, tok)
+        return tok, jnp.where(done, 0.0, lp_s), jnp.where(done, 0.0, lp_p)
+
+    def record(carry, i, tok, lp_s, lp_p):
+        buf_t, buf_s, buf_p, done, lengths = carry
+        lengths = lengths + (~done).astype(jnp.int32)
+        done = done | jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
+        return (buf_t.at[:, i].set(tok), buf_s.at[:, i].set(lp_s), buf_p.at[:, i].set(lp_p),
+                done, lengths)
+
+    def step(i, tok, cache):
+        pos = jnp.broadcast_to((start_pos + i - 1)[None, :, None], (3, rows, 1))
+        ones = jnp.ones((rows, 1), bool)
+        out, cache = adapter.forward(model, tok[:, None], pos, ones, None, cache)
+        return out[:, -1].astype(jnp.float32), cache
+
+    def cond(c):
+        i, _, out, _ = c
+        return (i < max_new) & ~jnp.all(out[3])
+
+    def body(c):
+        i, cache, out, prev = c
+        logits, cache = step(i, prev, cache)
+        tok, lp_s, lp_p = draw(i, logits, out[3])
+        return i + 1, cache, record(out, i, tok, lp_s, lp_p), tok
+
+    bufs = (jnp.full((rows, max_new), pad_id, jnp.int32), jnp.zeros((rows, max_new), jnp.float32),
+            jnp.zeros((rows, max_new), jnp.float32), jnp.zeros((rows,), bool),
+            jnp.zeros((rows,), jnp.int32))
+    tok, lp_s, lp_p = draw(0, logits, bufs[3])
+    carry = (jnp.int32(1), cache, record(bufs, 0, tok, lp_s, lp_p), tok)
+    steps, _, (buf_t, buf_s, buf_p, done, lengths), _ = lax.while_loop(cond, body, carry)
+    return buf_t, buf_s, buf_p, lengths, done, steps
+
+
+_prefill_jit = jax.jit(_prefill, static_argnums=(0, 1, 7, 8))
+_decode_jit = jax.jit(_decode, static_argnums=(0, 1, 10, 11), donate_argnums=(3, 4))
+
+
+def generate(
+    model: nnx.Module,
+    adapter: ModelAdapter,
+    prompts: PromptBatch,
+    params: SamplingParams,
+    key: jax.Array,
+) -> Rollout:
+    """Samples `params.num_generations` completions per prompt.
+
+    Args:
+      model: the policy (Flax NNX module; split into graphdef + state on every call, so the latest
+        weights are always used). Its arrays may be sharded: nothing here places data on devices.
+      adapter: the model contract (see `ModelAdapter`).
+      prompts: a left-padded bucketed `PromptBatch` of B prompts.
+      params: sampling settings.
+      key: PRNG key; the same key, prompts and weights reproduce the same rollout.
+    Returns:
+      A `Rollout` with B * num_generations rows.
+    """
+    ids = jnp.asarray(prompts.input_ids, jnp.int32)
+    mask = jnp.asarray(prompts.attention_mask, bool)
+    pos = jnp.asarray(prompts.positions, jnp.int32)
+    _check_prompts(ids, mask, pos)
+    graphdef, state = nnx.split(model)
+    deltas = prompts.rope_deltas
+    deltas = (rope_deltas_from_positions(pos, mask) if deltas is None
+              else jnp.asarray(deltas, jnp.int32).reshape(-1))
+    g, t = params.num_generations, params.max_new_tokens
+    logits, cache = _prefill_jit(adapter, graphdef, state, ids, pos, mask, prompts.vision, g, t)
+    vocab = logits.shape[-1]
+    start = jnp.repeat(deltas + ids.shape[1], g)
+    knobs = (jnp.float32(params.temperature), jnp.int32(params.top_k), jnp.float32(params.top_p))
+    # A fixed-size stop array (-1 never matches) keeps the stop set out of the compile key.
+    stop = np.full((max(1, len(params.stop_ids)),), -1, np.int32)
+    stop[: len(params.stop_ids)] = params.stop_ids
+    forbidden = sampling.forbidden_mask(vocab, params.forbidden_ids)
+    out = _decode_jit(adapter, graphdef, state, cache, logits, start, key, knobs,
+                      jnp.asarray(stop), forbidden, t, params.pad_id)
+    return Rollout(*out)
+
+
+def _check_prompts(ids: jax.Array, mask: jax.Array, pos: jax.Array) -> None:
+    if ids.ndim != 2 or mask.shape != ids.shape:
+        raise ValueError(
+            f"input_ids {ids.shape} and attention_mask {mask.shape} must both be (B, L)"
+        )
+    if pos.shape != (3, *ids.shape):
+        raise ValueError(f"positions {pos.shape} must be (3, B, L) = (3, {ids.shape[0]}, "
+                         f"{ids.shape[1]})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Host-side bucketing
+# ---------------------------------------------------------------------------------------------
+
+
+def pick_bucket(n: int, buckets: Sequence[int]) -> int:
+    """Smallest bucket >= n (buckets ascending); raises if n exceeds the largest bucket."""
+    for b in sorted(buckets):
+        if n <= b:
+            return b
+    raise ValueError(f"length {n} exceeds the largest bucket {max(buckets)}; add a bigger bucket")
+
+
+def left_pad(
+    ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, length: int, pad_id: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Left-pads (B, l) ids/mask and (3, B, l) positions to `length` columns (pads: id `pad_id`,
+    mask False, position 0); returns numpy arrays (ids int32, mask bool, positions int32)."""
+    b, cur = ids.shape
+    if cur > length:
+        raise ValueError(f"prompt length {cur} is longer than the bucket {length}")
+    extra = length - cur
+    ids_p = np.concatenate([np.full((b, extra), pad_id, np.int32), ids.astype(np.int32)], 1)
+    mask_p = np.concatenate([np.zeros((b, extra), bool), mask.astype(bool)], 1)
+    pos_p = np.concatenate([np.zeros((3, b, extra), np.int32), positions.astype(np.int32)], 2)
+    return ids_p, mask_p, pos_p
