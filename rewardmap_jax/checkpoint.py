@@ -188,8 +188,9 @@ def _unwrap(tree: Any) -> Any:
 
 def _check_state(state: Mapping[str, Any], what: str) -> None:
     if not isinstance(state, Mapping) or not state:
-        raise TypeError(f"{what} must be a non-empty mapping of item name -> pytree, got "
-                        f"{type(state).__name__}")
+        raise TypeError(
+            f"{what} must be a non-empty mapping of item name -> pytree, got {type(state).__name__}"
+        )
     bad = [k for k in state if k in _RESERVED or not isinstance(k, str) or not k.isidentifier()]
     if bad:
         raise ValueError(f"{what}: item names {bad} are reserved ({_RESERVED}) or not identifiers")
@@ -331,8 +332,10 @@ class CheckpointManager:
                 return None
             step = steps[-1]
         elif step not in steps:
-            raise FileNotFoundError(f"no complete checkpoint for step {step} in "
-                                    f"{self.directory}; available steps: {steps}")
+            raise FileNotFoundError(
+                f"no complete checkpoint for step {step} in "
+                f"{self.directory}; available steps: {steps}"
+            )
         step_dir = self.directory / str(step)
         missing = [name for name in abstract_state if not (step_dir / name).exists()]
         if missing:
@@ -366,8 +369,10 @@ class CheckpointManager:
         if step is None:
             step = steps[-1]
         elif step not in steps:
-            raise FileNotFoundError(f"no complete checkpoint for step {step} in "
-                                    f"{self.directory}; available steps: {steps}")
+            raise FileNotFoundError(
+                f"no complete checkpoint for step {step} in "
+                f"{self.directory}; available steps: {steps}"
+            )
         if not (self.directory / str(step) / item).exists():
             raise KeyError(f"checkpoint step {step} in {self.directory} has no item {item!r}")
         # The item's own handler on its directory: the manager would try (and warn about)
