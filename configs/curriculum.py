@@ -36,6 +36,20 @@ def _reward_config() -> mlc.ConfigDict:
     r.transfer_bonus = 0.5  # planning questions with >0 transfers
     r.format_weight = 0.0  # the paper's explicit format term; 0 = official code (implicit format)
     r.counting1_detail = False  # the disabled Counting1 stop-list reward
+    # Official-code switches (docs/rewards.md): the official "baseline" mode keeps the detail
+    # reward; ours drops it unless asked. Arrival field: "remainder" = official text after
+    # "Arrival Stop:" (long-template answers then never match), "line" = first line only.
+    r.baseline_keeps_detail = False
+    r.arrival_field = "remainder"
+    r.format_require_think = False  # format term also needs a <think>...</think> block
+    r.think_open = "<think>"
+    r.think_close = "</think>"
+    # Fixed widths of the device reward (compiles once per bucket combination).
+    r.max_sections = 16  # sections past this: -5 penalty each, no credit, never correct
+    r.max_stops = 32  # Counting1 stops past this count as wrong
+    r.station_buckets = (64, 256, 1024, 4096)  # stations per record (cleaned names)
+    r.line_buckets = (8, 32, 128)  # lines per record
+    r.min_record_bucket = 8  # distinct records per batch, rounded up to a power of two
     return r
 
 
@@ -62,6 +76,13 @@ def _rl_config() -> mlc.ConfigDict:
     rl.dynamic_sampling = False
     rl.dynamic_sampling_max_rounds = 3
     rl.logp_mismatch_alarm = 0.05
+    # rl/grpo.py GRPOLossConfig and friends
+    rl.policy_loss = "grpo"  # registered name (grpo.POLICY_LOSSES)
+    rl.adv_std_ddof = 1  # unbiased group std, as torch.std in verl/EasyR1
+    rl.log_ratio_clamp = 20.0  # |logp - old_logp| clamp before exp
+    rl.kl_clamp = 10.0  # per-token KL clamp (verl low_var_kl); 0 = off
+    rl.norm_len = 0  # seq-sum-token-mean divisor; 0 = max_new_tokens (static T)
+    rl.logprob_chunk = 256  # positions per LM-head call when computing log-probs
     return rl
 
 
@@ -76,6 +97,9 @@ def _optim_config() -> mlc.ConfigDict:
     o.b2 = 0.999
     o.grad_clip = 1.0
     o.freeze_vision = False
+    # param paths (re.search on "a/b/c") frozen when freeze_vision
+    o.frozen_regex = r"(^|/)(visual|vision_tower|vision)(/|$)"
+    o.eps = 1e-8
     return o
 
 
@@ -112,6 +136,35 @@ def _eval_config() -> mlc.ConfigDict:
     return ev
 
 
+def _mesh_config() -> mlc.ConfigDict:
+    """Device mesh ("data", "fsdp", "tensor"); -1 = all remaining devices (model/sharding.py)."""
+    m = mlc.ConfigDict()
+    m.data = 1
+    m.fsdp = -1
+    m.tensor = 1
+    # Logical axis -> mesh axis (None = replicated; a tuple shards over several). A dimension not
+    # divisible by its mesh axes stays replicated.
+    m.rules = (
+        ("batch", ("data", "fsdp")),
+        ("embed", "fsdp"),
+        ("mlp", "tensor"),
+        ("heads", "tensor"),
+        ("kv_heads", "tensor"),
+        ("head_dim", None),
+        ("vocab", "tensor"),
+        ("vision_embed", "fsdp"),
+        ("vision_mlp", "tensor"),
+        ("vision_heads", "tensor"),
+        ("vision_head_dim", None),
+        ("vision_patch", None),
+        ("norm", None),
+        ("layers", None),
+    )
+    # (param path regex, logical axis names) for parameters without logical-axis metadata.
+    m.path_rules = ()
+    return m
+
+
 def _base() -> mlc.ConfigDict:
     c = mlc.ConfigDict()
     c.seed = 0
@@ -124,7 +177,7 @@ def _base() -> mlc.ConfigDict:
     c.model.compute_dtype = "float32"
     c.model.remat = "none"  # none | full | dots
 
-    c.mesh = mlc.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+    c.mesh = _mesh_config()
 
     c.data = mlc.ConfigDict()
     c.data.source = "mapworld"  # mapworld | reasonmap

@@ -1,0 +1,11 @@
+"""Rewards and evaluation metrics: host parsing, the jitted RewardMap reward, ReasonMap metrics.
+
+Public API:
+  make_reward_fn(config.reward)(records, completions) -> dict[str, np.ndarray]  (host interface)
+  RewardMapReward(config.reward).parse(...) / .device(...)                      (device path)
+  evaluate_completions(records, completions) -> dict                           (metrics)
+"""
+
+from rewardmap_jax.rewards.registry import RewardMapReward, make_reward_fn, register
+
+__all__ = ["RewardMapReward", "make_reward_fn", "register"]
