@@ -1,0 +1,222 @@
+"""GRPO core against hand-worked values and a plain numpy transcription."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.curriculum import get_config
+from rewardmap_jax.rl import grpo
+
+CFG = grpo.GRPOLossConfig(clip_low=0.2, clip_high=0.28, dual_clip=3.0, kl_coef=0.0,
+                          entropy_coef=0.0)
+
+
+# ------------------------------------------------------------------ advantages
+
+
+def test_group_advantages_hand_values():
+    r = jnp.array([1.0, 2.0, 3.0, 5.0, 5.0, 5.0])
+    adv, m = grpo.group_advantages(r, 3, scaling="group", eps=1e-6)
+    # group 0: mean 2, centered (-1, 0, 1), unbiased std sqrt(2 / 2) = 1; group 1 all equal -> 0
+    np.testing.assert_allclose(adv, [-1 / (1 + 1e-6), 0, 1 / (1 + 1e-6), 0, 0, 0], rtol=1e-6)
+    assert int(m["zero_var_groups"]) == 1
+
+    adv, _ = grpo.group_advantages(r, 3, scaling="batch", eps=0.0)
+    # batch mean 3.5; squared deviations 6.25+2.25+0.25+3*2.25 = 15.5; unbiased var 15.5/5 = 3.1
+    np.testing.assert_allclose(adv, [-1 / math.sqrt(3.1), 0, 1 / math.sqrt(3.1), 0, 0, 0],
+                               rtol=1e-6)
+
+    adv, _ = grpo.group_advantages(r, 3, scaling="none")  # Dr. GRPO: centered only
+    np.testing.assert_allclose(adv, [-1, 0, 1, 0, 0, 0], atol=0)
+
+
+def test_equal_rewards_give_exact_zero_despite_rounding():
+    # mean(0.1, 0.1, 0.1) != 0.1 in fp32; without the explicit zeroing the tiny difference
+    # would be divided by eps and yield a spurious advantage.
+    r = jnp.array([0.1, 0.1, 0.1, 0.7, 0.7, 0.7], jnp.float32)
+    adv, m = grpo.group_advantages(r, 3)
+    assert np.all(np.asarray(adv) == 0.0)
+    assert int(m["zero_var_groups"]) == 2
+
+
+def test_advantages_match_numpy_reference():
+    rng = np.random.default_rng(0)
+    r = rng.normal(size=(5 * 4,)).astype(np.float32)
+    adv, _ = grpo.group_advantages(jnp.asarray(r), 4, eps=1e-6)
+    g = r.reshape(5, 4)
+    ref = (g - g.mean(1, keepdims=True)) / (g.std(1, ddof=1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(adv, ref.reshape(-1), rtol=1e-5, atol=1e-6)
+
+
+def test_advantages_bad_input():
+    with pytest.raises(ValueError, match="rewards must be"):
+        grpo.group_advantages(jnp.zeros(5), 2)
+    with pytest.raises(ValueError, match="adv_scaling"):
+        grpo.group_advantages(jnp.zeros(4), 2, scaling="zscore")
+
+
+def test_dynamic_sampling_keep():
+    r = np.array([0, 0, 0, 1, 0, 1, 2, 2, 2, 0.5, 0.5, 0.0])
+    keep, frac = grpo.dynamic_sampling_keep(r, 3)
+    assert np.asarray(keep).tolist() == [False, True, False, True]
+    assert float(frac) == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------ policy loss
+
+
+def _hand_batch():
+    # row 0: A=+1, ratios (1.5, 1.1, 0.5); row 1: A=-1, ratios (4.0, 0.5, 1.1), last masked.
+    old = jnp.log(jnp.full((2, 3), 0.2))
+    ratios = jnp.array([[1.5, 1.1, 0.5], [4.0, 0.5, 1.1]])
+    logps = old + jnp.log(ratios)
+    adv = jnp.array([1.0, -1.0])
+    mask = jnp.array([[1, 1, 1], [1, 1, 0]])
+    return logps, old, adv, mask
+
+
+def test_clipped_loss_hand_values():
+    logps, old, adv, mask = _hand_batch()
+    per_tok, m = grpo.clipped_policy_loss(logps, old, adv, mask, CFG)
+    # row 0 (A=+1): max(-r, -clip(r, .8, 1.28)) = (-1.28, -1.1, -0.5)
+    # row 1 (A=-1): max(r, clip(r)) = (4, 0.8, 1.1); dual clip min(., 3) = (3, 0.8, 1.1)
+    np.testing.assert_allclose(per_tok, [[-1.28, -1.1, -0.5], [3.0, 0.8, 1.1]], rtol=1e-5)
+    # 5 masked tokens: high clip at row0 t0; low clip at row1 t1; dual clip at row1 t0
+    assert float(m["clipfrac_high"]) == pytest.approx(1 / 5)
+    assert float(m["clipfrac_low"]) == pytest.approx(1 / 5)
+    assert float(m["clipfrac"]) == pytest.approx(2 / 5)
+    assert float(m["dual_clipfrac"]) == pytest.approx(1 / 5)
+    assert float(m["ratio_min"]) == pytest.approx(0.5, rel=1e-5)
+    assert float(m["ratio_max"]) == pytest.approx(4.0, rel=1e-5)  # the masked 1.1 is ignored
+
+
+@pytest.mark.parametrize(
+    "mode,expected",
+    [
+        # masked sum = (-1.28 - 1.1 - 0.5) + (3 + 0.8) = 0.92 over 5 tokens
+        ("token-mean", 0.92 / 5),
+        # row means -2.88 / 3 = -0.96 and 3.8 / 2 = 1.9; their mean 0.47
+        ("seq-mean-token-mean", 0.47),
+        # (sum / T=3) averaged over 2 sequences
+        ("seq-sum-token-mean", 0.92 / 3 / 2),
+    ],
+)
+def test_aggregation_hand_values(mode, expected):
+    logps, old, adv, mask = _hand_batch()
+    cfg = grpo.GRPOLossConfig(clip_low=0.2, clip_high=0.28, dual_clip=3.0, kl_coef=0.0,
+                              entropy_coef=0.0, loss_agg=mode)
+    loss, m = grpo.grpo_loss(logps, old, None, adv, mask, cfg)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert float(m["pg_loss"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_kl_estimators_hand_values():
+    lp, ref = jnp.log(jnp.array([0.5])), jnp.log(jnp.array([0.25]))
+    ln2 = math.log(2.0)
+    assert float(grpo.kl_penalty(lp, ref, "k1")[0]) == pytest.approx(ln2, rel=1e-6)
+    assert float(grpo.kl_penalty(lp, ref, "k2")[0]) == pytest.approx(0.5 * ln2**2, rel=1e-6)
+    # k3: d = ref - logp = -ln 2; e^d - d - 1 = 0.5 + ln 2 - 1
+    assert float(grpo.kl_penalty(lp, ref, "k3")[0]) == pytest.approx(ln2 - 0.5, rel=1e-6)
+    assert float(grpo.kl_penalty(lp, ref, "low_var_kl")[0]) == pytest.approx(ln2 - 0.5, rel=1e-6)
+    # clamp: k3 of a log-ratio of 15 is e^15 - 16, clamped to 10
+    assert float(grpo.kl_penalty(jnp.array([-15.0]), jnp.array([0.0]), "k3", 10.0)[0]) == 10.0
+
+
+def test_total_loss_combines_terms():
+    logps, old, adv, mask = _hand_batch()
+    ref = logps - jnp.log(2.0)  # k1 = ln 2 on every token
+    ent = jnp.full((2, 3), 2.0)
+    cfg = grpo.GRPOLossConfig(clip_low=0.2, clip_high=0.28, dual_clip=3.0, kl_coef=0.01,
+                              kl_estimator="k1", kl_clamp=0.0, entropy_coef=1e-3)
+    loss, m = grpo.grpo_loss(logps, old, ref, adv, mask, cfg, entropy=ent)
+    expected = 0.92 / 5 + 0.01 * math.log(2.0) - 1e-3 * 2.0
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert float(m["kl"]) == pytest.approx(math.log(2.0), rel=1e-5)
+    assert float(m["entropy"]) == pytest.approx(2.0)
+
+
+# ------------------------------------------------------------------ numpy transcription
+
+
+def _np_loss(logps, old, ref, adv, mask, ent, lo, hi, dual, coef_kl, est, coef_ent, mode, T):
+    r = np.exp(np.clip(logps - old, -20, 20))
+    a = adv[:, None]
+    loss = np.maximum(-a * r, -a * np.clip(r, 1 - lo, 1 + hi))
+    if dual:
+        loss = np.where(a < 0, np.minimum(loss, -dual * a), loss)
+    d = ref - logps
+    kl = {"k1": -d, "k2": 0.5 * d**2, "k3": np.exp(d) - d - 1}[est]
+    m = mask.astype(np.float64)
+
+    def agg(x):
+        if mode == "token-mean":
+            return (x * m).sum() / m.sum()
+        if mode == "seq-mean-token-mean":
+            return np.mean((x * m).sum(1) / m.sum(1))
+        return np.mean((x * m).sum(1) / T)
+
+    return agg(loss) + coef_kl * agg(kl) - coef_ent * agg(ent)
+
+
+@pytest.mark.parametrize("mode", sorted(grpo.AGGREGATORS))
+@pytest.mark.parametrize("est", ["k1", "k2", "k3"])
+def test_loss_matches_numpy(mode, est):
+    rng = np.random.default_rng(1)
+    n, t = 6, 7
+    old = np.log(rng.uniform(0.05, 1.0, (n, t)))
+    logps = old + rng.normal(0, 0.3, (n, t))
+    ref = old + rng.normal(0, 0.3, (n, t))
+    adv = rng.normal(size=n)
+    lens = rng.integers(1, t + 1, n)
+    mask = (np.arange(t)[None] < lens[:, None]).astype(np.int32)
+    ent = rng.uniform(0, 3, (n, t))
+    cfg = grpo.GRPOLossConfig(clip_low=0.2, clip_high=0.28, dual_clip=3.0, kl_coef=0.05,
+                              kl_estimator=est, kl_clamp=0.0, entropy_coef=1e-2, loss_agg=mode)
+    f = jax.jit(grpo.grpo_loss, static_argnames="cfg")
+    loss, _ = f(*(jnp.asarray(x, jnp.float32) for x in (logps, old, ref, adv)),
+                jnp.asarray(mask), cfg=cfg, entropy=jnp.asarray(ent, jnp.float32))
+    ref_loss = _np_loss(logps, old, ref, adv, mask, ent, 0.2, 0.28, 3.0, 0.05, est, 1e-2, mode, t)
+    assert float(loss) == pytest.approx(ref_loss, rel=2e-5, abs=1e-6)
+
+
+def test_micro_batch_denominator_is_exact():
+    rng = np.random.default_rng(2)
+    n, t = 8, 5
+    logps = jnp.asarray(np.log(rng.uniform(0.1, 1, (n, t))), jnp.float32)
+    old = logps + 0.1
+    adv = jnp.asarray(rng.normal(size=n), jnp.float32)
+    mask = jnp.asarray(np.arange(t)[None] < rng.integers(1, t + 1, n)[:, None])
+    cfg = grpo.GRPOLossConfig(kl_coef=0.0, entropy_coef=0.0)
+    full, _ = grpo.grpo_loss(logps, old, None, adv, mask, cfg)
+    _, den = grpo.aggregate_parts(jnp.zeros((n, t)), mask, cfg.loss_agg)
+    halves = [grpo.grpo_loss(logps[s], old[s], None, adv[s], mask[s], cfg, denom=den)[0]
+              for s in (slice(0, 4), slice(4, 8))]
+    assert float(sum(halves)) == pytest.approx(float(full), rel=1e-6)
+
+
+def test_logp_consistency_metrics_and_alarm():
+    a = jnp.array([[-1.0, -2.0, -3.0]])
+    b = jnp.array([[-1.1, -2.0, -9.0]])
+    mask = jnp.array([[1, 1, 0]])
+    m = grpo.logp_consistency(a, b, mask, threshold=0.04)
+    # |diff| over the 2 masked tokens: 0.1, 0 -> mean 0.05, max 0.1; 0.05 > 0.04 raises the alarm
+    assert float(m["logp_diff_mean"]) == pytest.approx(0.05, rel=1e-5)
+    assert float(m["logp_diff_max"]) == pytest.approx(0.1, rel=1e-5)
+    assert int(m["logp_alarm"]) == 1
+    assert int(grpo.logp_consistency(a, b, mask, threshold=0.06)["logp_alarm"]) == 0
+
+
+def test_config_round_trip_and_bad_names():
+    cfg = grpo.GRPOLossConfig.from_config(get_config("tiny").rl)
+    assert cfg.kl_estimator == "k3" and cfg.kl_coef == 1e-2 and cfg.entropy_coef == 1e-3
+    with pytest.raises(ValueError, match="kl_estimator"):
+        grpo.GRPOLossConfig(kl_estimator="k4")
+    with pytest.raises(ValueError, match="loss_agg"):
+        grpo.GRPOLossConfig(loss_agg="sum")
+    with pytest.raises(ValueError, match="dual_clip"):
+        grpo.GRPOLossConfig(dual_clip=0.5)
