@@ -99,7 +99,7 @@ def open_figure(figure: Any, max_image_pixels: int) -> Image.Image:
         image = figure
     elif isinstance(figure, np.ndarray):
         if figure.dtype != np.uint8 or figure.ndim not in (2, 3):
-            raise ValueError(f"array figure must be HxW[xC] uint8, not {figure.dtype} {figure.shape}")
+            raise ValueError(f"array figure must be HxW[xC] uint8: {figure.dtype} {figure.shape}")
         image = Image.fromarray(figure)
     else:
         if isinstance(figure, (bytes, bytearray, memoryview)):
