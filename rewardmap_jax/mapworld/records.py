@@ -66,7 +66,9 @@ class Record:
 
     def __post_init__(self) -> None:
         if self.type not in TASK_TYPES:
-            raise ValueError(f"record {self.uid}: unknown type {self.type!r}; expected {TASK_TYPES}")
+            raise ValueError(
+                f"record {self.uid}: unknown type {self.type!r}; expected {TASK_TYPES}"
+            )
         if self.template not in TEMPLATES:
             raise ValueError(f"record {self.uid}: unknown template {self.template!r}")
         if self.difficulty_city not in DIFFICULTIES:
