@@ -97,35 +97,54 @@ def _route_answer(rng: random.Random, template: str) -> str:
     return "\n--\n".join(sections)
 
 
+_TORF = 'Please answer yes or no and put your final answer (yes or no) in one "\\boxed{}". '
+_COUNT = 'Please put your final answer (a number) in one "\\boxed{}". '
+_MCQ = (
+    'Please solve the multiple choice problem and put your answer (one of ABCD) in one '
+    '"\\boxed{}". '
+)
+_PLAN_FIELDS = {
+    "short": "Route Name: <line name>\nDeparture Stop: <station>\nArrival Stop: <station>",
+    "long_num_via": "Number of Via Stops: <number of stops passed between departure and arrival>",
+    "long_via": "Via Stops: <the stops passed between departure and arrival, separated by commas>",
+}
+
+
 def _qa_pair(rng: random.Random) -> str:
+    """One question + answer in the map world's phrasing (mapworld/questions.py)."""
     a, b, line = _station(rng), _station(rng), _line(rng)
     kind = rng.randrange(6)
     if kind == 0:
-        q = f"According to the subway map, is it true that {a} is on the same line as {b}?"
+        q = (
+            f"{_TORF}According to the subway map, is it true that {a} Station is on the same "
+            f"line as {b} Station?"
+        )
         ans = rf"\boxed{{{rng.choice(('yes', 'no'))}}}"
     elif kind == 1:
-        q = f"According to the subway map, is it true that {a} is on the {line}?"
+        q = f"{_TORF}According to the subway map, is it true that {a} Station is on the {line}?"
         ans = rf"\boxed{{{rng.choice(('yes', 'no'))}}}"
     elif kind == 2:
         opts = " ".join(f"{k}) {rng.randint(0, 30)}" for k in "ABCD")
         q = (
-            'Please solve the multiple choice problem and put your answer (one of ABCD) in one '
-            f'"\\boxed{{}}". According to the subway map, how many intermediate stops are there '
-            f"between {a} and {b} (except for this two stops)? {opts}"
+            f"{_MCQ}According to the subway map, how many intermediate stops are there between "
+            f"{a} Station and {b} Station (except for this two stops)? {opts}"
         )
         ans = rf"\boxed{{{rng.choice('ABCD')}}}"
     elif kind == 3:
-        q = f"According to the subway map, how many lines pass through {a}?"
+        q = f"{_COUNT}According to the subway map, how many lines pass through {a} Station?"
         ans = rf"\boxed{{{rng.randint(0, 12)}}}"
     elif kind == 4:
-        q = "According to the subway map, how many lines are there in the map?"
+        q = f"{_COUNT}According to the subway map, how many lines are there in the map?"
         ans = rf"\boxed{{{rng.randint(1, 12)}}}"
     else:
         template = rng.choice(("short", "long_num_via", "long_via"))
+        fields = _PLAN_FIELDS["short"]
+        if template != "short":
+            fields += "\n" + _PLAN_FIELDS[template]
         q = (
-            f"According to the subway map, how do I get from {a} to {b}? Answer with one block "
-            "per ride, blocks separated by --, in the format Route Name: ..., Departure Stop: "
-            "..., Arrival Stop: ..."
+            f"According to the subway map, how do I get from {a} to {b}? Give the route as one "
+            'block per line you ride, with blocks separated by "--". Write each block exactly '
+            f"as:\n{fields}"
         )
         ans = _route_answer(rng, template)
     prefix = rng.choice(("The answer is ", "So the final answer is ", "", "Answer: "))
