@@ -148,7 +148,8 @@ def _qa_pair(rng: random.Random) -> str:
         )
         ans = _route_answer(rng, template)
     prefix = rng.choice(("The answer is ", "So the final answer is ", "", "Answer: "))
-    return f"{q}\n{prefix}{ans}\n"
+    # Role names as the chat template writes them, so the scaffolding costs one token per role.
+    return f"system\nuser\n{q}\nassistant\n{prefix}{ans}\n"
 
 
 def corpus(seed: int = CORPUS_SEED, n: int = CORPUS_QUESTIONS) -> list[str]:
