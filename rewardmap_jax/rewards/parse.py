@@ -61,7 +61,9 @@ class ParseSpec:
             think_close=str(get("think_close", d.think_close)),
         )
         if spec.arrival not in ("remainder", "line"):
-            raise ValueError(f"reward.arrival_field must be 'remainder' or 'line', got {spec.arrival!r}")
+            raise ValueError(
+                f"reward.arrival_field must be 'remainder' or 'line', got {spec.arrival!r}"
+            )
         return spec
 
 
@@ -159,9 +161,7 @@ def parse_batch(
     spec = spec or ParseSpec()
     cache = cache or TablesCache()
     if len(records) != len(completions):
-        raise ValueError(
-            f"parse_batch: {len(records)} records but {len(completions)} completions"
-        )
+        raise ValueError(f"parse_batch: {len(records)} records but {len(completions)} completions")
     for i, c in enumerate(completions):
         if not isinstance(c, str):
             raise ValueError(f"parse_batch: completion {i} is {type(c).__name__}, not str")

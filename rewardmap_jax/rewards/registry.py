@@ -70,7 +70,9 @@ def normalize_scores(out: Any, batch: int, where: str) -> dict[str, np.ndarray]:
         except (TypeError, ValueError) as e:
             raise ValueError(f"{where}: score {k!r} is not numeric: {e}") from e
         if arr.shape != (batch,):
-            raise ValueError(f"{where}: score {k!r} has {arr.shape[0]} values for {batch} completions")
+            raise ValueError(
+                f"{where}: score {k!r} has {arr.shape[0]} values for {batch} completions"
+            )
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{where}: score {k!r} has non-finite values")
         scores[str(k)] = arr
@@ -94,7 +96,9 @@ class RewardMapReward:
         """Device step: arrays -> jax components (no host sync)."""
         return R.compute_rewards(dict(arrays), self.params)
 
-    def __call__(self, records: Sequence[Record], completions: Sequence[str]) -> dict[str, np.ndarray]:
+    def __call__(
+        self, records: Sequence[Record], completions: Sequence[str]
+    ) -> dict[str, np.ndarray]:
         return R.to_numpy(self.device(self.parse(records, completions)))
 
 
@@ -140,8 +144,12 @@ def make_reward_fn(reward_config: Any = None) -> RewardFn:
 
     def reward_fn(records: Sequence[Record], completions: Sequence[str]) -> dict[str, np.ndarray]:
         if len(records) != len(completions):
-            raise ValueError(f"reward {spec!r}: {len(records)} records, {len(completions)} completions")
-        out = inner(records, completions, config=cfg) if takes_config else inner(records, completions)
+            raise ValueError(
+                f"reward {spec!r}: {len(records)} records, {len(completions)} completions"
+            )
+        out = (
+            inner(records, completions, config=cfg) if takes_config else inner(records, completions)
+        )
         return normalize_scores(out, len(completions), f"reward {spec!r}")
 
     reward_fn.name = spec  # type: ignore[attr-defined]

@@ -80,7 +80,9 @@ class RewardParams:
         }
         p = cls(map_weights=map_weights, **kw)
         if p.mode not in ("difficulty_aware", "baseline"):
-            raise ValueError(f"reward.mode must be 'difficulty_aware' or 'baseline', got {p.mode!r}")
+            raise ValueError(
+                f"reward.mode must be 'difficulty_aware' or 'baseline', got {p.mode!r}"
+            )
         return p
 
 

@@ -72,7 +72,9 @@ def build_tables(record: Record) -> RecordTables:
     """Builds the tables of one record; raises ValueError naming the record on bad input."""
     where = f"record {record.uid!r} ({record.type})"
     if record.difficulty_city not in DIFFICULTIES:
-        raise ValueError(f"{where}: difficulty_city {record.difficulty_city!r} not in {DIFFICULTIES}")
+        raise ValueError(
+            f"{where}: difficulty_city {record.difficulty_city!r} not in {DIFFICULTIES}"
+        )
     if not isinstance(record.metro, dict):
         raise ValueError(f"{where}: metro must be a dict of line -> station list")
     metro = T.clean_metro(record.metro)
