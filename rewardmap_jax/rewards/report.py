@@ -1,4 +1,4 @@
-"""Writers for evaluation reports: a JSON file and a Markdown table (from `evaluate_completions`)."""
+"""Evaluation report writers: JSON and a Markdown table (of `evaluate_completions` output)."""
 
 from __future__ import annotations
 

@@ -81,7 +81,8 @@ def ref_acc_planning(answer, metro, s1, s2) -> bool:
     data = _sections(answer, case_sensitive=True)
     if not data:
         return False
-    if not (ref_clean(data[0]["dep"]) == ref_clean(s1) and ref_clean(data[-1]["arr"]) == ref_clean(s2)):
+    first_ok = ref_clean(data[0]["dep"]) == ref_clean(s1)
+    if not (first_ok and ref_clean(data[-1]["arr"]) == ref_clean(s2)):
         return False
     ok = True
     for i, sec in enumerate(data):
@@ -101,7 +102,8 @@ def ref_acc_planning(answer, metro, s1, s2) -> bool:
 def ref_detail_planning(answer, metro, s1, s2, q) -> float:
     data = _sections(answer, case_sensitive=False)
     score = 0.0
-    if data and ref_clean(data[0]["dep"]) == ref_clean(s1) and ref_clean(data[-1]["arr"]) == ref_clean(s2):
+    ends = bool(data) and ref_clean(data[0]["dep"]) == ref_clean(s1)
+    if ends and ref_clean(data[-1]["arr"]) == ref_clean(s2):
         score += 2
         for i, sec in enumerate(data):
             if (i + 1) > q:
@@ -177,7 +179,8 @@ def _find_math_answer(s: str) -> str:
 def ref_vqa_answer(response: str) -> str:
     ans = response
     if "oxed{" not in ans:
-        for flag in ["the final answer is", "the answer is", "the correct answer is", "the answer should be"]:
+        flags = ["the final answer is", "the answer is", "the correct answer is"]
+        for flag in flags + ["the answer should be"]:
             raw = ans
             ans = ans.split(flag)[-1].strip()
             if flag in raw:
