@@ -165,6 +165,57 @@ def _mesh_config() -> mlc.ConfigDict:
     return m
 
 
+def _data_config() -> mlc.ConfigDict:
+    """Input pipeline (docs/data.md): sources, image/prompt processing, bucketed batches."""
+    d = mlc.ConfigDict()
+    d.source = "mapworld"  # mapworld | reasonmap
+    d.reasonmap_dir = ""
+    d.reasonmap_plus_dir = ""
+    d.reasonmap_train_dir = ""
+    d.min_pixels = 3136
+    d.max_pixels = 12845056
+    d.on_bad_row = "raise"  # raise | skip
+    d.worker_count = 0
+    d.tokenizer = ""  # "tiny", a local HF dir, or "" = model.hf_dir (else "tiny")
+    d.split = "train"
+    d.mapworld_world = "tiny"  # mapworld preset (tiny | small | dense)
+    d.mapworld_questions_per_task = 2048  # source size per task type (one curriculum pass)
+    d.batch_size = 16  # global prompts per step (rollout batch; official 16)
+    d.system_prompt = "You are a helpful assistant."
+    # Static shapes: prompts left-padded to the smallest fitting bucket; image patches packed
+    # into the smallest fitting buffer; SFT targets right-padded to an answer bucket.
+    d.prompt_buckets = (1024, 2048, 4096, 8192, 12288, 16384, 20480)
+    d.patch_buckets = (16384, 32768, 65536, 131072, 196608, 262144)
+    d.answer_buckets = (128, 256, 512, 1024, 2048)
+    d.truncation = "error"  # error | left (never cuts image tokens)
+    d.max_image_pixels = 64_000_000  # decoded input bound (real maps ~5,800 x 5,400)
+    d.pixel_dtype = "float32"  # float32 | bfloat16 (host buffer dtype of pixel_values)
+    d.shard = "jax_process"  # jax_process | none: per-host slice of each global batch
+    d.read_threads = 1  # Grain ReadOptions.num_threads when worker_count == 0
+    d.prefetch = 2  # batches/elements buffered per Grain worker
+    return d
+
+
+def _tiny_data(d: mlc.ConfigDict) -> None:
+    """84 px maps -> 36 patches / 9 image tokens each; prompts ~70-130 tokens."""
+    d.batch_size = 8
+    d.prompt_buckets = (96, 128, 160, 192, 256)
+    d.patch_buckets = (288, 576, 1152, 2304)
+    d.answer_buckets = (8, 16, 32, 64)
+
+
+def _curriculum_config() -> mlc.ConfigDict:
+    """Stage schedule (rewardmap_jax/data/curriculum.py; rewardmap.md §5)."""
+    cu = mlc.ConfigDict()
+    cu.preset = "official"  # official | coarse | fine_grained | shuffled | soft
+    # Explicit stages override the preset: [{"name", "weights": {task: w}, "steps": n or -1}]
+    cu.stages = ()
+    cu.stage_steps = 100  # `soft` preset: steps per stage
+    cu.overlap = 0  # steps of linear blending around each stage boundary (weighted stages)
+    cu.repeat = False  # restart the schedule (reshuffled) when it is used up
+    return cu
+
+
 def _base() -> mlc.ConfigDict:
     c = mlc.ConfigDict()
     c.seed = 0
@@ -179,15 +230,8 @@ def _base() -> mlc.ConfigDict:
 
     c.mesh = _mesh_config()
 
-    c.data = mlc.ConfigDict()
-    c.data.source = "mapworld"  # mapworld | reasonmap
-    c.data.reasonmap_dir = ""
-    c.data.reasonmap_plus_dir = ""
-    c.data.reasonmap_train_dir = ""
-    c.data.min_pixels = 3136
-    c.data.max_pixels = 12845056
-    c.data.on_bad_row = "raise"  # raise | skip
-    c.data.worker_count = 0
+    c.data = _data_config()
+    c.curriculum = _curriculum_config()
 
     c.reward = _reward_config()
     c.rl = _rl_config()
@@ -207,6 +251,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.preset = preset
     if preset == "tiny":
         c.model.preset = "tiny"
+        _tiny_data(c.data)
         c.rl.max_new_tokens = 64
         c.rl.mini_batch_size = 8
         c.optim.lr = 1e-4
