@@ -198,7 +198,11 @@ def random_vqa(rng: random.Random, i: int) -> tuple[Record, str]:
     else:
         truth = rng.randint(0, 12)
         cands = [str(truth), str(rng.randint(0, 12)), "+3", "3.0", "٣", "1_0", "-2", "ten", "07"]
+    if t.startswith("TorF"):
+        right = "yes" if truth else "no"
+    else:
+        right = "ABCD"[truth] if t == "Counting1" else str(truth)
     rec = vqa(t, truth, difficulty=rng.choice(DIFFICULTIES))
     rec.uid = f"vqa-{i}"
-    text = rng.choice(_VQA_TEMPLATES).format(a=rng.choice(cands))
+    text = rng.choice(_VQA_TEMPLATES).format(a=right if rng.random() < 0.4 else rng.choice(cands))
     return rec, text
