@@ -1,0 +1,95 @@
+"""Small NNX building blocks with HF-exact numerics and logical-axis annotations.
+
+Every parameter carries `out_sharding` metadata: a tuple of logical axis names (one per dim),
+created with `eager_sharding=False` so construction needs no mesh. `sharding.py` maps the names to
+mesh axes (`nnx.get_partition_spec` under logical-axis rules). Names used: see docs/model.md.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# HF `_init_weights`: normal(0, initializer_range=0.02) for Linear/Embedding, zeros for biases.
+INIT_STD = 0.02
+
+
+def param(
+    rngs: nnx.Rngs | None,
+    shape: tuple[int, ...],
+    axes: tuple[str | None, ...],
+    dtype: jnp.dtype,
+    init: str = "normal",
+) -> nnx.Param:
+    """A Param of `shape` annotated with logical `axes`; init "normal" | "zeros" | "ones"."""
+    if len(axes) != len(shape):
+        raise ValueError(f"axes {axes} do not match shape {shape}")
+    if init == "normal":
+        value = INIT_STD * jax.random.normal(rngs.params(), shape, jnp.float32)
+        value = value.astype(dtype)
+    elif init == "zeros":
+        value = jnp.zeros(shape, dtype)
+    elif init == "ones":
+        value = jnp.ones(shape, dtype)
+    else:
+        raise ValueError(f"unknown init {init!r}")
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+class Linear(nnx.Module):
+    """y = x @ kernel + bias, kernel (in, out) = torch `weight.T`; computed in `dtype`."""
+
+    def __init__(
+        self,
+        din: int,
+        dout: int,
+        *,
+        axes: tuple[str, str],
+        bias: bool,
+        dtype: jnp.dtype,
+        param_dtype: jnp.dtype,
+        rngs: nnx.Rngs,
+    ):
+        self.dtype = dtype
+        self.kernel = param(rngs, (din, dout), axes, param_dtype)
+        self.bias = param(rngs, (dout,), (axes[1],), param_dtype, "zeros") if bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    """HF Qwen2RMSNorm: fp32 statistics, cast back to the input dtype BEFORE the weight multiply.
+
+    Flax's stock RMSNorm multiplies in fp32 first, which differs in bf16 (spec §1.7, §7.7).
+    """
+
+    def __init__(self, dim: int, *, eps: float, axis_name: str, param_dtype: jnp.dtype,
+                 dtype: jnp.dtype):
+        self.eps = eps
+        self.dtype = dtype
+        self.weight = param(None, (dim,), (axis_name,), param_dtype, "ones")
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.weight[...].astype(self.dtype) * y.astype(x.dtype)
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+    """cat(-x2, x1) over the last axis (the HF rotate-half convention)."""
+    h = x.shape[-1] // 2
+    return jnp.concatenate([-x[..., h:], x[..., :h]], axis=-1)
+
+
+def remat_policy(name: str):
+    """`jax.checkpoint` policy for the config's remat name ("full" saves nothing)."""
+    if name == "full":
+        return jax.checkpoint_policies.nothing_saveable
+    if name == "dots":
+        return jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
+    raise ValueError(f"no checkpoint policy for remat={name!r}")

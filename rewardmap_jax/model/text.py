@@ -1,0 +1,147 @@
+"""Qwen2 decoder with M-RoPE, GQA (q/k/v bias), SwiGLU, optional KV cache (HF parity, spec §3)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rewardmap_jax.model import kv_cache as kvc
+from rewardmap_jax.model.attention import attend
+from rewardmap_jax.model.config import ModelConfig
+from rewardmap_jax.model.layers import Linear, RMSNorm, param, remat_policy, rotate_half
+
+
+def mrope_cos_sin(positions: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
+    """M-RoPE tables. positions (3, B, L) int -> cos, sin (B, L, head_dim) in the compute dtype.
+
+    Frequency slot i takes its position from axis t/h/w per `mrope_section`; angles in fp32, then
+    cast to the activation dtype as HF does (spec §3.3).
+    """
+    t = cfg.text
+    hd = t.head_dim
+    inv = 1.0 / (t.rope_theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))  # (hd/2,)
+    axis_of_slot = jnp.concatenate(
+        [jnp.full((n,), a, jnp.int32) for a, n in enumerate(t.mrope_section)]
+    )
+    pos = positions.astype(jnp.float32)  # (3, B, L)
+    pos_slot = jnp.take(pos, axis_of_slot, axis=0)  # (hd/2, B, L)
+    freqs = jnp.moveaxis(pos_slot, 0, -1) * inv  # (B, L, hd/2)
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb).astype(cfg.dtype), jnp.sin(emb).astype(cfg.dtype)
+
+
+class TextAttention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        t = cfg.text
+        self.cfg = cfg
+        kw = dict(dtype=cfg.dtype, param_dtype=cfg.pdtype, rngs=rngs)
+        nh, nkv, hd = t.num_attention_heads, t.num_key_value_heads, t.head_dim
+        self.q_proj = Linear(t.hidden_size, nh * hd, axes=("embed", "heads"), bias=True, **kw)
+        self.k_proj = Linear(t.hidden_size, nkv * hd, axes=("embed", "kv_heads"), bias=True, **kw)
+        self.v_proj = Linear(t.hidden_size, nkv * hd, axes=("embed", "kv_heads"), bias=True, **kw)
+        self.o_proj = Linear(nh * hd, t.hidden_size, axes=("heads", "embed"), bias=False, **kw)
+
+    def __call__(self, x, cos, sin, kv, kv_seg, q_pos, kv_pos, index):
+        """x (B, T, D). kv: None or this layer's cached (k, v) (B, S_max, K, H).
+        Returns (out (B, T, D), (k, v) to keep: the updated cache, or this call's k/v)."""
+        t = self.cfg.text
+        b, n = x.shape[:2]
+        q = self.q_proj(x).reshape(b, n, t.num_attention_heads, t.head_dim)
+        k = self.k_proj(x).reshape(b, n, t.num_key_value_heads, t.head_dim)
+        v = self.v_proj(x).reshape(b, n, t.num_key_value_heads, t.head_dim)
+        c, s = cos[:, :, None, :], sin[:, :, None, :]
+        q = q * c + rotate_half(q) * s
+        k = k * c + rotate_half(k) * s
+        if kv is not None:
+            k = kvc.write(kv[0], k, index)
+            v = kvc.write(kv[1], v, index)
+        q_seg = jnp.zeros((b, n), jnp.int32)
+        o = attend(q, k, v, q_seg, kv_seg, q_pos, kv_pos,
+                   impl=self.cfg.attn_impl, chunk=self.cfg.attn_chunk)
+        return self.o_proj(o.reshape(b, n, -1)), (k, v)
+
+
+class TextMLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        t = cfg.text
+        kw = dict(bias=False, dtype=cfg.dtype, param_dtype=cfg.pdtype, rngs=rngs)
+        self.gate_proj = Linear(t.hidden_size, t.intermediate_size, axes=("embed", "mlp"), **kw)
+        self.up_proj = Linear(t.hidden_size, t.intermediate_size, axes=("embed", "mlp"), **kw)
+        self.down_proj = Linear(t.intermediate_size, t.hidden_size, axes=("mlp", "embed"), **kw)
+
+    def __call__(self, x):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        t = cfg.text
+        nk = dict(eps=t.rms_norm_eps, axis_name="embed", param_dtype=cfg.pdtype, dtype=cfg.dtype)
+        self.input_layernorm = RMSNorm(t.hidden_size, **nk)
+        self.self_attn = TextAttention(cfg, rngs)
+        self.post_attention_layernorm = RMSNorm(t.hidden_size, **nk)
+        self.mlp = TextMLP(cfg, rngs)
+
+    def __call__(self, x, cos, sin, kv, kv_seg, q_pos, kv_pos, index):
+        a, kv = self.self_attn(self.input_layernorm(x), cos, sin, kv, kv_seg, q_pos, kv_pos, index)
+        x = x + a
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, kv
+
+
+class TextModel(nnx.Module):
+    """`model.language_model`: embed_tokens, layers, norm."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        t = cfg.text
+        self.cfg = cfg
+        self.embed_tokens = param(rngs, (t.vocab_size, t.hidden_size), ("vocab", "embed"),
+                                  cfg.pdtype)
+        self.layers = nnx.List([DecoderLayer(cfg, rngs) for _ in range(t.num_hidden_layers)])
+        self.norm = RMSNorm(t.hidden_size, eps=t.rms_norm_eps, axis_name="embed",
+                            param_dtype=cfg.pdtype, dtype=cfg.dtype)
+
+    def embed(self, input_ids: jax.Array) -> jax.Array:
+        """(B, L) int32 -> (B, L, D) compute dtype."""
+        return jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.cfg.dtype)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        attention_mask: jax.Array,
+        cache: kvc.KVCache | None,
+    ) -> tuple[jax.Array, kvc.KVCache | None]:
+        """x (B, T, D) input embeddings; positions (3, B, T); attention_mask (B, T) bool.
+        Returns final-normed hidden states (B, T, D) and the updated cache (or None)."""
+        b, n = x.shape[:2]
+        cos, sin = mrope_cos_sin(positions, self.cfg)
+        mask = attention_mask.astype(bool)
+        if cache is None:
+            index = jnp.zeros((), jnp.int32)
+            q_pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
+            kv_pos, valid = q_pos, mask
+        else:
+            index = cache.index
+            s_max = cache.max_len
+            q_pos = jnp.broadcast_to(index + jnp.arange(n, dtype=jnp.int32), (b, n))
+            kv_pos = jnp.broadcast_to(jnp.arange(s_max, dtype=jnp.int32), (b, s_max))
+            valid = kvc.write(cache.valid, mask, index)
+        kv_seg = jnp.where(valid, 0, -1).astype(jnp.int32)
+
+        def run(layer, x, kv):
+            return layer(x, cos, sin, kv, kv_seg, q_pos, kv_pos, index)
+
+        if self.cfg.remat != "none":
+            run = nnx.remat(run, policy=remat_policy(self.cfg.remat))
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            kv = None if cache is None else (cache.k[i], cache.v[i])
+            x, (k, v) = run(layer, x, kv)
+            new_k.append(k)
+            new_v.append(v)
+        x = self.norm(x)
+        if cache is None:
+            return x, None
+        return x, cache.replace(k=tuple(new_k), v=tuple(new_v), valid=valid, index=index + n)
