@@ -20,6 +20,7 @@ recompiles; only the shapes (batch, prompt bucket, patch bucket, T, G) select a 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,24 +36,27 @@ from rewardmap_jax.rl import sampling
 # Trace counters (incremented only when jax traces, i.e. compiles, a function): tests and logs use
 # them to check that a run compiles once per shape bucket.
 TRACE_COUNTS: Counter[str] = Counter()
+# Stop ids are padded to this many slots so the stop set is a traced value, not a compile key.
+MAX_STOP_IDS = 8
 
-# Model contract: forward(model, input_ids (B,L) int32, positions (3,B,L) int32,
-#   attention_mask (B,L) bool, vision, cache) -> (logits (B,L,V), cache), and
-#   init_cache(model, batch, max_len) -> cache. `ModelAdapter` binds them for one model family.
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelAdapter:
     """How the sampler talks to a model (hashable; passed to jit as static).
 
-    forward: (model, input_ids, positions, attention_mask, vision, cache) -> (logits, cache).
-      For decode steps `input_ids` is (N, 1) and `attention_mask` (N, 1) all True.
+    forward: (model, input_ids, positions, attention_mask, vision, cache) -> (last_logits, cache),
+      last_logits (B, V) being the logits of the last column only (so a model with a separate
+      LM head never projects the whole prompt onto the vocabulary). For decode steps
+      `input_ids` is (N, 1) and `attention_mask` (N, 1) all True.
     init_cache: (model, batch, max_len) -> empty KV cache pytree.
+    vocab_size: (model) -> V, the logits width.
     batch_axis: which axis of every non-scalar cache leaf is the batch axis.
     """
 
     forward: Callable[..., tuple[jax.Array, Any]]
     init_cache: Callable[[Any, int, int], Any]
+    vocab_size: Callable[[Any], int]
     batch_axis: int = 0
 
 
@@ -138,23 +142,23 @@ def _repeat_rows(tree: Any, reps: int, axis: int) -> Any:
     return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.repeat(x, reps, axis=axis), tree)
 
 
-def _prefill(adapter, graphdef, state, ids, positions, mask, vision, num_generations, max_new):
-    TRACE_COUNTS["prefill"] += 1
-    model = nnx.merge(graphdef, state)
+def _prefill(adapter, model, ids, positions, mask, vision, num_generations, max_new):
+    """Encodes images + prompts once (B rows), then repeats logits/cache rows G times."""
     batch, length = ids.shape
     cache = adapter.init_cache(model, batch, length + max_new)
-    logits, cache = adapter.forward(model, ids, positions, mask, vision, cache)
     # Left padding puts every prompt's last real token in the last column.
-    last = logits[:, -1].astype(jnp.float32)
-    return _repeat_rows(last, num_generations, 0), _repeat_rows(cache, num_generations,
-                                                               adapter.batch_axis)
+    last, cache = adapter.forward(model, ids, positions, mask, vision, cache)
+    last = last.astype(jnp.float32)
+    return (_repeat_rows(last, num_generations, 0),
+            _repeat_rows(cache, num_generations, adapter.batch_axis))
 
 
-def _decode(adapter, graphdef, state, cache, logits, start_pos, key, knobs, stop_ids, forbidden,
-            max_new, pad_id):
-    """Decode loop. cache/logits (N, V) are donated; start_pos (N,) int32 = position of token 0."""
-    TRACE_COUNTS["decode"] += 1
-    model = nnx.merge(graphdef, state)
+def _decode(adapter, model, cache, logits, start_pos, key, knobs, stop_ids, forbidden, max_new,
+            pad_id):
+    """Decode loop over N = B*G rows; start_pos (N,) int32 is the position of completion token 0.
+
+    The loop state (cache, token buffers) lives inside this jit, so XLA updates it in place.
+    """
     temperature, top_k, top_p = knobs
     rows = logits.shape[0]
 
@@ -176,7 +180,7 @@ def _decode(adapter, graphdef, state, cache, logits, start_pos, key, knobs, stop
         pos = jnp.broadcast_to((start_pos + i - 1)[None, :, None], (3, rows, 1))
         ones = jnp.ones((rows, 1), bool)
         out, cache = adapter.forward(model, tok[:, None], pos, ones, None, cache)
-        return out[:, -1].astype(jnp.float32), cache
+        return out.astype(jnp.float32), cache
 
     def cond(c):
         i, _, out, _ = c
@@ -197,8 +201,18 @@ def _decode(adapter, graphdef, state, cache, logits, start_pos, key, knobs, stop
     return buf_t, buf_s, buf_p, lengths, done, steps
 
 
-_prefill_jit = jax.jit(_prefill, static_argnums=(0, 1, 7, 8))
-_decode_jit = jax.jit(_decode, static_argnums=(0, 1, 10, 11), donate_argnums=(3, 4))
+@functools.partial(jax.jit, static_argnums=(0, 1, 11, 12, 13))
+def _rollout(adapter, graphdef, state, ids, positions, mask, deltas, vision, key, knobs,
+             stop_and_forbidden, num_generations, max_new, pad_id):
+    """Prefill + decode as one program: no host round trip, the loop state never leaves it."""
+    TRACE_COUNTS["rollout"] += 1
+    model = nnx.merge(graphdef, state)
+    logits, cache = _prefill(adapter, model, ids, positions, mask, vision, num_generations,
+                             max_new)
+    start = jnp.repeat(deltas + ids.shape[1], num_generations)
+    stop_ids, forbidden = stop_and_forbidden
+    return _decode(adapter, model, cache, logits, start, key, knobs, stop_ids, forbidden,
+                   max_new, pad_id)
 
 
 def generate(
@@ -229,16 +243,16 @@ def generate(
     deltas = (rope_deltas_from_positions(pos, mask) if deltas is None
               else jnp.asarray(deltas, jnp.int32).reshape(-1))
     g, t = params.num_generations, params.max_new_tokens
-    logits, cache = _prefill_jit(adapter, graphdef, state, ids, pos, mask, prompts.vision, g, t)
-    vocab = logits.shape[-1]
-    start = jnp.repeat(deltas + ids.shape[1], g)
+    vocab = adapter.vocab_size(model)
     knobs = (jnp.float32(params.temperature), jnp.int32(params.top_k), jnp.float32(params.top_p))
     # A fixed-size stop array (-1 never matches) keeps the stop set out of the compile key.
-    stop = np.full((max(1, len(params.stop_ids)),), -1, np.int32)
+    if len(params.stop_ids) > MAX_STOP_IDS:
+        raise ValueError(f"at most {MAX_STOP_IDS} stop ids, got {len(params.stop_ids)}")
+    stop = np.full((MAX_STOP_IDS,), -1, np.int32)
     stop[: len(params.stop_ids)] = params.stop_ids
     forbidden = sampling.forbidden_mask(vocab, params.forbidden_ids)
-    out = _decode_jit(adapter, graphdef, state, cache, logits, start, key, knobs,
-                      jnp.asarray(stop), forbidden, t, params.pad_id)
+    out = _rollout(adapter, graphdef, state, ids, pos, mask, deltas, prompts.vision, key, knobs,
+                   (jnp.asarray(stop), forbidden), g, t, params.pad_id)
     return Rollout(*out)
 
 

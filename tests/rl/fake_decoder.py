@@ -54,7 +54,13 @@ class FakeDecoder(nnx.Module):
         return self.out(h), cache
 
 
+def _last(out):
+    logits, cache = out
+    return logits[:, -1], cache
+
+
 FAKE_ADAPTER = ModelAdapter(
-    forward=lambda m, ids, pos, mask, vision, cache: m(ids, pos, mask, vision, cache),
+    forward=lambda m, ids, pos, mask, vision, cache: _last(m(ids, pos, mask, vision, cache)),
     init_cache=lambda m, batch, max_len: m.init_cache(batch, max_len),
+    vocab_size=lambda m: m.out.out_features,
 )

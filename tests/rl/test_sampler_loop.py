@@ -1,0 +1,190 @@
+"""Decode-loop structure of rewardmap_jax/rl/sampler.py on a small fake decoder (same contract)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from rewardmap_jax.rl import sampler
+from tests.rl.fake_decoder import FAKE_ADAPTER, FakeDecoder
+
+VOCAB, PAD, STOP = 40, 0, 3
+FORBIDDEN = (30, 31, 32)
+
+
+def make_model(seed=0):
+    return FakeDecoder(VOCAB, 16, nnx.Rngs(seed))
+
+
+def make_prompts(lengths, bucket, seed=0):
+    """Left-padded prompts with non-trivial 3-axis positions (an 'image' jump on axes h/w)."""
+    rng = np.random.default_rng(seed)
+    ids, mask, pos = [], [], []
+    for n in lengths:
+        tok = rng.integers(4, 30, n)
+        t = np.arange(n)
+        hw = t + (t >= n // 2) * 3  # a gap, as after an image block
+        ids.append(tok[None])
+        mask.append(np.ones((1, n), bool))
+        pos.append(np.stack([t, hw, hw + 1])[:, None])
+    padded = [sampler.left_pad(i, m, p, bucket, PAD)
+              for i, m, p in zip(ids, mask, pos, strict=True)]
+    return sampler.PromptBatch(
+        input_ids=np.concatenate([p[0] for p in padded]),
+        attention_mask=np.concatenate([p[1] for p in padded]),
+        positions=np.concatenate([p[2] for p in padded], axis=1),
+    )
+
+
+def params(**kw):
+    base = dict(max_new_tokens=10, num_generations=2, temperature=1.0, stop_ids=(STOP,),
+                pad_id=PAD, forbidden_ids=FORBIDDEN)
+    base.update(kw)
+    return sampler.SamplingParams(**base)
+
+
+def teacher_forced_logp(model, prompts, rollout, g):
+    """Log-probs of the completions from one full forward over prompt + completion."""
+    ids = np.repeat(prompts.input_ids, g, 0)
+    mask = np.repeat(prompts.attention_mask, g, 0)
+    pos = np.repeat(prompts.positions, g, 1)
+    toks = np.asarray(rollout.tokens)
+    n, t = toks.shape
+    start = pos.max(axis=(0, 2)) + 1
+    comp_pos = np.broadcast_to(start[:, None] + np.arange(t), (3, n, t))
+    full_ids = np.concatenate([ids, toks], 1)
+    full_mask = np.concatenate([mask, np.ones_like(toks, bool)], 1)
+    full_pos = np.concatenate([pos, comp_pos], 2)
+    logits, _ = model(jnp.asarray(full_ids), jnp.asarray(full_pos), jnp.asarray(full_mask))
+    logp = jax.nn.log_softmax(logits[:, ids.shape[1] - 1 : -1], -1)
+    return np.take_along_axis(np.asarray(logp), toks[..., None], -1)[..., 0]
+
+
+def test_logps_match_teacher_forced_forward_and_pads_after_stop():
+    model, prompts = make_model(), make_prompts([5, 8], bucket=8)
+    out = sampler.generate(model, FAKE_ADAPTER, prompts, params(temperature=1.3, top_k=12),
+                           jax.random.key(0))
+    toks, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+    assert toks.shape == (4, 10) and lengths.shape == (4,)
+    ref = teacher_forced_logp(model, prompts, out, 2)
+    valid = np.arange(10)[None] < lengths[:, None]
+    assert np.abs(np.where(valid, ref - np.asarray(out.logp_policy), 0)).max() <= 1e-4
+    for row, n, fin in zip(toks, lengths, np.asarray(out.finished), strict=True):
+        stops = np.flatnonzero(row == STOP)
+        assert fin == (stops.size > 0)
+        if fin:
+            assert n == stops[0] + 1
+            assert np.all(row[n:] == PAD)
+        else:
+            assert n == 10
+    assert np.all(np.asarray(out.logp_policy)[~valid] == 0)
+    assert np.asarray(out.finished).any() and not np.asarray(out.finished).all()
+
+
+def test_greedy_matches_naive_full_recompute():
+    model, prompts = make_model(1), make_prompts([4, 8], bucket=8)
+    out = sampler.generate(model, FAKE_ADAPTER, prompts, params(temperature=0.0, stop_ids=()),
+                           jax.random.key(0))
+    # Greedy: the G = 2 samples of a prompt are identical.
+    np.testing.assert_array_equal(out.tokens[0::2], out.tokens[1::2])
+    # Fixed-size buffers: causal attention hides the not-yet-filled columns, so one compiled
+    # full forward per step recomputes everything from scratch.
+    start = prompts.positions.max(axis=(0, 2)) + 1
+    ids = np.concatenate([prompts.input_ids, np.zeros((2, 10), np.int32)], 1)
+    mask = np.concatenate([prompts.attention_mask, np.ones((2, 10), bool)], 1)
+    comp = np.broadcast_to(start[None, :, None] + np.arange(10), (3, 2, 10))
+    pos = np.concatenate([prompts.positions, comp], 2)
+    forward = jax.jit(lambda i, p, m: model(i, p, m)[0])
+    forb = np.zeros(VOCAB, bool)
+    forb[list(FORBIDDEN)] = True
+    for i in range(10):
+        logits = np.asarray(forward(ids, pos, mask))[:, 7 + i]
+        ids[:, 8 + i] = np.argmax(np.where(forb, -np.inf, logits), -1)
+    np.testing.assert_array_equal(np.asarray(out.tokens)[0::2], ids[:, 8:])
+    np.testing.assert_array_equal(np.asarray(out.logp_sample), 0.0)
+
+
+def test_seed_reproducible_and_groups_differ():
+    model, prompts = make_model(), make_prompts([6, 6], bucket=8)
+    p = params(stop_ids=())
+    a = sampler.generate(model, FAKE_ADAPTER, prompts, p, jax.random.key(7))
+    b = sampler.generate(model, FAKE_ADAPTER, prompts, p, jax.random.key(7))
+    c = sampler.generate(model, FAKE_ADAPTER, prompts, p, jax.random.key(8))
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_array_equal(a.logp_sample, b.logp_sample)
+    assert not np.array_equal(a.tokens, c.tokens)
+    # The G samples of one prompt share its prefix but draw independently.
+    assert not np.array_equal(a.tokens[0], a.tokens[1])
+
+
+def test_forbidden_never_emitted_when_rigged():
+    model = make_model()
+    # Rig the head: forbidden ids dominate every step.
+    model.out.bias[...] = model.out.bias[...].at[jnp.array(FORBIDDEN)].set(100.0)
+    prompts = make_prompts([5, 7], bucket=8)
+    for t in (0.0, 1.0):
+        out = sampler.generate(model, FAKE_ADAPTER, prompts, params(temperature=t),
+                               jax.random.key(1))
+        assert not np.isin(np.asarray(out.tokens), FORBIDDEN).any()
+    unguarded = sampler.generate(model, FAKE_ADAPTER, prompts,
+                                 params(temperature=0.0, forbidden_ids=()), jax.random.key(1))
+    assert np.isin(np.asarray(unguarded.tokens), FORBIDDEN).all()  # the rig works
+
+
+def test_early_exit_when_all_rows_stop():
+    model = make_model()
+    model.out.bias[...] = model.out.bias[...].at[STOP].set(100.0)
+    out = sampler.generate(model, FAKE_ADAPTER, make_prompts([5, 7], bucket=8),
+                           params(temperature=1.0), jax.random.key(1))
+    assert int(out.steps) == 1
+    np.testing.assert_array_equal(out.lengths, 1)
+    assert np.all(np.asarray(out.tokens)[:, 1:] == PAD)
+
+
+def test_compiles_once_per_bucket():
+    model = make_model()
+    jax.clear_caches()  # earlier tests compiled some of these shapes already
+    sampler.TRACE_COUNTS.clear()
+    buckets = (8, 16)
+    for i, lengths in enumerate([[3, 5], [7, 8], [9, 12], [16, 10], [2, 4], [11, 11]]):
+        b = sampler.pick_bucket(max(lengths), buckets)
+        p = params(temperature=0.5 + 0.1 * i, top_p=0.9 - 0.05 * i, top_k=i,
+                   stop_ids=(STOP, 4)[: 1 + i % 2])
+        sampler.generate(model, FAKE_ADAPTER, make_prompts(lengths, b, seed=i), p,
+                         jax.random.key(i))
+    assert sampler.TRACE_COUNTS == {"rollout": 2}
+
+
+def test_sharded_batch_gives_same_rollout():
+    model, prompts = make_model(), make_prompts([5, 7], bucket=8)
+    p = params(num_generations=2)
+    ref = sampler.generate(model, FAKE_ADAPTER, prompts, p, jax.random.key(3))
+    mesh = Mesh(np.array(jax.devices()[:2]).reshape(2, 1, 1), ("data", "fsdp", "tensor"))
+    row = NamedSharding(mesh, P(("data", "fsdp")))
+    sharded = sampler.PromptBatch(
+        input_ids=jax.device_put(prompts.input_ids, row),
+        attention_mask=jax.device_put(prompts.attention_mask, row),
+        positions=jax.device_put(prompts.positions, NamedSharding(mesh, P(None, "data"))),
+    )
+    out = sampler.generate(model, FAKE_ADAPTER, sharded, p, jax.random.key(3))
+    np.testing.assert_array_equal(out.tokens, ref.tokens)
+    np.testing.assert_allclose(out.logp_policy, ref.logp_policy, atol=1e-5)
+    assert len(out.tokens.sharding.device_set) == 2
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match="exceeds the largest bucket"):
+        sampler.pick_bucket(20, (8, 16))
+    with pytest.raises(ValueError, match="also forbidden"):
+        params(stop_ids=(30,))
+    with pytest.raises(ValueError, match="top_p"):
+        params(top_p=0.0)
+    prompts = make_prompts([3], bucket=4)
+    bad = sampler.PromptBatch(prompts.input_ids, prompts.attention_mask, prompts.positions[:2])
+    with pytest.raises(ValueError, match=r"positions .* must be \(3, B, L\)"):
+        sampler.generate(make_model(), FAKE_ADAPTER, bad, params(), jax.random.key(0))
