@@ -157,11 +157,22 @@ def _mesh_config() -> mlc.ConfigDict:
         ("vision_heads", "tensor"),
         ("vision_head_dim", None),
         ("vision_patch", None),
+        ("vision_qkv", "tensor"),
+        ("vision_merge", "fsdp"),
+        ("vision_merge_out", "tensor"),
         ("norm", None),
         ("layers", None),
     )
     # (param path regex, logical axis names) for parameters without logical-axis metadata.
     m.path_rules = ()
+    # Multi-host (rewardmap_jax/distributed.py): auto = initialize when a cluster environment is
+    # detected (SLURM, Open MPI, TPU pod, JAX_COORDINATOR_ADDRESS); off; explicit = the keys below.
+    m.dist_mode = "auto"
+    m.coordinator_address = ""  # "host:port" of process 0
+    m.num_processes = 0
+    m.process_id = -1
+    m.local_device_ids = ()
+    m.cpu_collectives = "gloo"  # CPU cross-process collectives ("" = JAX default)
     return m
 
 
