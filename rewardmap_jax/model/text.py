@@ -77,7 +77,7 @@ class TextMLP(nnx.Module):
 class DecoderLayer(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         t = cfg.text
-        nk = dict(eps=t.rms_norm_eps, axis_name="embed", param_dtype=cfg.pdtype, dtype=cfg.dtype)
+        nk = dict(eps=t.rms_norm_eps, axis_name="norm", param_dtype=cfg.pdtype, dtype=cfg.dtype)
         self.input_layernorm = RMSNorm(t.hidden_size, **nk)
         self.self_attn = TextAttention(cfg, rngs)
         self.post_attention_layernorm = RMSNorm(t.hidden_size, **nk)
@@ -99,7 +99,7 @@ class TextModel(nnx.Module):
         self.embed_tokens = param(rngs, (t.vocab_size, t.hidden_size), ("vocab", "embed"),
                                   cfg.pdtype)
         self.layers = nnx.List([DecoderLayer(cfg, rngs) for _ in range(t.num_hidden_layers)])
-        self.norm = RMSNorm(t.hidden_size, eps=t.rms_norm_eps, axis_name="embed",
+        self.norm = RMSNorm(t.hidden_size, eps=t.rms_norm_eps, axis_name="norm",
                             param_dtype=cfg.pdtype, dtype=cfg.dtype)
 
     def embed(self, input_ids: jax.Array) -> jax.Array:

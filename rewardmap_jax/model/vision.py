@@ -28,7 +28,7 @@ class VisionAttention(nnx.Module):
         v = cfg.vision
         self.cfg = cfg
         kw = dict(bias=True, dtype=cfg.dtype, param_dtype=cfg.pdtype, rngs=rngs)
-        self.qkv = Linear(v.hidden_size, 3 * v.hidden_size, axes=("vision_embed", "vision_qkv"),
+        self.qkv = Linear(v.hidden_size, 3 * v.hidden_size, axes=("vision_embed", "vision_heads"),
                           **kw)
         self.proj = Linear(v.hidden_size, v.hidden_size, axes=("vision_heads", "vision_embed"),
                            **kw)
@@ -72,7 +72,7 @@ class VisionMLP(nnx.Module):
 class VisionBlock(nnx.Module):
     def __init__(self, cfg: ModelConfig, full: bool, rngs: nnx.Rngs):
         v = cfg.vision
-        nk = dict(eps=v.rms_norm_eps, axis_name="vision_embed", param_dtype=cfg.pdtype,
+        nk = dict(eps=v.rms_norm_eps, axis_name="norm", param_dtype=cfg.pdtype,
                   dtype=cfg.dtype)
         self.full = full
         self.norm1 = RMSNorm(v.hidden_size, **nk)
@@ -92,10 +92,10 @@ class PatchMerger(nnx.Module):
         v = cfg.vision
         d4 = v.hidden_size * v.merge_unit
         kw = dict(bias=True, dtype=cfg.dtype, param_dtype=cfg.pdtype, rngs=rngs)
-        self.ln_q = RMSNorm(v.hidden_size, eps=v.rms_norm_eps, axis_name="vision_embed",
+        self.ln_q = RMSNorm(v.hidden_size, eps=v.rms_norm_eps, axis_name="norm",
                             param_dtype=cfg.pdtype, dtype=cfg.dtype)
-        self.mlp_0 = Linear(d4, d4, axes=("vision_merge", "vision_merge_out"), **kw)
-        self.mlp_2 = Linear(d4, v.out_hidden_size, axes=("vision_merge_out", "embed"), **kw)
+        self.mlp_0 = Linear(d4, d4, axes=("vision_embed", "vision_mlp"), **kw)
+        self.mlp_2 = Linear(d4, v.out_hidden_size, axes=("vision_mlp", "embed"), **kw)
 
     def __call__(self, x):
         x = self.ln_q(x).reshape(-1, self.mlp_0.kernel.shape[0])

@@ -46,6 +46,12 @@ def num_windows(grid_thw: np.ndarray, cfg: VisionConfig) -> int:
     return int(sum(t * -(-(h // m) // ws) * -(-(w // m) // ws) for t, h, w in g))
 
 
+def required_patches(grid_thw: np.ndarray, cfg: VisionConfig) -> int:
+    """Minimum buffer slots for the items: windows * window_patches (>= sum t*h*w, because edge
+    windows are padded to full size)."""
+    return num_windows(grid_thw, cfg) * cfg.window_patches
+
+
 def bucket_patches(n_windows: int, cfg: VisionConfig, min_windows: int = 1) -> int:
     """Slots for `n_windows` windows rounded up to a power-of-two window count (few buckets)."""
     n = max(n_windows, min_windows, 1)

@@ -1,0 +1,172 @@
+"""Full-model parity with transformers (fp32), KV-cache decode, jit compile counts, bf16 path."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from rewardmap_jax.model import hf_io, rope_index, vision_layout
+from rewardmap_jax.model.kv_cache import KVCache
+from tests.model import hf_reference as ref
+
+# Grids (t, h, w): merged 3x5 (does not divide a 2- or 4-token window) and merged 4x4 (divides:
+# HF adds a full padding window), plus a second frame-pair item in the batch for window 28.
+GRIDS = np.array([[1, 6, 10], [1, 8, 8], [1, 4, 6]])
+ROWS = [[0, 1], [2]]  # row 0: two images of different sizes; row 1: left padded, one image
+
+
+def _log_softmax64(x):
+    x = np.asarray(x, np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def _kl(p_logits, q_logits):
+    """KL(p || q) per position, in float64."""
+    lp, lq = _log_softmax64(p_logits), _log_softmax64(q_logits)
+    return np.sum(np.exp(lp) * (lp - lq), -1)
+
+
+def _inputs(cfg):
+    ids, mask = ref.left_padded_batch(GRIDS, ROWS)
+    pv = ref.pixels(GRIDS)
+    pos, deltas = rope_index.get_rope_index(ids, cfg, mask, image_grid_thw=GRIDS)
+    vi = jax.tree.map(jnp.asarray, vision_layout.pack_vision_inputs(pv, GRIDS, cfg.vision))
+    return ids, mask, pv, pos, deltas, vi
+
+
+@pytest.mark.parametrize("window,fullatt", [(56, (1, 3)), (112, (0,)), (28, (2,))])
+def test_logits_match_transformers(tmp_path, window, fullatt):
+    hf = ref.hf_model(tie=False, seed=window, window_size=window, fullatt=fullatt)
+    hf.save_pretrained(tmp_path)
+    model = hf_io.load_hf(str(tmp_path))
+    ids, mask, pv, pos, _, vi = _inputs(model.cfg)
+    want = ref.hf_logits(hf, ids, mask, pv, GRIDS, pos)
+    got, _ = model(jnp.asarray(ids, jnp.int32), jnp.asarray(pos), jnp.asarray(mask, bool), vi)
+    got = np.asarray(got)
+    m = mask.astype(bool)
+    err = np.abs(got - want)[m].max()
+    kl = _kl(want, got)[m].mean()
+    print(f"window {window}: max|dlogit| {err:.2e}, mean KL {kl:.2e}")
+    assert err <= 1e-4
+    assert kl < 1e-6
+    # the vision tower alone
+    feats = np.asarray(model.visual(vi))[: int(np.prod(GRIDS, 1).sum() // 4)]
+    assert np.abs(feats - ref.hf_vision(hf, pv, GRIDS)).max() <= 1e-5
+
+
+def _jitted(model):
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def fwd(state, ids, pos, mask, vi, cache):
+        return nnx.merge(graphdef, state)(ids, pos, mask, vi, cache)
+
+    return state, fwd
+
+
+def test_kv_cache_decode_matches_full_forward(hf_untied):
+    _, d = hf_untied
+    model = hf_io.load_hf(d)
+    ids, mask, _, pos, deltas, vi = _inputs(model.cfg)
+    state, fwd = _jitted(model)
+    b, n = ids.shape
+    full, _ = fwd(state, jnp.asarray(ids, jnp.int32), jnp.asarray(pos), jnp.asarray(mask, bool),
+                  vi, None)
+    full = np.asarray(full)
+    steps = 4
+    prompt = n - steps
+    cache = KVCache.init(model.cfg, b, n + 3)
+    logits, cache = fwd(state, jnp.asarray(ids[:, :prompt], jnp.int32),
+                        jnp.asarray(pos[:, :, :prompt]), jnp.asarray(mask[:, :prompt], bool),
+                        vi, cache)
+    m = mask.astype(bool)
+    assert np.abs(np.asarray(logits) - full[:, :prompt])[m[:, :prompt]].max() <= 1e-5
+    for j in range(prompt, n):
+        p = rope_index.decode_positions(cache.index, deltas, 1)
+        np.testing.assert_array_equal(np.asarray(p), pos[:, :, j:j + 1])
+        logits, cache = fwd(state, jnp.asarray(ids[:, j:j + 1], jnp.int32), p,
+                            jnp.ones((b, 1), bool), None, cache)
+        assert np.abs(np.asarray(logits)[:, 0] - full[:, j]).max() <= 1e-5
+    assert int(cache.index) == n
+    # prefill (with vision), full forward, one decode shape: 3 compilations, reused per step
+    assert fwd._cache_size() == 3
+
+
+def test_same_bucket_different_images_compile_once(hf_untied):
+    _, d = hf_untied
+    model = hf_io.load_hf(d)
+    state, fwd = _jitted(model)
+    cfg = model.cfg
+    p = vision_layout.bucket_patches(8, cfg.vision)
+    outs = []
+    for grids in (np.array([[1, 6, 10]]), np.array([[1, 4, 4], [1, 4, 6]])):
+        ntok = int(np.prod(grids, 1).sum() // 4)
+        ids = np.full((1, 32), 5, np.int64)
+        ids[0, 1] = ref.VS
+        ids[0, 2:2 + ntok] = ref.IMG
+        ids[0, 2 + ntok] = ref.VE
+        pos, _ = rope_index.get_rope_index(ids, cfg, None, image_grid_thw=grids)
+        vi = vision_layout.pack_vision_inputs(ref.pixels(grids), grids, cfg.vision, p)
+        out, _ = fwd(state, jnp.asarray(ids, jnp.int32), jnp.asarray(pos),
+                     jnp.ones((1, 32), bool), jax.tree.map(jnp.asarray, vi), None)
+        outs.append(np.asarray(out))
+    assert fwd._cache_size() == 1
+    assert np.isfinite(outs[0]).all() and np.isfinite(outs[1]).all()
+
+
+def test_bf16_compute_close_to_fp32(hf_untied):
+    _, d = hf_untied
+    f32 = hf_io.load_hf(d)
+    bf16 = hf_io.load_hf(d, compute_dtype="bfloat16")
+    ids, mask, _, pos, _, vi = _inputs(f32.cfg)
+    args = (jnp.asarray(ids, jnp.int32), jnp.asarray(pos), jnp.asarray(mask, bool), vi)
+    a = np.asarray(f32(*args)[0])
+    b = np.asarray(bf16(*args)[0])
+    m = mask.astype(bool)
+    err = np.abs(a - b)[m].max()
+    kl = _kl(a, b)[m].mean()
+    print(f"bf16 vs fp32: max|dlogit| {err:.2e} (logit scale {np.abs(a).max():.2f}), KL {kl:.2e}")
+    assert err <= 2e-2
+    assert kl < 1e-4
+
+
+def test_token_logprobs_and_hidden_head_split(hf_tied):
+    _, d = hf_tied
+    model = hf_io.load_hf(d)
+    ids, mask, _, pos, _, vi = _inputs(model.cfg)
+    args = (jnp.asarray(ids, jnp.int32), jnp.asarray(pos), jnp.asarray(mask, bool), vi)
+    logits, _ = model(*args)
+    hidden, _ = model(*args, return_hidden=True)
+    np.testing.assert_allclose(np.asarray(model.logits(hidden)), np.asarray(logits), atol=1e-6)
+    targets = jnp.roll(args[0], -1, axis=1)
+    logp, ent = model.token_logprobs(hidden, targets, chunk=16)
+    ls = jax.nn.log_softmax(logits, -1)
+    want = np.take_along_axis(np.asarray(ls), np.asarray(targets)[..., None], -1)[..., 0]
+    np.testing.assert_allclose(np.asarray(logp), want, atol=1e-5)
+    want_ent = -np.sum(np.exp(np.asarray(ls)) * np.asarray(ls), -1)
+    np.testing.assert_allclose(np.asarray(ent), want_ent, atol=1e-4)
+
+
+def test_remat_policies_same_loss_and_grads(hf_tied):
+    _, d = hf_tied
+    ids, mask, _, pos, _, _ = _inputs(hf_io.load_hf_config(d))
+    args = (jnp.asarray(ids, jnp.int32), jnp.asarray(pos), jnp.asarray(mask, bool))
+    results = []
+    for remat in ("none", "full", "dots"):
+        model = hf_io.load_hf(d, remat=remat, attn_chunk=8)
+        graphdef, state = nnx.split(model)
+
+        def loss(state):
+            h, _ = nnx.merge(graphdef, state)(*args, return_hidden=True)
+            logp, _ = nnx.merge(graphdef, state).token_logprobs(h, jnp.roll(args[0], -1, 1), 16)
+            return -jnp.mean(logp * args[2])
+
+        results.append(jax.jit(jax.value_and_grad(loss))(state))
+    for val, grads in results[1:]:
+        np.testing.assert_allclose(float(val), float(results[0][0]), rtol=1e-6)
+        for g, g0 in zip(jax.tree.leaves(grads), jax.tree.leaves(results[0][1]), strict=True):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(g0), atol=1e-6)
