@@ -1,0 +1,126 @@
+"""Config helpers for the CLIs: the resolved config saved in (and read back from) the workdir,
+checks of the sections the run edges own, and the presets text for `--help`.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import ml_collections as mlc
+import yaml
+
+CONFIG_JSON = "config.json"
+CONFIG_YAML = "config.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "curriculum.py"
+
+
+class ConfigError(ValueError):
+    """A config value that cannot run; the message names the key."""
+
+
+def config_to_dict(config: mlc.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
+    """A plain nested dict (field references resolved, tuples as lists) for JSON/YAML."""
+    d = config.to_dict() if isinstance(config, mlc.ConfigDict) else dict(config)
+    return json.loads(json.dumps(d, default=_jsonable))
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, (set, frozenset)):
+        return sorted(x)
+    return str(x)
+
+
+def save_config(config: mlc.ConfigDict, workdir: str | Path) -> tuple[Path, Path]:
+    """Writes `<workdir>/config.json` and `config.yaml` (the resolved config, overrides applied)."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    d = config_to_dict(config)
+    json_path = workdir / CONFIG_JSON
+    yaml_path = workdir / CONFIG_YAML
+    json_path.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+    yaml_path.write_text(yaml.safe_dump(d, sort_keys=True))
+    return json_path, yaml_path
+
+
+def load_config(workdir: str | Path) -> mlc.ConfigDict:
+    """The config a run in `workdir` was started with (from its `config.json`), locked."""
+    path = Path(workdir) / CONFIG_JSON
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no {CONFIG_JSON} in {workdir}; is it a run directory written by rewardmap_jax.main?"
+        )
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    config = mlc.ConfigDict(d)
+    config.lock()
+    return config
+
+
+def _positive(config: mlc.ConfigDict, key: str, minimum: int) -> str | None:
+    section, name = key.split(".")
+    if section not in config or name not in config[section]:
+        return None  # a section another engineer owns may not carry it yet
+    value = config[section][name]
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        return f"config.{key} must be an integer >= {minimum}, got {value!r}"
+    return None
+
+
+_BOUNDS = {
+    "checkpoint.every_steps": 0,
+    "checkpoint.keep": 1,
+    "log.every_steps": 1,
+    "log.gallery_every_steps": 0,
+    "log.gallery_questions": 1,
+    "eval.every_steps": 0,
+    "eval.max_questions": 0,
+    "eval.batch_size": 1,
+    "eval.max_new_tokens": 1,
+}
+
+
+def validate_config(config: mlc.ConfigDict) -> None:
+    """Checks the run-edge sections (checkpoint, log, eval); raises ConfigError naming each key."""
+    errors = [e for key, lo in _BOUNDS.items() if (e := _positive(config, key, lo))]
+    if "preset" in config and not isinstance(config.preset, str):
+        errors.append(f"config.preset must be a string, got {config.preset!r}")
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def _read_config_file(path: Path) -> tuple[str, list[str]]:
+    """(docstring, PRESETS) of a config file, read without importing it."""
+    try:
+        tree = ast.parse(path.read_text())
+    except (OSError, SyntaxError):
+        return "", []
+    presets: list[str] = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "PRESETS" for t in node.targets
+        ):
+            presets = [str(p) for p in ast.literal_eval(node.value)]
+    return ast.get_docstring(tree) or "", presets
+
+
+def presets_help(config_file: str | Path = DEFAULT_CONFIG) -> str:
+    """One paragraph for `--config`'s help: the presets of `config_file`."""
+    path = Path(config_file)
+    _, presets = _read_config_file(path)
+    text = f"Config file, optionally with a preset: {path.name}[:PRESET]."
+    if presets:
+        text += f" Presets: {', '.join(presets)} (default {presets[0]})."
+    return text + " Override any key with --config.SECTION.KEY=VALUE."
+
+
+def config_doc(config_file: str | Path = DEFAULT_CONFIG) -> str:
+    """The config file's docstring (its presets and run commands), for `--help`."""
+    path = Path(config_file)
+    doc, _ = _read_config_file(path)
+    return f"Config ({path}):\n\n{doc}\n" if doc else ""

@@ -1,0 +1,231 @@
+r"""RewardMap training entry point.
+
+    python -m rewardmap_jax.main --config configs/curriculum.py[:PRESET] --workdir runs/tiny \
+        [--config.SECTION.KEY=VALUE ...]
+
+Initialises multi-process JAX when launched as several processes (TPU pod, SLURM, or the
+JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables that `launch/` sets),
+saves the resolved config to WORKDIR/config.{json,yaml}, then runs
+`rewardmap_jax.rl.trainer.run(config, workdir)`, which resumes from the latest checkpoint in
+WORKDIR. Unknown keys and values of the wrong type stop the run before any compute.
+
+Exit codes: 0 done; 1 bad flags or config; 3 training is not available in this checkout (the
+trainer module is missing): a preview of the map world is written instead, and nothing trains.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections as mlc
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from rewardmap_jax import config_utils
+
+# `--help` prints this docstring: append the config file's own (presets and run commands).
+__doc__ = f"{__doc__}\n{config_utils.config_doc()}"
+
+TRAINER_MODULE = "rewardmap_jax.rl.trainer"
+DISTRIBUTED_MODULE = "rewardmap_jax.distributed"
+EXIT_NO_TRAINER = 3
+PREVIEW_SUBDIR = "preview"
+PREVIEW_QUESTIONS = 12
+
+_FLAGS: dict[str, Any] = {}
+
+
+def _define_flags(argv: Sequence[str]) -> None:
+    """Defines --config/--workdir. ml_collections reads the --config.* overrides from `argv`
+    right here (not at parse time), so an unknown key fails in this call."""
+    _FLAGS["config"] = config_flags.DEFINE_config_file(
+        "config",
+        default=str(config_utils.DEFAULT_CONFIG),
+        help_string=config_utils.presets_help(),
+        lock_config=True,
+        sys_argv=list(argv),
+    )
+    _FLAGS["workdir"] = flags.DEFINE_string(
+        "workdir", None, "Run directory (default: runs/<preset>)."
+    )
+
+
+def _unknown_key_message(argv: Sequence[str], error: Exception) -> str:
+    key = str(error).strip("\"'")
+    overrides = [a for a in argv if a.startswith("--config.")]
+    culprits = [a for a in overrides if key and key in a.split("=", 1)[0].split(".")[1:]]
+    shown = culprits[0] if culprits else " ".join(overrides)
+    return (
+        f"unknown config key {key!r} in {shown}: the config has no such key, and keys cannot "
+        "be added from the command line (configs/curriculum.py and a run's config.yaml list "
+        "the keys)"
+    )
+
+
+def _optional_module(name: str) -> Any | None:
+    """The module if it exists in this checkout (errors inside it are not hidden)."""
+    try:
+        found = importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        found = False
+    return importlib.import_module(name) if found else None
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def initialize_distributed() -> None:
+    """Joins a multi-process run, if this process was launched as part of one.
+
+    Prefers `rewardmap_jax.distributed.initialize()` when that module exists. Otherwise:
+    explicit JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID (launch/local.sh);
+    REWARDMAP_DISTRIBUTED=1 for JAX's own cluster detection (Cloud TPU VMs, SLURM: what
+    launch/tpu_pod.sh and launch/slurm.sbatch set). A process with none of these runs alone.
+    """
+    import jax
+
+    dist = _optional_module(DISTRIBUTED_MODULE)
+    if dist is not None and hasattr(dist, "initialize"):
+        dist.initialize()
+        return
+    addr = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    nproc, pid = _env_int("JAX_NUM_PROCESSES"), _env_int("JAX_PROCESS_ID")
+    if addr and nproc is not None and pid is not None:
+        jax.distributed.initialize(addr, num_processes=nproc, process_id=pid)
+    elif os.environ.get("REWARDMAP_DISTRIBUTED") == "1":
+        jax.distributed.initialize()
+
+
+def preview_mapworld(config: mlc.ConfigDict, workdir: Path, n: int = PREVIEW_QUESTIONS) -> Path:
+    """Writes sample map-world maps and questions (no model) to WORKDIR/preview/.
+
+    `index.html` shows each map with its question and reference answer; `questions.jsonl`
+    lists them. Returns the preview directory.
+    """
+    from rewardmap_jax import gallery
+    from rewardmap_jax.mapworld.generator import generate_records
+    from rewardmap_jax.mapworld.questions import answer_text
+
+    world = config.data.get("world", "tiny") if "data" in config else "tiny"
+    records = generate_records(world, "train", n)
+    out = workdir / PREVIEW_SUBDIR
+    (out / "maps").mkdir(parents=True, exist_ok=True)
+    items = []
+    with (out / "questions.jsonl").open("w") as f:
+        for i, r in enumerate(records):
+            r.figure.save(out / "maps" / f"{i:03d}.png")
+            row = {k: v for k, v in r.to_row().items() if k not in ("figure", "json", "routes")}
+            row["reference_answer"] = answer_text(r)
+            f.write(json.dumps(row) + "\n")
+            items.append(gallery.item_from_record(r, [], []))
+    page = gallery.render_gallery(items, title=f"Map-world preview ({world}): no model, no rewards")
+    (out / "index.html").write_text(page, encoding="utf-8")
+    return out
+
+
+def run(config: mlc.ConfigDict, workdir: str | Path) -> int:
+    """Everything after flag parsing: distributed init, config saving, dispatch."""
+    import jax
+
+    config_utils.validate_config(config)
+    if "://" in str(workdir):
+        raise config_utils.ConfigError(
+            f"invalid --workdir {workdir}: a URL; metrics, plots and the gallery are "
+            "written with local file I/O, so use a local path or a mounted bucket (gcsfuse) "
+            "shared by all hosts"
+        )
+    initialize_distributed()
+    primary = jax.process_index() == 0
+    if not primary:
+        logging.set_verbosity(logging.WARNING)  # logs come from process 0 only
+    workdir = Path(workdir)
+    if primary:
+        json_path, _ = config_utils.save_config(config, workdir)
+        logging.info("config (preset %s) saved to %s", config.get("preset"), json_path)
+        logging.info(
+            "JAX %s: %d processes, %d devices (%s)",
+            jax.__version__,
+            jax.process_count(),
+            jax.device_count(),
+            jax.devices()[0].platform,
+        )
+    trainer = _optional_module(TRAINER_MODULE)
+    if trainer is not None:
+        trainer.run(config, str(workdir))
+        return 0
+    msg = (
+        f"training is not available yet: {TRAINER_MODULE} does not exist in this checkout. "
+        "Nothing was trained."
+    )
+    if primary:
+        out = preview_mapworld(config, workdir)
+        msg += f" Wrote a map-world preview (maps, questions, reference answers) to {out}."
+        logging.warning(msg)
+    return EXIT_NO_TRAINER
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected positional arguments: {list(argv[1:])}")
+    config = _FLAGS["config"].value
+    try:
+        preset = config.get("preset", "run")
+    except OSError as e:  # the config file failed to load (ml_collections reports it lazily)
+        logging.error("config error: %s", " ".join(str(e).split()))
+        return 1
+    workdir = _FLAGS["workdir"].value or os.path.join("runs", str(preset))
+    try:
+        return run(config, workdir)
+    except config_utils.ConfigError as e:
+        logging.error("%s", e)
+        return 1
+
+
+def cli(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv if argv is None else argv)
+    try:
+        _define_flags(argv)
+    except (KeyError, AttributeError) as e:
+        print(f"FATAL config error: {_unknown_key_message(argv, e)}", file=sys.stderr)
+        sys.exit(1)
+    app.run(main, argv=argv, flags_parser=_parse_flags)
+
+
+_HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with errors cut to their last line (ml_collections embeds the
+    traceback of an exception raised while loading the config file)."""
+    try:
+        return flags.FLAGS(argv)
+    except SystemExit:
+        # absl exits with status 1 after printing --help; asking for help is not an error.
+        if any(a.split("=")[0] in _HELP_FLAGS for a in argv[1:]):
+            sys.exit(0)
+        raise
+    except flags.Error as e:
+        lines = [x for x in str(e).splitlines() if x.strip()]
+        if any(x.startswith("Traceback") for x in lines):
+            lines = [lines[0].split(":", 1)[0] + ": " + lines[-1].strip()]
+        print("FATAL Flags parsing error: " + "\n".join(lines), file=sys.stderr)
+        print("Pass --help to see the flags and presets.", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,177 @@
+"""The main CLI (flags, config errors, saving, dispatch, preview), config helpers, launcher."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from configs import curriculum
+from rewardmap_jax import config_utils
+from rewardmap_jax import main as main_mod
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Runs main's CLI with a stand-in trainer that records what it was called with (in the workdir),
+# so the CLI is tested end to end whether or not the real trainer exists yet.
+_CLI_WITH_FAKE_TRAINER = textwrap.dedent(
+    """
+    import importlib.machinery, json, sys, types
+    import jax
+    from rewardmap_jax import main
+    fake = types.ModuleType("fake_trainer")
+    fake.__spec__ = importlib.machinery.ModuleSpec("fake_trainer", None)
+    def run(config, workdir):
+        with open(f"{workdir}/trainer_called_{jax.process_index()}.json", "w") as f:
+            json.dump({"workdir": workdir, "num_generations": config.rl.num_generations,
+                       "processes": jax.process_count()}, f)
+    fake.run = run
+    sys.modules["fake_trainer"] = fake
+    main.TRAINER_MODULE = "fake_trainer"
+    main.cli(["main"] + sys.argv[1:])
+    """
+)
+
+
+def _cli(*args: str, cwd: Path, fake_trainer: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-c", _CLI_WITH_FAKE_TRAINER] if fake_trainer else [
+        sys.executable, "-m", "rewardmap_jax.main"
+    ]  # fmt: skip
+    return subprocess.run(
+        cmd + list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_saves_config_and_dispatches_to_trainer(tmp_path):
+    out = _cli("--config.rl.num_generations=8", "--config.checkpoint.keep=5", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    workdir = tmp_path / "runs" / "tiny"  # the default workdir
+    called = json.loads((workdir / "trainer_called_0.json").read_text())
+    assert called == {"workdir": "runs/tiny", "num_generations": 8, "processes": 1}
+    saved = json.loads((workdir / "config.json").read_text())
+    expected = config_utils.config_to_dict(curriculum.get_config("tiny"))
+    expected["rl"]["num_generations"] = 8
+    expected["checkpoint"]["keep"] = 5
+    assert saved == expected
+    assert yaml.safe_load((workdir / "config.yaml").read_text()) == expected
+
+
+def test_cli_preset_and_workdir(tmp_path):
+    cfg = f"{REPO}/configs/curriculum.py:qwen2_5_vl_3b"
+    out = _cli(f"--config={cfg}", f"--workdir={tmp_path / 'w'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    saved = config_utils.load_config(tmp_path / "w")
+    assert saved.preset == "qwen2_5_vl_3b" and saved.model.param_dtype == "bfloat16"
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--config.rl.nope=3", "unknown config key 'nope' in --config.rl.nope=3"),
+        ("--config.nosection.x=3", "unknown config key 'nosection'"),
+        ("--config.rl.num_generations=abc", "--config.rl.num_generations=abc: invalid literal"),
+        ("--config.rl.temperature=hot", "--config.rl.temperature=hot: could not convert"),
+        ("--config.checkpoint.keep=0", "config.checkpoint.keep must be an integer >= 1, got 0"),
+        (f"--config={REPO}/configs/curriculum.py:huge", "unknown preset 'huge'"),
+        ("--workdir=gs://bucket/run", "invalid --workdir gs://bucket/run: a URL"),
+        ("--config=/no/such/config.py", "No such file or directory: '/no/such/config.py'"),
+    ],
+)
+def test_cli_rejects_bad_config_before_compute(tmp_path, flag, message):
+    out = _cli(flag, cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+    # Nothing ran: the trainer was never called and (for flag errors) no workdir exists.
+    assert not list(tmp_path.rglob("trainer_called_*.json"))
+
+
+def test_help_lists_presets(tmp_path):
+    out = _cli("--help", cwd=tmp_path, fake_trainer=False)
+    assert out.returncode == 0
+    text = out.stdout + out.stderr
+    for preset in curriculum.PRESETS:
+        assert preset in text
+    assert "--config.rl.num_generations=8" in text  # the config docstring's examples
+    assert "--workdir" in text
+
+
+def test_without_trainer_main_writes_an_honest_preview(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(main_mod, "TRAINER_MODULE", "rewardmap_jax.rl.no_such_trainer")
+    config = curriculum.get_config("tiny")
+    assert main_mod.run(config, tmp_path) == main_mod.EXIT_NO_TRAINER
+    assert "training is not available yet" in caplog.text and "Nothing was trained" in caplog.text
+    preview = tmp_path / "preview"
+    rows = [json.loads(x) for x in (preview / "questions.jsonl").read_text().splitlines()]
+    assert len(rows) == main_mod.PREVIEW_QUESTIONS
+    assert {r["type"] for r in rows} == set(curriculum_task_types())
+    assert all(r["reference_answer"] for r in rows)
+    assert len(list((preview / "maps").glob("*.png"))) == len(rows)
+    page = (preview / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == len(rows)
+    assert "no model, no rewards" in page
+    assert (tmp_path / "config.json").exists()
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.jsonl").exists()
+
+
+def curriculum_task_types() -> tuple[str, ...]:
+    from rewardmap_jax.mapworld.records import TASK_TYPES
+
+    return TASK_TYPES
+
+
+def test_missing_optional_module_vs_broken_module(tmp_path, monkeypatch):
+    assert main_mod._optional_module("rewardmap_jax.no_such_module") is None
+    assert main_mod._optional_module("no_such_package.trainer") is None
+    (tmp_path / "broken_trainer_mod.py").write_text("raise RuntimeError('bug inside')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(RuntimeError, match="bug inside"):  # real errors are never hidden
+        main_mod._optional_module("broken_trainer_mod")
+
+
+def test_config_helpers(tmp_path):
+    config = curriculum.get_config("tiny")
+    config_utils.validate_config(config)
+    config.log.every_steps = 0
+    config.eval.batch_size = True
+    with pytest.raises(config_utils.ConfigError) as e:
+        config_utils.validate_config(config)
+    assert "config.log.every_steps must be an integer >= 1, got 0" in str(e.value)
+    assert "config.eval.batch_size" in str(e.value)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        config_utils.load_config(tmp_path)
+    config_utils.save_config(curriculum.get_config("tiny"), tmp_path)
+    loaded = config_utils.load_config(tmp_path)
+    assert loaded.rl.num_generations == curriculum.get_config("tiny").rl.num_generations
+    with pytest.raises(AttributeError):
+        loaded.rl.new_key = 1  # locked like the CLI's config
+    text = config_utils.presets_help()
+    assert "Presets: tiny, qwen2_5_vl_3b, qwen2_5_vl_7b (default tiny)" in text
+
+
+@pytest.mark.slow
+def test_local_launcher_runs_two_processes(tmp_path):
+    workdir = tmp_path / "w"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [str(REPO / "launch" / "local.sh"), "2", sys.executable, "-c", _CLI_WITH_FAKE_TRAINER,
+         f"--workdir={workdir}"],  # fmt: skip
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    for pid in (0, 1):
+        called = json.loads((workdir / f"trainer_called_{pid}.json").read_text())
+        assert called["processes"] == 2
+    assert (workdir / "config.json").exists()
+    # Logs come from process 0 only.
+    assert "[0] I" in out.stderr and "config (preset tiny) saved" in out.stderr
+    assert not any(
+        line.startswith("[1]") and "saved to" in line for line in out.stderr.splitlines()
+    )
