@@ -88,26 +88,35 @@ def _env_int(name: str) -> int | None:
         raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
 
 
-def initialize_distributed() -> None:
+def initialize_distributed(config: mlc.ConfigDict) -> None:
     """Joins a multi-process run, if this process was launched as part of one.
 
-    Prefers `rewardmap_jax.distributed.initialize()` when that module exists. Otherwise:
-    explicit JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID (launch/local.sh);
-    REWARDMAP_DISTRIBUTED=1 for JAX's own cluster detection (Cloud TPU VMs, SLURM: what
-    launch/tpu_pod.sh and launch/slurm.sbatch set). A process with none of these runs alone.
+    * JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID (launch/local.sh): explicit.
+    * REWARDMAP_DISTRIBUTED=1 (launch/tpu_pod.sh, launch/slurm.sbatch): JAX's own cluster
+      detection (Cloud TPU metadata, SLURM variables).
+    * Otherwise `rewardmap_jax.distributed.initialize_distributed(config.mesh)` decides
+      (its "auto" mode: SLURM with several tasks, Open MPI, ...). A lone process runs alone.
     """
     import jax
 
     dist = _optional_module(DISTRIBUTED_MODULE)
-    if dist is not None and hasattr(dist, "initialize"):
-        dist.initialize()
-        return
     addr = os.environ.get("JAX_COORDINATOR_ADDRESS")
     nproc, pid = _env_int("JAX_NUM_PROCESSES"), _env_int("JAX_PROCESS_ID")
     if addr and nproc is not None and pid is not None:
-        jax.distributed.initialize(addr, num_processes=nproc, process_id=pid)
+        explicit = {
+            "dist_mode": "explicit",
+            "coordinator_address": addr,
+            "num_processes": nproc,
+            "process_id": pid,
+        }
+        if dist is not None:
+            dist.initialize_distributed(explicit)
+        else:
+            jax.distributed.initialize(addr, num_processes=nproc, process_id=pid)
     elif os.environ.get("REWARDMAP_DISTRIBUTED") == "1":
         jax.distributed.initialize()
+    elif dist is not None:
+        dist.initialize_distributed(config.get("mesh", {}))
 
 
 def preview_mapworld(config: mlc.ConfigDict, workdir: Path, n: int = PREVIEW_QUESTIONS) -> Path:
@@ -148,7 +157,7 @@ def run(config: mlc.ConfigDict, workdir: str | Path) -> int:
             "written with local file I/O, so use a local path or a mounted bucket (gcsfuse) "
             "shared by all hosts"
         )
-    initialize_distributed()
+    initialize_distributed(config)
     primary = jax.process_index() == 0
     if not primary:
         logging.set_verbosity(logging.WARNING)  # logs come from process 0 only
