@@ -31,6 +31,8 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from rewardmap_jax.model.config import ModelConfig
+from rewardmap_jax.model.kv_cache import KVCache
 from rewardmap_jax.rl import sampling
 
 # Trace counters (incremented only when jax traces, i.e. compiles, a function): tests and logs use
@@ -126,6 +128,53 @@ class Rollout:
     lengths: jax.Array
     finished: jax.Array
     steps: jax.Array
+
+
+def _qwen_forward(model, ids, positions, mask, vision, cache):
+    hidden, cache = model.hidden_states(ids, positions, mask, vision, cache)
+    return model.logits(hidden[:, -1]), cache
+
+
+def _qwen_init_cache(model, batch: int, max_len: int):
+    return KVCache.init(model.cfg, batch, max_len)
+
+
+# rewardmap_jax.model.qwen2_5_vl.Qwen2_5_VL: the LM head runs on the last column only.
+QWEN2_5_VL = ModelAdapter(
+    forward=_qwen_forward,
+    init_cache=_qwen_init_cache,
+    vocab_size=lambda model: model.cfg.text.vocab_size,
+)
+
+
+def vision_special_ids(cfg: ModelConfig) -> tuple[int, ...]:
+    """Ids of `<|vision_start|>`, `<|vision_end|>`, `<|vision_pad|>`, `<|image_pad|>`,
+    `<|video_pad|>` that exist in the vocabulary (tiny test configs may leave some outside)."""
+    ids = (cfg.vision_start_token_id, cfg.vision_end_token_id, cfg.vision_token_id,
+           cfg.image_token_id, cfg.video_token_id)
+    return tuple(sorted({i for i in ids if 0 <= i < cfg.text.vocab_size}))
+
+
+def params_from_config(rl: Any, cfg: ModelConfig, stop_ids: Sequence[int] | None = None,
+                       **overrides: Any) -> SamplingParams:
+    """SamplingParams from the `rl` config section and the model config.
+
+    Stops on `eos_token_id` (`<|im_end|>`) unless `stop_ids` is given; pads with `pad_token_id`;
+    forbids the vision special tokens. `overrides` replace any field (e.g. temperature=0 for
+    evaluation).
+    """
+    kw = dict(
+        max_new_tokens=int(rl.max_new_tokens),
+        num_generations=int(rl.num_generations),
+        temperature=float(rl.temperature),
+        top_p=float(rl.top_p),
+        top_k=int(rl.top_k),
+        stop_ids=tuple(stop_ids) if stop_ids is not None else (cfg.eos_token_id,),
+        pad_id=cfg.pad_token_id,
+        forbidden_ids=vision_special_ids(cfg),
+    )
+    kw.update(overrides)
+    return SamplingParams(**kw)
 
 
 def rope_deltas_from_positions(positions: jax.Array, attention_mask: jax.Array) -> jax.Array:

@@ -1,0 +1,143 @@
+"""Sampler on the real Qwen2.5-VL port vs transformers (tiny random weights, fp32, CPU)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from rewardmap_jax.model import hf_io, rope_index
+from rewardmap_jax.model.vision_layout import pack_vision_inputs
+from rewardmap_jax.rl import sampler
+from tests.model import hf_reference as ref
+
+T_NEW = 32
+EOS, PAD = 1, 0
+# Images of different sizes: 2x3 and 4x4 merged tokens, and a 3x2 one.
+GRIDS = np.array([[1, 4, 6], [1, 8, 8], [1, 6, 4]])
+ROWS = [[], [0], [1, 2]]  # prompts with 0, 1 and 2 images, different lengths
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    hf = ref.hf_model(tie=False, seed=3)
+    d = tmp_path_factory.mktemp("hf_sampler")
+    hf.save_pretrained(d)
+    return hf, hf_io.load_hf(str(d))
+
+
+def prompt_batch(cfg, grids=GRIDS, rows=ROWS, seed=0):
+    ids, mask = ref.left_padded_batch(grids, rows, seed=seed)
+    pv = ref.pixels(grids, seed=seed)
+    pos, deltas = rope_index.get_rope_index(ids, cfg, mask, grids)
+    vision = pack_vision_inputs(pv, grids, cfg.vision)
+    batch = sampler.PromptBatch(input_ids=ids.astype(np.int32), attention_mask=mask.astype(bool),
+                                positions=pos, rope_deltas=deltas, vision=vision)
+    return batch, (ids, mask, pv)
+
+
+def hf_generate(hf, ids, mask, pv, grids, forbidden):
+    with torch.no_grad():
+        out = hf.generate(
+            input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+            pixel_values=torch.tensor(pv), image_grid_thw=torch.tensor(grids),
+            mm_token_type_ids=torch.tensor((ids == ref.IMG).astype(np.int64)),
+            do_sample=False, max_new_tokens=T_NEW, bad_words_ids=[[i] for i in forbidden],
+            eos_token_id=EOS, pad_token_id=PAD,
+        )
+    new = out[:, ids.shape[1]:].numpy()
+    return np.pad(new, ((0, 0), (0, T_NEW - new.shape[1])), constant_values=PAD)
+
+
+def test_greedy_equals_transformers_generate(models):
+    hf, model = models
+    cfg = model.cfg
+    batch, (ids, mask, pv) = prompt_batch(cfg)
+    forbidden = sampler.vision_special_ids(cfg)
+    assert set(forbidden) >= {ref.IMG, ref.VID, ref.VS, ref.VE}
+    params = sampler.SamplingParams(max_new_tokens=T_NEW, num_generations=2, temperature=0.0,
+                                    stop_ids=(EOS,), pad_id=PAD, forbidden_ids=forbidden)
+    out = sampler.generate(model, sampler.QWEN2_5_VL, batch, params, jax.random.key(0))
+    want = hf_generate(hf, ids, mask, pv, GRIDS, forbidden)
+    toks = np.asarray(out.tokens)
+    np.testing.assert_array_equal(toks[0::2], want)
+    np.testing.assert_array_equal(toks[1::2], want)
+    assert np.asarray(out.lengths).min() >= 1
+
+
+def test_sampled_logps_equal_teacher_forced_transformers(models):
+    hf, model = models
+    cfg = model.cfg
+    batch, (ids, mask, pv) = prompt_batch(cfg, seed=1)
+    params = sampler.SamplingParams(max_new_tokens=T_NEW, num_generations=2, temperature=1.0,
+                                    top_k=50, stop_ids=(EOS, 7), pad_id=PAD,
+                                    forbidden_ids=sampler.vision_special_ids(cfg))
+    out = sampler.generate(model, sampler.QWEN2_5_VL, batch, params, jax.random.key(1))
+    toks, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+    g = 2
+    n = toks.shape[0]
+    valid = np.arange(T_NEW)[None] < lengths[:, None]
+    # Teacher-forced transformers forward over prompt + completion, explicit 3-D positions.
+    start = batch.positions.max(axis=(0, 2)) + 1
+    comp_pos = np.broadcast_to(np.repeat(start, g)[:, None] + np.arange(T_NEW), (3, n, T_NEW))
+    full_ids = np.concatenate([np.repeat(ids, g, 0), toks], 1)
+    full_mask = np.concatenate([np.repeat(mask, g, 0), valid.astype(np.int64)], 1)
+    full_pos = np.concatenate([np.repeat(batch.positions, g, 1), comp_pos], 2)
+    # Each prompt's images again for each of its G copies, in row order.
+    img_rows = [i for r in ROWS for _ in range(g) for i in r]
+    starts = np.concatenate([[0], np.cumsum(np.prod(GRIDS, 1))])
+    pv_rep = np.concatenate([pv[starts[i]:starts[i + 1]] for i in img_rows])
+    logits = ref.hf_logits(hf, full_ids, full_mask, pv_rep, GRIDS[img_rows], full_pos)
+    lp = torch.log_softmax(torch.tensor(logits[:, ids.shape[1] - 1:-1]), -1).numpy()
+    want = np.take_along_axis(lp, toks[..., None], -1)[..., 0]
+    err = np.abs(np.where(valid, want - np.asarray(out.logp_policy), 0)).max()
+    assert err <= 1e-4, err
+    assert np.all(np.asarray(out.logp_policy)[~valid] == 0)
+    # Under top-k the sampling log-probs renormalise over fewer tokens: never below the policy's.
+    assert np.all(np.asarray(out.logp_sample)[valid] >= np.asarray(out.logp_policy)[valid] - 1e-5)
+
+
+def test_vision_tokens_never_sampled_when_rigged(models):
+    _, model = models
+    cfg = model.cfg
+    forbidden = sampler.vision_special_ids(cfg)
+    rigged = nnx.clone(model)  # leave the shared fixture untouched
+    head = rigged.lm_head.kernel
+    head[...] = head[...].at[:, np.array(forbidden)].multiply(40.0)
+    batch, _ = prompt_batch(cfg)
+    params = sampler.SamplingParams(max_new_tokens=T_NEW, num_generations=2, temperature=1.0,
+                                    stop_ids=(EOS,), pad_id=PAD, forbidden_ids=forbidden)
+    out = sampler.generate(rigged, sampler.QWEN2_5_VL, batch, params, jax.random.key(2))
+    assert not np.isin(np.asarray(out.tokens), forbidden).any()
+    # Without the guard the rigged head emits them (4 of 256 ids: ~1.6% if unrigged).
+    loose = sampler.generate(rigged, sampler.QWEN2_5_VL, batch,
+                             sampler.SamplingParams(**{**params.__dict__, "forbidden_ids": ()}),
+                             jax.random.key(2))
+    assert np.isin(np.asarray(loose.tokens), forbidden).mean() > 0.2
+
+
+def test_new_images_same_buckets_do_not_recompile(models):
+    _, model = models
+    cfg = model.cfg
+    params = sampler.SamplingParams(max_new_tokens=T_NEW, num_generations=2, temperature=1.0,
+                                    stop_ids=(EOS,), pad_id=PAD,
+                                    forbidden_ids=sampler.vision_special_ids(cfg))
+    batch, _ = prompt_batch(cfg)
+    sampler.generate(model, sampler.QWEN2_5_VL, batch, params, jax.random.key(0))
+    before = sampler.TRACE_COUNTS["rollout"]
+    # Different image sizes and placement, padded to the same prompt and patch buckets.
+    grids = np.array([[1, 6, 6], [1, 4, 4], [1, 2, 8]])
+    other, _ = prompt_batch(cfg, grids, [[0, 1], [], [2]], seed=4)
+    length = batch.input_ids.shape[1]
+    ids, m, pos = sampler.left_pad(other.input_ids, other.attention_mask, other.positions,
+                                   length, PAD)
+    vis = pack_vision_inputs(ref.pixels(grids, 4), grids, cfg.vision,
+                             num_patches=batch.vision.pixels.shape[0])
+    other = sampler.PromptBatch(ids, m, pos, None, vis)
+    out = sampler.generate(model, sampler.QWEN2_5_VL, other,
+                           sampler.SamplingParams(**{**params.__dict__, "temperature": 0.7}),
+                           jax.random.key(5))
+    assert out.tokens.shape == (6, T_NEW)
+    assert sampler.TRACE_COUNTS["rollout"] == before
