@@ -215,29 +215,30 @@ def generate_city(world: WorldConfig, split: str, map_index: int) -> City:
 
 
 class _CityCache:
-    """A thread-safe LRU of cities keyed by (world, split, map_index)."""
+    """Thread-safe LRUs of cities, one per world (each holds `world.cache_maps` cities)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._items: collections.OrderedDict[tuple, City] = collections.OrderedDict()
+        self._worlds: dict[WorldConfig, collections.OrderedDict[tuple[str, int], City]] = {}
 
     def get(self, world: WorldConfig, split: str, map_index: int) -> City:
-        key = (world, split, map_index)
+        key = (split, map_index)
         with self._lock:
-            city = self._items.get(key)
+            items = self._worlds.setdefault(world, collections.OrderedDict())
+            city = items.get(key)
             if city is not None:
-                self._items.move_to_end(key)
+                items.move_to_end(key)
                 return city
         city = generate_city(world, split, map_index)
         with self._lock:
-            self._items[key] = city
-            while len(self._items) > max(world.cache_maps, 1):
-                self._items.popitem(last=False)
+            items[key] = city
+            while len(items) > max(world.cache_maps, 1):
+                items.popitem(last=False)
         return city
 
     def clear(self) -> None:
         with self._lock:
-            self._items.clear()
+            self._worlds.clear()
 
 
 _CACHE = _CityCache()

@@ -212,12 +212,27 @@ def torf2(network: Network, rng: np.random.Generator) -> Question:
     return Question("TorF2", text, truth, station_1=station)
 
 
+def _gap_counts(network: Network, a: str, b: str) -> set[int]:
+    """Intermediate-stop counts between `a` and `b` on every line that carries both."""
+    return {
+        abs(ln.stations.index(a) - ln.stations.index(b)) - 1
+        for ln in network.lines
+        if a in ln.stations and b in ln.stations
+    }
+
+
 def counting1(network: Network, rng: np.random.Generator) -> Question:
-    line = _pick(rng, network.lines)
-    n = len(line.stations)
-    gap = int(rng.integers(1, n))
-    i = int(rng.integers(0, n - gap))
-    a, b = line.stations[i], line.stations[i + gap]
+    # Two lines may share two stations with different gaps; such a pair has no single answer.
+    for _ in range(_SAMPLE_TRIES):
+        line = _pick(rng, network.lines)
+        n = len(line.stations)
+        gap = int(rng.integers(1, n))
+        i = int(rng.integers(0, n - gap))
+        a, b = line.stations[i], line.stations[i + gap]
+        if len(_gap_counts(network, a, b)) == 1:
+            break
+    else:
+        raise RuntimeError(f"no unambiguous Counting1 pair on lines {network.metro_dict(False)}")
     if rng.random() < 0.5:
         a, b = b, a
     count = gap - 1
