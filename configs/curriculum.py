@@ -83,6 +83,10 @@ def _rl_config() -> mlc.ConfigDict:
     rl.kl_clamp = 10.0  # per-token KL clamp (verl low_var_kl); 0 = off
     rl.norm_len = 0  # seq-sum-token-mean divisor; 0 = max_new_tokens (static T)
     rl.logprob_chunk = 256  # positions per LM-head call when computing log-probs
+    # rl/sampler.py: prompts are left-padded to the smallest bucket that fits (one compilation
+    # per bucket); stop ids () = the model's eos (<|im_end|>).
+    rl.prompt_buckets = (1024, 2048, 4096, 8192, 12288, 16384, 24576)
+    rl.stop_ids = ()
     return rl
 
 
@@ -264,6 +268,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         c.model.preset = "tiny"
         _tiny_data(c.data)
         c.rl.max_new_tokens = 64
+        c.rl.prompt_buckets = (64, 128, 256)
         c.rl.mini_batch_size = 8
         c.optim.lr = 1e-4
         c.checkpoint.every_steps = 50

@@ -159,17 +159,19 @@ def params_from_config(rl: Any, cfg: ModelConfig, stop_ids: Sequence[int] | None
                        **overrides: Any) -> SamplingParams:
     """SamplingParams from the `rl` config section and the model config.
 
-    Stops on `eos_token_id` (`<|im_end|>`) unless `stop_ids` is given; pads with `pad_token_id`;
-    forbids the vision special tokens. `overrides` replace any field (e.g. temperature=0 for
-    evaluation).
+    Stops on `stop_ids`, else `rl.stop_ids` when non-empty, else `eos_token_id` (`<|im_end|>`);
+    pads with `pad_token_id`; forbids the vision special tokens. `overrides` replace any field
+    (e.g. temperature=0 for evaluation).
     """
+    if stop_ids is None:
+        stop_ids = tuple(rl.get("stop_ids", ())) or (cfg.eos_token_id,)
     kw = dict(
         max_new_tokens=int(rl.max_new_tokens),
         num_generations=int(rl.num_generations),
         temperature=float(rl.temperature),
         top_p=float(rl.top_p),
         top_k=int(rl.top_k),
-        stop_ids=tuple(stop_ids) if stop_ids is not None else (cfg.eos_token_id,),
+        stop_ids=tuple(int(i) for i in stop_ids),
         pad_id=cfg.pad_token_id,
         forbidden_ids=vision_special_ids(cfg),
     )

@@ -188,3 +188,17 @@ def test_bad_inputs_raise_clear_errors():
     bad = sampler.PromptBatch(prompts.input_ids, prompts.attention_mask, prompts.positions[:2])
     with pytest.raises(ValueError, match=r"positions .* must be \(3, B, L\)"):
         sampler.generate(make_model(), FAKE_ADAPTER, bad, params(), jax.random.key(0))
+
+
+def test_params_from_config_uses_rl_section_and_model_ids():
+    from configs.curriculum import get_config
+    from rewardmap_jax.model.config import tiny
+
+    c = get_config("tiny")
+    p = sampler.params_from_config(c.rl, tiny())
+    assert (p.max_new_tokens, p.num_generations) == (c.rl.max_new_tokens, c.rl.num_generations)
+    assert p.stop_ids == (1026,) and p.pad_id == 1024  # <|im_end|>, <|endoftext|>
+    assert p.forbidden_ids == (1033, 1034, 1035, 1036, 1037)  # vision specials (tokens.md)
+    c.rl.stop_ids = (1026, 1024)
+    assert sampler.params_from_config(c.rl, tiny(), temperature=0.0).stop_ids == (1026, 1024)
+    assert sampler.pick_bucket(65, c.rl.prompt_buckets) == 128
