@@ -46,6 +46,7 @@ import numpy as np
 
 from rewardmap_jax.data import prompts
 from rewardmap_jax.data.curriculum import PlanCycle, Schedule, schedule_from_config
+from rewardmap_jax.data.fast_tokenizer import FastTokenizer
 from rewardmap_jax.data.image_processing import (
     ImageProcessorConfig,
     open_figure,
@@ -57,7 +58,7 @@ from rewardmap_jax.data.sources import (
     real_sources,
     source_sizes,
 )
-from rewardmap_jax.data.tokenizer import TINY, load_tokenizer, special_token_ids
+from rewardmap_jax.data.tokenizer import TINY, special_token_ids
 from rewardmap_jax.mapworld.records import TASK_TYPES, Record
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class ProcessElement:
 
     def _tokenizer(self):
         if self._tok is None:
-            tok = load_tokenizer(self.spec.tokenizer)
+            tok = FastTokenizer(self.spec.tokenizer)
             self._tok = (tok, special_token_ids(tok))
         return self._tok
 
@@ -331,7 +332,7 @@ class DataPipeline:
         self.worker_count = int(data_cfg.worker_count)
         self.read_threads = int(data_cfg.get("read_threads", 1))
         self.prefetch = int(data_cfg.get("prefetch", 2))
-        self.pad_id = special_token_ids(load_tokenizer(tokenizer)).pad
+        self.pad_id = special_token_ids(FastTokenizer(tokenizer)).pad
 
     @classmethod
     def from_config(cls, config: Any, **overrides: Any) -> DataPipeline:
@@ -382,6 +383,7 @@ class DataPipeline:
                                  self.shard_count)
         ds = grain.MapDataset.range(local_elements).map(process)
         if self.worker_count > 0:
+            _ensure_absl_flags_parsed()
             ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
             ds = ds.mp_prefetch(grain.MultiprocessingOptions(
                 num_workers=self.worker_count,
@@ -400,6 +402,14 @@ class DataPipeline:
     def iterator(self) -> grain.DatasetIterator:
         """A fresh iterator from the start; `get_state()`/`set_state()` resume exactly."""
         return iter(self.dataset())
+
+
+def _ensure_absl_flags_parsed() -> None:
+    """Grain's worker processes read absl flags; outside an absl app they are unparsed."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def _pixel_dtype(name: str) -> Any:
