@@ -37,7 +37,7 @@ def _metric_sections(text: str, template: str) -> list[T.Section]:
     if template == "short":
         return T.parse_sections(text, T.clean_rm, lenient_keys=False)[0]
     field = "num_via" if template == "long_num_via" else "via"
-    return T.parse_sections(text, T.clean_rm, False, arrival="line", long_field=field)[0]
+    return T.parse_sections(text, T.clean_rm, False, arrival="regex", long_field=field)[0]
 
 
 def planning_accuracy(sections: Sequence[T.Section], record: Record) -> bool:

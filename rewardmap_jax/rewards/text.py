@@ -266,8 +266,9 @@ def parse_sections(
       clean: the name normaliser applied to the departure/arrival fields (`clean_rw`/`clean_rm`).
       lenient_keys: reward rule (keys checked case-insensitively) when True; accuracy/metric rule
         (case-sensitive) when False. Either way `Section.strict` records the case-sensitive check.
-      arrival: "remainder" (text after "Arrival Stop:", the reward and the short metric) or
-        "line" (`Arrival Stop: (.*?)\\n`, the long metric).
+      arrival: "remainder" (text after "Arrival Stop:", the reward and the short metric),
+        "regex" (`Arrival Stop: (.*?)\\n`, the long metric) or "line" (the first line of the
+        remainder: the reward's `arrival_field="line"` option for long-template answers).
       long_field: None, "num_via" ("Number of Via Stops: " remainder) or "via" ("Via Stops: ").
 
     Returns:
@@ -293,6 +294,8 @@ def parse_sections(
         regex_ok = rm is not None and dm is not None
         if arrival == "remainder":
             arr = clean(chunk.split("Arrival Stop:")[-1].strip())
+        elif arrival == "line":
+            arr = clean(chunk.split("Arrival Stop:")[-1].strip().split("\n")[0])
         else:
             am = _ARRIVE_RE.search(chunk)
             arr = clean(am.group(1)) if am else WRONG

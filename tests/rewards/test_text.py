@@ -86,10 +86,15 @@ def test_parse_sections_rules():
     strict, _ = T.parse_sections(text, lenient_keys=False)
     assert len(strict) == 1
     long_text = "Route Name: L\nDeparture Stop: A\nArrival Stop: B\nNumber of Via Stops: 3 stops"
-    (s,), _ = T.parse_sections(long_text, T.clean_rm, False, "line", "num_via")
+    (s,), _ = T.parse_sections(long_text, T.clean_rm, False, "regex", "num_via")
     assert (s.arrival, s.num_via, T.first_int(s.num_via)) == ("b", "3 stops", 3)
     (s,), _ = T.parse_sections(long_text, T.clean_rm, False, "remainder")
     assert s.arrival == "bnumberofviastops:3stops"
+    # "regex" needs a newline after the arrival (official long metric); "line" does not
+    (s,), _ = T.parse_sections("Route Name: L\nDeparture Stop: A\nArrival Stop: B", arrival="regex")
+    assert (s.arrival, s.regex_ok) == ("Wrong", False)
+    (s,), _ = T.parse_sections("Route Name: L\nDeparture Stop: A\nArrival Stop: B", arrival="line")
+    assert (s.arrival, s.regex_ok) == ("b", True)
     assert T.first_int("none") == 0
 
 
