@@ -35,6 +35,11 @@ POLICY_LOSSES: dict[str, Callable[..., tuple[Array, Metrics]]] = {}
 ADV_SCALINGS = ("group", "batch", "none")
 
 
+def _wide(x: Array) -> Array:
+    """At least fp32 (fp64 stays fp64, for gradient checks under x64)."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def _lookup(table: dict[str, Any], name: str, what: str) -> Any:
     if name not in table:
         raise ValueError(f"unknown {what} {name!r}; registered: {sorted(table)}")
@@ -281,7 +286,7 @@ KL_ESTIMATORS["low_var_kl"] = kl_k3
 def kl_penalty(logps: Array, ref_logps: Array, estimator: str = "k3", clamp: float = 0.0) -> Array:
     """Per-token KL estimate `(N, T)` fp32 by estimator name (k1 | k2 | k3 | low_var_kl)."""
     fn = _lookup(KL_ESTIMATORS, estimator, "kl_estimator")
-    return fn(logps.astype(jnp.float32), ref_logps.astype(jnp.float32), clamp)
+    return fn(_wide(logps), _wide(ref_logps), clamp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,11 +318,11 @@ def clipped_policy_loss(
       below 1-clip_low), `clipfrac_high` (A>0, ratio above 1+clip_high), `clipfrac`,
       `dual_clipfrac`, `ratio_mean/min/max`, `approx_kl` (k3 of old vs new).
     """
-    adv = advantages.astype(jnp.float32)
+    adv = _wide(advantages)
     if adv.ndim == 1:
         adv = adv[:, None]
     log_ratio = jnp.clip(
-        logps.astype(jnp.float32) - old_logps.astype(jnp.float32),
+        _wide(logps) - _wide(old_logps),
         -cfg.log_ratio_clamp,
         cfg.log_ratio_clamp,
     )
@@ -404,7 +409,7 @@ def grpo_loss(
     if cfg.entropy_coef != 0:
         if entropy is None:
             raise ValueError("entropy_coef != 0 needs entropy")
-        ent = agg(entropy.astype(jnp.float32))
+        ent = agg(_wide(entropy))
         total = total - cfg.entropy_coef * ent
         metrics["entropy"] = ent
     metrics["tokens"] = mask.astype(jnp.float32).sum()

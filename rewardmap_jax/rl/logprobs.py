@@ -57,7 +57,8 @@ def token_logprobs(
 
     @jax.checkpoint
     def chunk(h: Array, t: Array) -> tuple[Array, Array]:
-        logits = lm_head(h).astype(jnp.float32) / temperature  # (B, C, V)
+        logits = lm_head(h)
+        logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32)) / temperature
         lse = jax.nn.logsumexp(logits, axis=-1)
         tgt = jnp.take_along_axis(logits, t[..., None].astype(jnp.int32), axis=-1)[..., 0]
         lp = tgt - lse
