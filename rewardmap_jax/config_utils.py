@@ -94,6 +94,19 @@ def validate_config(config: mlc.ConfigDict) -> None:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 
 
+def get_config(config_file: str | Path = DEFAULT_CONFIG, preset: str | None = None):
+    """`get_config(preset)` of a config file (as `--config FILE:PRESET` would load it)."""
+    import importlib.util
+
+    path = Path(config_file)
+    spec = importlib.util.spec_from_file_location(f"_rewardmap_config_{path.stem}", path)
+    if spec is None or spec.loader is None or not path.exists():
+        raise FileNotFoundError(f"no config file {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset)
+
+
 def _read_config_file(path: Path) -> tuple[str, list[str]]:
     """(docstring, PRESETS) of a config file, read without importing it."""
     try:

@@ -129,7 +129,7 @@ def preview_mapworld(config: mlc.ConfigDict, workdir: Path, n: int = PREVIEW_QUE
     from rewardmap_jax.mapworld.generator import generate_records
     from rewardmap_jax.mapworld.questions import answer_text
 
-    world = config.data.get("world", "tiny") if "data" in config else "tiny"
+    world = config.data.get("mapworld_world", "tiny") if "data" in config else "tiny"
     records = generate_records(world, "train", n)
     out = workdir / PREVIEW_SUBDIR
     (out / "maps").mkdir(parents=True, exist_ok=True)
