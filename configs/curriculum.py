@@ -200,7 +200,8 @@ def _data_config() -> mlc.ConfigDict:
     # Static shapes: prompts left-padded to the smallest fitting bucket; image patches packed
     # into the smallest fitting buffer; SFT targets right-padded to an answer bucket.
     d.prompt_buckets = (1024, 2048, 4096, 8192, 12288, 16384, 20480)
-    d.patch_buckets = (16384, 32768, 65536, 131072, 196608, 262144)
+    # One 5,839 x 5,449 map at max_pixels 12845056 is 64,944 patch rows (16,236 image tokens).
+    d.patch_buckets = (65536, 131072, 262144, 524288, 786432, 1048576)
     d.answer_buckets = (128, 256, 512, 1024, 2048)
     d.truncation = "error"  # error | left (never cuts image tokens)
     d.max_image_pixels = 64_000_000  # decoded input bound (real maps ~5,800 x 5,400)
