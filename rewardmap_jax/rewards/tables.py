@@ -94,8 +94,7 @@ def build_tables(record: Record) -> RecordTables:
     line_index = {line: i for i, line in enumerate(metro)}
     member = np.zeros((len(line_index), len(station_index)), dtype=bool)
     for line, stations in metro.items():
-        for s in stations:
-            member[line_index[line], station_index[T.clean_rw(s)]] = True
+        member[line_index[line], [station_index[T.clean_rw(s)] for s in stations]] = True
     between = np.zeros((len(station_index),), dtype=bool)
     found = False
     if record.type == "Counting1" and record.station_1 and record.station_2:

@@ -15,6 +15,7 @@ must score a completion exactly as the official code does:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 
 # Annotations the datasets append to station names; the official loaders drop them first.
@@ -55,6 +56,11 @@ _RM_REPLACEMENTS: tuple[tuple[str, str], ...] = (
 )  # fmt: skip
 
 
+# Names repeat across a batch (every record of a city shares its stations): memoise the cleaners.
+_CLEAN_CACHE_SIZE = 1 << 16
+
+
+@functools.lru_cache(maxsize=_CLEAN_CACHE_SIZE)
 def clean_rw(s: str) -> str:
     """RewardMap's `clean_string` (the reward's name normaliser), rule for rule."""
     for old, new in _RW_REPLACEMENTS:
@@ -65,6 +71,7 @@ def clean_rw(s: str) -> str:
     return _SPACE_DASH_RE.sub("", s).lower()
 
 
+@functools.lru_cache(maxsize=_CLEAN_CACHE_SIZE)
 def clean_rm(s: str) -> str:
     """ReasonMap's `clean_string` (the metric's name normaliser), rule for rule."""
     for old, new in _RM_REPLACEMENTS:
