@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -218,3 +219,54 @@ def test_save_killed_mid_write_is_never_restored(tmp_path):
         assert mgr.all_steps() == [10, 20]
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert not any("tmp" in n for n in names), names
+
+
+_TWO_PROCESS_SCRIPT = """
+import json, os, sys
+import jax, jax.numpy as jnp, numpy as np
+jax.distributed.initialize(os.environ["JAX_COORDINATOR_ADDRESS"],
+                           int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"]))
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from rewardmap_jax import checkpoint as ck
+workdir = sys.argv[1]
+full = np.arange(24, dtype=np.float32).reshape(8, 3)
+sh = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data"))
+x = jax.make_array_from_callback(full.shape, sh, lambda idx: full[idx])
+pid = jax.process_index()
+with ck.CheckpointManager(workdir, every_steps=0, async_save=True) as mgr:
+    if pid == 1:
+        mgr.request_preemption()  # SIGTERM reached one host only
+    agreed = mgr.should_save(3)   # every host must save at the same step
+    preempted = mgr.preempted
+    mgr.save(3, {"params": {"w": x}}, data_state={"proc": pid}, metadata={"n": 2})
+with ck.CheckpointManager(workdir) as mgr:
+    r = mgr.restore({"params": {"w": jax.ShapeDtypeStruct(full.shape, full.dtype, sharding=sh)}})
+w = r.state["params"]["w"]
+ok = all(np.array_equal(np.asarray(s.data), full[s.index]) for s in w.addressable_shards)
+print(json.dumps({"pid": pid, "agreed": agreed, "preempted": preempted, "step": r.step,
+                  "data": r.data_state, "meta": r.metadata, "ok": ok}), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_save_and_restore_their_shards_and_data_state(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO), DEVICES_PER_PROCESS="2")
+    out = subprocess.run(
+        [str(REPO / "launch" / "local.sh"), "2", sys.executable, "-c", _TWO_PROCESS_SCRIPT,
+         str(tmp_path)],  # fmt: skip
+        env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    results = sorted(
+        (json.loads(line.split("] ", 1)[1]) for line in out.stdout.splitlines() if "{" in line),
+        key=lambda r: r["pid"],
+    )
+    assert [r["pid"] for r in results] == [0, 1]
+    for r in results:
+        assert r["agreed"] and r["preempted"] and r["ok"]
+        assert r["step"] == 3 and r["data"] == {"proc": r["pid"]} and r["meta"] == {"n": 2}
+    data_dir = tmp_path / "checkpoints" / "3" / "data"
+    assert sorted(p.name for p in data_dir.glob("process_*")) == [
+        "process_0-of-2.json",
+        "process_1-of-2.json",
+    ]
