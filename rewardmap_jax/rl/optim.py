@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 Array = jax.Array
 PyTree = Any
@@ -73,13 +74,19 @@ def path_str(path: tuple) -> str:
 
 
 def param_labels(params: PyTree, frozen_regex: str) -> PyTree:
-    """'frozen' for leaves whose path matches `frozen_regex` (re.search), else 'train'."""
+    """'frozen' for params whose path matches `frozen_regex` (re.search), else 'train'.
+
+    `nnx.Variable`s are labelled as a whole (a prefix of the params tree), so paths read
+    'visual/kernel', not 'visual/kernel/value'.
+    """
     pat = re.compile(frozen_regex) if frozen_regex else None
 
     def label(path: tuple, _: Any) -> str:
         return "frozen" if pat is not None and pat.search(path_str(path)) else "train"
 
-    return jax.tree_util.tree_map_with_path(label, params)
+    return jax.tree_util.tree_map_with_path(
+        label, params, is_leaf=lambda x: isinstance(x, nnx.Variable)
+    )
 
 
 class SkipNonFiniteState(NamedTuple):
