@@ -38,7 +38,8 @@ def _reward_config() -> mlc.ConfigDict:
     r.counting1_detail = False  # the disabled Counting1 stop-list reward
     # Official-code switches (docs/rewards.md): the official "baseline" mode keeps the detail
     # reward; ours drops it unless asked. Arrival field: "remainder" = official text after
-    # "Arrival Stop:" (long-template answers then never match), "line" = first line only.
+    # "Arrival Stop:" (long-template answers then never match), "line" = first line only,
+    # "auto" = "line" for long-template records and "remainder" for short ones.
     r.baseline_keeps_detail = False
     r.arrival_field = "remainder"
     r.format_require_think = False  # format term also needs a <think>...</think> block

@@ -6,6 +6,16 @@ Public API:
   evaluate_completions(records, completions) -> dict                           (metrics)
 """
 
+from rewardmap_jax.rewards.metrics import evaluate_completions
 from rewardmap_jax.rewards.registry import RewardMapReward, make_reward_fn, register
+from rewardmap_jax.rewards.report import markdown_table, write_json, write_markdown
 
-__all__ = ["RewardMapReward", "make_reward_fn", "register"]
+__all__ = [
+    "RewardMapReward",
+    "evaluate_completions",
+    "make_reward_fn",
+    "markdown_table",
+    "register",
+    "write_json",
+    "write_markdown",
+]

@@ -29,6 +29,8 @@ from rewardmap_jax.mapworld.records import TASK_TYPES, Record
 from rewardmap_jax.rewards import text as T
 from rewardmap_jax.rewards.tables import PAD_ID, RecordTables, TablesCache
 
+ARRIVAL_MODES = ("remainder", "line", "auto")
+
 
 @dataclasses.dataclass(frozen=True)
 class ParseSpec:
@@ -39,7 +41,8 @@ class ParseSpec:
     station_buckets: tuple[int, ...] = (64, 256, 1024, 4096)
     line_buckets: tuple[int, ...] = (8, 32, 128)
     min_record_bucket: int = 8
-    arrival: str = "remainder"  # "remainder" (official reward) | "line" (first line only)
+    # "remainder" (official reward) | "line" (first line only) | "auto" (line for long templates)
+    arrival: str = "remainder"
     require_think: bool = False
     think_open: str = "<think>"
     think_close: str = "</think>"
@@ -60,9 +63,9 @@ class ParseSpec:
             think_open=str(get("think_open", d.think_open)),
             think_close=str(get("think_close", d.think_close)),
         )
-        if spec.arrival not in ("remainder", "line"):
+        if spec.arrival not in ARRIVAL_MODES:
             raise ValueError(
-                f"reward.arrival_field must be 'remainder' or 'line', got {spec.arrival!r}"
+                f"reward.arrival_field must be one of {ARRIVAL_MODES}, got {spec.arrival!r}"
             )
         return spec
 
@@ -104,7 +107,10 @@ def parse_completion(
         completion, spec.think_open, spec.think_close
     )
     if record.type == "planning":
-        sections, n_chunks = T.parse_sections(completion, T.clean_rw, True, spec.arrival)
+        arrival = spec.arrival
+        if arrival == "auto":
+            arrival = "line" if record.template.startswith("long") else "remainder"
+        sections, n_chunks = T.parse_sections(completion, T.clean_rw, True, arrival)
         det, acc = [], []
         for s in sections:
             ids = (

@@ -183,6 +183,10 @@ def test_arrival_field_option_for_long_answers():
     rec = planning("A", "D", 0, template="long_num_via")
     assert one(rec, ans) == 0.0
     assert one(rec, ans, arrival_field="line") == pytest.approx(10.5)
+    assert one(rec, ans, arrival_field="auto") == pytest.approx(10.5)
+    # "auto" keeps the official rule for short-template records: 0 again
+    short = planning("A", "D", 0, template="short")
+    assert one(short, ans, arrival_field="auto") == 0.0
 
 
 @pytest.mark.parametrize(
