@@ -79,4 +79,5 @@ def hf_logits(model, ids, mask, pv, grids, positions) -> np.ndarray:
 
 def hf_vision(model, pv, grids) -> np.ndarray:
     with torch.no_grad():
-        return model.model.visual(torch.tensor(pv), grid_thw=torch.tensor(grids)).pooler_output.numpy()
+        out = model.model.visual(torch.tensor(pv), grid_thw=torch.tensor(grids))
+    return out.pooler_output.numpy()
