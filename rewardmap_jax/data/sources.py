@@ -7,11 +7,14 @@ source protocol). Sources are picklable so Grain worker processes can read them.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from rewardmap_jax.mapworld.records import TASK_TYPES, Record
+
+log = logging.getLogger(__name__)
 
 
 class RecordSource(Protocol):
@@ -76,35 +79,63 @@ def mapworld_sources(
     return {t: MapWorldSource(world, split, t, size) for t in task_types}
 
 
-def _call_loader(name: str, path: str, split: str) -> list[Record]:
+_SPLIT_ALIASES = {"train": ("train",), "val": ("val", "validation"),
+                  "test": ("test", "validation", "val")}
+
+
+def _split_paths(path: Path, split: str) -> list[Path]:
+    """The parquet files of `split` under a dataset directory (HF layout `data/<split>*.parquet`);
+    all of them if no file name mentions a split, or `path` itself if it is a file."""
+    if path.is_file():
+        return [path]
+    files = sorted(path.rglob("*.parquet"))
+    aliases = _SPLIT_ALIASES.get(split, (split,))
+    for alias in aliases:
+        chosen = [f for f in files if alias in f.stem.lower()]
+        if chosen:
+            return chosen
+    return [path]
+
+
+def _load_real(loader: str, path: str, split: str, data_cfg: Any) -> tuple[list[Record], int]:
+    """Records of one dataset directory/file via the mapworld loaders; (records, rows skipped)."""
     from rewardmap_jax.mapworld import loaders
 
-    fn = getattr(loaders, name)
-    try:
-        return list(fn(path, split=split))
-    except TypeError:  # loaders without a split argument
-        return list(fn(path))
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"data directory {path!r} (for {loader}) does not exist")
+    fn = getattr(loaders, loader)
+    kwargs: dict[str, Any] = {"on_bad_row": data_cfg.on_bad_row,
+                              "max_pixels": int(data_cfg.max_image_pixels)}
+    if loader != "load_reasonmap" and root.is_dir():
+        kwargs["root"] = root  # figure/metro paths are relative to the dataset root
+    records: list[Record] = []
+    skipped = 0
+    for file in _split_paths(root, split):
+        result = fn(file, **kwargs)
+        records.extend(result.records)
+        skipped += len(result.skipped)
+        for bad in result.skipped:
+            log.warning("skipped %s row %d: %s", bad.file, bad.row, bad.reason)
+    return records, skipped
 
 
 def real_sources(data_cfg: Any, split: str) -> dict[str, RecordListSource]:
-    """Records from the real datasets named in `data_cfg` (local directories only).
+    """Records from the real datasets named in `data_cfg` (local directories or files only).
 
-    `reasonmap_train_dir` (ReasonMap-Train: all six types) is used for training; for other splits
-    `reasonmap_plus_dir` (five VQA types) and `reasonmap_dir` (planning) are read.
+    For `split == "train"`, `reasonmap_train_dir` (ReasonMap-Train: all six types) when set; else,
+    and for other splits, `reasonmap_plus_dir` (five VQA types) and `reasonmap_dir` (planning).
+    Rows the loaders reject raise (`data.on_bad_row="raise"`) or are skipped and logged.
     """
+    if split == "train" and data_cfg.reasonmap_train_dir:
+        wanted = [("load_reasonmap_train", data_cfg.reasonmap_train_dir)]
+    else:
+        wanted = [("load_reasonmap_plus", data_cfg.reasonmap_plus_dir),
+                  ("load_reasonmap", data_cfg.reasonmap_dir)]
     records: list[Record] = []
-    wanted = (
-        [("load_reasonmap_train", data_cfg.reasonmap_train_dir)]
-        if split == "train" and data_cfg.reasonmap_train_dir
-        else [("load_reasonmap_plus", data_cfg.reasonmap_plus_dir),
-              ("load_reasonmap", data_cfg.reasonmap_dir)]
-    )
     for loader, path in wanted:
-        if not path:
-            continue
-        if not Path(path).exists():
-            raise FileNotFoundError(f"data directory {path!r} (for {loader}) does not exist")
-        records.extend(_call_loader(loader, path, split))
+        if path:
+            records.extend(_load_real(loader, path, split, data_cfg)[0])
     if not records:
         raise ValueError(
             f"no real records for split {split!r}: set data.reasonmap_train_dir (training) or "
