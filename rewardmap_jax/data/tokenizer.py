@@ -82,12 +82,30 @@ def load_processor(path: str | os.PathLike) -> Any:
     """transformers' own `Qwen2_5_VLProcessor` for a real local model directory (PIL backend).
 
     Used for reference checks and export; the training pipeline uses `image_processing` (numpy).
+    transformers 5 builds the processor's video part with torchvision; without it this raises
+    and `load_image_processor` still gives the image half.
     """
     from transformers import AutoProcessor
 
     if str(path) == TINY:
         raise ValueError("the tiny preset has a tokenizer only; use load_tokenizer('tiny')")
-    return AutoProcessor.from_pretrained(
+    try:
+        return AutoProcessor.from_pretrained(
+            str(resolve_dir(path)), local_files_only=True, backend="pil"
+        )
+    except (AttributeError, ImportError) as e:
+        raise RuntimeError(
+            f"cannot build the Qwen2.5-VL processor for {str(path)!r} ({type(e).__name__}: {e}); "
+            "transformers needs torchvision for its video processor. Use load_tokenizer() and "
+            "load_image_processor() instead."
+        ) from e
+
+
+def load_image_processor(path: str | os.PathLike) -> Any:
+    """transformers' PIL-backend Qwen2-VL image processor from `preprocessor_config.json`."""
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(
         str(resolve_dir(path)), local_files_only=True, backend="pil"
     )
 

@@ -144,3 +144,49 @@ def test_missing_directory_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         resolve_dir(tmp_path / "nope")
     assert resolve_dir("tiny") == TINY_TOKENIZER_DIR
+
+
+def _model_dir(tmp_path, layout):
+    """A real-model-like directory: tokenizer files (template inside tokenizer_config.json, as
+    the Qwen2.5-VL hub repo has it) and a preprocessor config in the 4.x or 5.x layout."""
+    import json
+    import shutil
+
+    d = tmp_path / layout
+    d.mkdir()
+    shutil.copy(TINY_TOKENIZER_DIR / "tokenizer.json", d)
+    cfg = json.loads((TINY_TOKENIZER_DIR / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = (TINY_TOKENIZER_DIR / "chat_template.jinja").read_text()
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    pre = {"image_processor_type": "Qwen2VLImageProcessor", "patch_size": 14,
+           "temporal_patch_size": 2, "merge_size": 2}
+    if layout == "hf4":
+        pre.update(min_pixels=3136, max_pixels=200704)
+    else:
+        pre["size"] = {"shortest_edge": 3136, "longest_edge": 200704}
+    (d / "preprocessor_config.json").write_text(json.dumps(pre))
+    return d
+
+
+@pytest.mark.parametrize("layout", ["hf4", "hf5"])
+def test_real_model_directory(tmp_path, layout):
+    import numpy as np
+
+    from rewardmap_jax.data.fast_tokenizer import FastTokenizer
+    from rewardmap_jax.data.image_processing import ImageProcessorConfig, preprocess
+    from rewardmap_jax.data.tokenizer import load_image_processor, preprocessor_pixel_limits
+
+    d = _model_dir(tmp_path, layout)
+    limits = preprocessor_pixel_limits(d)
+    assert limits == {"min_pixels": 3136, "max_pixels": 200704}
+    hf_tok, fast = load_tokenizer(d), FastTokenizer(d)
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "\nQ"}]}]
+    assert fast.apply_chat_template(msgs, add_generation_prompt=True) == \
+        hf_tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    from PIL import Image
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 500, 3), np.uint8))
+    ref = load_image_processor(d)(images=[img], return_tensors="np")
+    ours, grid = preprocess(img, ImageProcessorConfig(**limits))
+    assert np.array_equal(grid, ref["image_grid_thw"][0])
+    assert np.abs(ours - ref["pixel_values"]).max() <= 1e-5
