@@ -35,7 +35,7 @@ class VisionConfig:
     window_size: int = 112
     fullatt_block_indexes: tuple[int, ...] = (7, 15, 23, 31)
     in_channels: int = 3
-    tokens_per_second: float = 2.0
+    tokens_per_second: int = 2
     rope_theta: float = 10000.0
     # HF hard-codes 1e-6 for every vision norm (spec §1.6), independent of the text eps.
     rms_norm_eps: float = 1e-6
@@ -186,7 +186,7 @@ _REAL_VISION = dict(
     num_heads=16,
     window_size=112,
     fullatt_block_indexes=(7, 15, 23, 31),
-    tokens_per_second=2.0,
+    tokens_per_second=2,
 )
 
 
@@ -340,9 +340,9 @@ def from_hf_config(hf: dict[str, Any], **policy: Any) -> ModelConfig:
     if "rope_theta" in vrope:
         vis_kw["rope_theta"] = float(vrope["rope_theta"])
     if "tokens_per_second" in vis_kw:
-        vis_kw["tokens_per_second"] = float(vis_kw["tokens_per_second"])
+        vis_kw["tokens_per_second"] = int(vis_kw["tokens_per_second"])
     else:
-        vis_kw["tokens_per_second"] = 4.0  # the HF class default when the key is absent
+        vis_kw["tokens_per_second"] = 4  # the HF class default when the key is absent
     vision = VisionConfig(**vis_kw)
 
     tie = hf.get("tie_word_embeddings")
