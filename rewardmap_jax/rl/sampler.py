@@ -28,7 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, struct
 from jax import lax
 
 from rewardmap_jax.model.config import ModelConfig
@@ -110,7 +110,7 @@ class PromptBatch:
     vision: Any = None
 
 
-@dataclasses.dataclass(frozen=True)
+@struct.dataclass
 class Rollout:
     """Sampler output, rows ordered prompt-major (`b * G + g`).
 
