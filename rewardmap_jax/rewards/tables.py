@@ -12,6 +12,7 @@ them. Line ids index the metro dict's keys, matched verbatim as the official cod
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -57,10 +58,49 @@ class RecordTables:
         return self.line_index.get(T.canonical_route_name(route_name), UNKNOWN_ID)
 
 
-def _between(metro: dict[str, list[str]], s1: str, s2: str) -> tuple[set[str], bool]:
+@dataclasses.dataclass(frozen=True)
+class MetroTables:
+    """The city part of the tables, shared by every record of the same metro dict (read-only)."""
+
+    cleaned: tuple[tuple[str, ...], ...]  # cleaned station names per line, in metro order
+    station_index: dict[str, int]
+    line_index: dict[str, int]
+    member: np.ndarray  # (n_lines, n_stations) bool
+
+
+def _metro_key(metro: dict) -> tuple:
+    return tuple((line, tuple(v) if v is not None else None) for line, v in metro.items())
+
+
+@functools.lru_cache(maxsize=1024)
+def _metro_tables(key: tuple) -> MetroTables:
+    lines = [(line, stations) for line, stations in key if stations is not None]
+    cleaned = tuple(tuple(T.clean_rw(T.strip_annotations(s)) for s in st) for _, st in lines)
+    station_index: dict[str, int] = {}
+    for names in cleaned:
+        for name in names:
+            station_index.setdefault(name, len(station_index))
+    member = np.zeros((len(lines), len(station_index)), dtype=bool)
+    for i, names in enumerate(cleaned):
+        member[i, [station_index[n] for n in names]] = True
+    member.setflags(write=False)
+    line_index = {line: i for i, (line, _) in enumerate(lines)}
+    return MetroTables(cleaned, station_index, line_index, member)
+
+
+def metro_tables_cache_clear() -> None:
+    """Forgets every memoised city (benchmarks measure cold parsing with it)."""
+    _metro_tables.cache_clear()
+
+
+def metro_tables(metro: dict[str, list[str]]) -> MetroTables:
+    """Vocabulary and membership of a metro dict (memoised on its content)."""
+    return _metro_tables(_metro_key(metro))
+
+
+def _between(cleaned: tuple[tuple[str, ...], ...], s1: str, s2: str) -> tuple[set[str], bool]:
     """Cleaned intermediate stops of the first line holding both stations (official rule)."""
-    for stations in metro.values():
-        names = [T.clean_rw(x) for x in stations]
+    for names in cleaned:
         if s1 in names and s2 in names:
             i1, i2 = names.index(s1), names.index(s2)
             lo, hi = min(i1, i2), max(i1, i2)
@@ -77,30 +117,29 @@ def build_tables(record: Record) -> RecordTables:
         )
     if not isinstance(record.metro, dict):
         raise ValueError(f"{where}: metro must be a dict of line -> station list")
-    metro = T.clean_metro(record.metro)
-    station_index: dict[str, int] = {}
-
-    def add(name: str) -> int:
-        return station_index.setdefault(T.clean_rw(name), len(station_index))
-
-    for stations in metro.values():
-        for s in stations:
-            add(s)
     is_planning = record.type == "planning"
     if is_planning and (not record.station_1 or not record.station_2):
         raise ValueError(f"{where}: a planning record needs station_1 and station_2")
-    s1 = add(record.station_1) if record.station_1 else PAD_ID
-    s2 = add(record.station_2) if record.station_2 else PAD_ID
-    line_index = {line: i for i, line in enumerate(metro)}
-    member = np.zeros((len(line_index), len(station_index)), dtype=bool)
-    for line, stations in metro.items():
-        member[line_index[line], [station_index[T.clean_rw(s)] for s in stations]] = True
+    try:
+        mt = metro_tables(record.metro)
+    except (TypeError, AttributeError) as e:
+        raise ValueError(f"{where}: metro must map line names to lists of names ({e})") from e
+    station_index = mt.station_index
+    member = mt.member
+    ends = [T.clean_rw(x) if x else None for x in (record.station_1, record.station_2)]
+    extra = [e for e in ends if e is not None and e not in station_index]
+    if extra:  # an endpoint the metro does not list: extend a private copy of the vocabulary
+        station_index = dict(station_index)
+        for e in extra:
+            station_index.setdefault(e, len(station_index))
+        member = np.zeros((len(mt.line_index), len(station_index)), dtype=bool)
+        member[:, : mt.member.shape[1]] = mt.member
+    s1, s2 = (station_index[e] if e is not None else PAD_ID for e in ends)
     between = np.zeros((len(station_index),), dtype=bool)
     found = False
-    if record.type == "Counting1" and record.station_1 and record.station_2:
-        names, found = _between(metro, T.clean_rw(record.station_1), T.clean_rw(record.station_2))
-        for name in names:
-            between[station_index[name]] = True
+    if record.type == "Counting1" and ends[0] is not None and ends[1] is not None:
+        names, found = _between(mt.cleaned, ends[0], ends[1])
+        between[[station_index[n] for n in names]] = True
     if is_planning:
         answer = -1
     elif record.answer is None or isinstance(record.answer, bool):
@@ -118,7 +157,7 @@ def build_tables(record: Record) -> RecordTables:
         s1=s1,
         s2=s2,
         station_index=station_index,
-        line_index=line_index,
+        line_index=mt.line_index,
         member=member,
         between=between,
         between_found=found,
