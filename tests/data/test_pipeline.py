@@ -200,3 +200,16 @@ def test_config_errors():
     with pytest.raises(ValueError, match="no source provides"):
         DataPipeline.from_config(c, schedule=preset_schedule("official"),
                                  sources=_fake_sources())
+
+
+def test_bfloat16_pixels_and_jax_process_sharding():
+    import ml_dtypes
+
+    c = _config(pixel_dtype="bfloat16", shard="jax_process")  # one process: shard 0 of 1
+    pipe = DataPipeline.from_config(c, schedule=MIX, sources=_fake_sources())
+    assert (pipe.shard_index, pipe.shard_count) == (0, 1)
+    low = next(pipe.iterator())
+    full = next(DataPipeline.from_config(_config(), schedule=MIX,
+                                         sources=_fake_sources()).iterator())
+    assert low["pixel_values"].dtype == ml_dtypes.bfloat16
+    assert np.array_equal(low["pixel_values"], full["pixel_values"].astype(ml_dtypes.bfloat16))
