@@ -7,8 +7,10 @@ The trainer calls one uniform host-level interface:
     scores["overall"]                                  # the total reward per completion
 
 A user reward (EasyR1 convention `--config.reward.fn=path/to/file.py:fn`) is a plain function
-`fn(records: list[Record], completions: list[str])` returning either a dict of named per-completion
-scores or a list of per-completion dicts; `overall` is required. No package edit is needed.
+`fn(records: list[Record], completions: list[str])` (optionally with a `config` keyword: the
+reward config) returning either a dict of named per-completion scores or a list of per-completion
+dicts; `overall` is required. A function of one argument is called EasyR1-style with
+`[{"response", "response_length", "ground_truth", "record"}, ...]`. No package edit is needed.
 The built-in reward also exposes its device path (`RewardMapReward.parse` then `.device`).
 """
 
@@ -129,6 +131,19 @@ def load_user_fn(spec: str) -> Callable[..., Any]:
     return fn
 
 
+def easyr1_inputs(records: Sequence[Record], completions: Sequence[str]) -> list[dict[str, Any]]:
+    """EasyR1-style reward inputs: response, response_length (chars), ground_truth, record."""
+    return [
+        {
+            "response": c,
+            "response_length": len(c),
+            "ground_truth": r.routes if r.type == "planning" else r.answer,
+            "record": r,
+        }
+        for r, c in zip(records, completions, strict=True)
+    ]
+
+
 def make_reward_fn(reward_config: Any = None) -> RewardFn:
     """The reward named by `reward_config.fn` (default `rewardmap`) behind the uniform interface."""
     cfg = reward_config if reward_config is not None else {}
@@ -140,9 +155,16 @@ def make_reward_fn(reward_config: Any = None) -> RewardFn:
         inner = load_user_fn(spec)
     else:
         raise ValueError(f"reward.fn {spec!r}: not registered ({registered()}) and not path:fn")
-    takes_config = "config" in inspect.signature(inner).parameters if ":" in spec else False
+    params = inspect.signature(inner).parameters if ":" in spec else {}
+    takes_config = "config" in params
+    # EasyR1 batch style: `compute_score(reward_inputs: list[dict]) -> list[dict]`
+    easyr1 = len([p for p in params.values() if p.default is inspect.Parameter.empty]) == 1
 
     def reward_fn(records: Sequence[Record], completions: Sequence[str]) -> dict[str, np.ndarray]:
+        if easyr1:
+            return normalize_scores(
+                inner(easyr1_inputs(records, completions)), len(completions), f"reward {spec!r}"
+            )
         if len(records) != len(completions):
             raise ValueError(
                 f"reward {spec!r}: {len(records)} records, {len(completions)} completions"

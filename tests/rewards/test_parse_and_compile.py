@@ -131,3 +131,19 @@ def test_batch_of_1024_compiles_once():
     R.compute_rewards(arrays, params)
     R.compute_rewards(P.parse_batch(records[::-1], texts[::-1], spec), params)
     assert R.TRACE_COUNT["compute_rewards"] - before == 2
+
+
+def test_endpoint_missing_from_metro_and_null_lines():
+    # station_2 "Z" is in no line: it still gets an id (so it can match), but no line holds it.
+    metro = {"Line 1": ["A", "B"], "Line 7": None}  # parquet union columns give null lines
+    rec = planning("A", "Z", 0, metro=metro)
+    t = build_tables(rec)
+    assert t.station_index == {"a": 0, "b": 1, "z": 2} and t.line_index == {"Line 1": 0}
+    assert t.member.shape == (1, 3) and not t.member[0, 2]
+    # Endpoints match (+2), -5 for the section, no +4 (Line 1 lacks Z): detail -3, not correct
+    out = R.compute_rewards(
+        P.parse_batch([rec], [plan_text([("Line 1", "A", "Z")])]), R.RewardParams()
+    )
+    assert (float(out["detail"][0]), float(out["accuracy"][0])) == (-3.0, 0.0)
+    # the shared city tables are not modified by the extension
+    assert build_tables(planning("A", "B", 0, metro=metro)).member.shape == (1, 2)

@@ -29,6 +29,12 @@ def no_overall(records, completions):
 def wrong_length(records, completions):
     return {"overall": [0.0]}
 
+def compute_score(reward_inputs):
+    return [
+        {"overall": float(x["response"] == "\\\\boxed{yes}"), "accuracy": x["ground_truth"]}
+        for x in reward_inputs
+    ]
+
 def not_finite(records, completions):
     return {"overall": [float("nan")] * len(completions)}
 """
@@ -57,6 +63,10 @@ def test_user_reward_from_file(user_file):
     np.testing.assert_array_equal(out["x"], [2.0, 2.0])
     out = make_reward_fn(_cfg(f"{user_file}:with_config"))(recs, ["", ""])
     np.testing.assert_array_equal(out["overall"], [10.0, 10.0])
+    # EasyR1 batch style: one argument, a list of input dicts
+    out = make_reward_fn(_cfg(f"{user_file}:compute_score"))(recs, ["\\boxed{yes}", "x"])
+    np.testing.assert_array_equal(out["overall"], [1.0, 0.0])
+    np.testing.assert_array_equal(out["accuracy"], [1.0, 3.0])
 
 
 @pytest.mark.parametrize(
