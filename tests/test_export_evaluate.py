@@ -131,3 +131,24 @@ def test_evaluate_generation_needs_the_trainer_hook(tmp_path, capsys, monkeypatc
     assert evaluate.main([*argv, "--out", str(tmp_path)]) == 1
     assert "--completions FILE.jsonl" in capsys.readouterr().err
     assert not list(tmp_path.glob("eval_*"))
+
+
+def test_exported_directory_loads_in_transformers(tiny_run, tmp_path):
+    """The product: `from_pretrained` takes the export with no missing or unexpected keys."""
+    torch = pytest.importorskip("torch")
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    workdir, params = tiny_run
+    out = tmp_path / "hf"
+    export.export_checkpoint(workdir, out, step=8)
+    model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        str(out), output_loading_info=True, dtype=torch.float32
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    lm = params[8]["language_model"]
+    hf_lm = model.model.language_model
+    np.testing.assert_array_equal(
+        hf_lm.embed_tokens.weight.detach().numpy(), np.asarray(lm["embed_tokens"].get_value())
+    )
+    down = np.asarray(lm["layers"][0]["mlp"]["down_proj"]["kernel"].get_value())
+    np.testing.assert_array_equal(hf_lm.layers[0].mlp.down_proj.weight.detach().numpy(), down.T)
