@@ -105,8 +105,9 @@ def _load_real(loader: str, path: str, split: str, data_cfg: Any) -> tuple[list[
     if not root.exists():
         raise FileNotFoundError(f"data directory {path!r} (for {loader}) does not exist")
     fn = getattr(loaders, loader)
-    kwargs: dict[str, Any] = {"on_bad_row": data_cfg.on_bad_row,
-                              "max_pixels": int(data_cfg.max_image_pixels)}
+    kwargs: dict[str, Any] = {"on_bad_row": data_cfg.get("on_bad_row", "raise")}
+    if data_cfg.get("max_image_pixels"):
+        kwargs["max_pixels"] = int(data_cfg.get("max_image_pixels"))
     if loader != "load_reasonmap" and root.is_dir():
         kwargs["root"] = root  # figure/metro paths are relative to the dataset root
     records: list[Record] = []
@@ -123,15 +124,18 @@ def _load_real(loader: str, path: str, split: str, data_cfg: Any) -> tuple[list[
 def real_sources(data_cfg: Any, split: str) -> dict[str, RecordListSource]:
     """Records from the real datasets named in `data_cfg` (local directories or files only).
 
+    `data_cfg` is `c.data` or any mapping with `.get` (missing keys: no such dataset, raise on
+    bad rows, the loaders' default image bound).
+
     For `split == "train"`, `reasonmap_train_dir` (ReasonMap-Train: all six types) when set; else,
     and for other splits, `reasonmap_plus_dir` (five VQA types) and `reasonmap_dir` (planning).
     Rows the loaders reject raise (`data.on_bad_row="raise"`) or are skipped and logged.
     """
-    if split == "train" and data_cfg.reasonmap_train_dir:
-        wanted = [("load_reasonmap_train", data_cfg.reasonmap_train_dir)]
+    if split == "train" and data_cfg.get("reasonmap_train_dir"):
+        wanted = [("load_reasonmap_train", data_cfg.get("reasonmap_train_dir"))]
     else:
-        wanted = [("load_reasonmap_plus", data_cfg.reasonmap_plus_dir),
-                  ("load_reasonmap", data_cfg.reasonmap_dir)]
+        wanted = [("load_reasonmap_plus", data_cfg.get("reasonmap_plus_dir")),
+                  ("load_reasonmap", data_cfg.get("reasonmap_dir"))]
     records: list[Record] = []
     for loader, path in wanted:
         if path:
