@@ -115,6 +115,7 @@ CONFIGS = {
     "counting1_detail": {"counting1_detail": True},
     "baseline": {"mode": "baseline"},
     "arrival_line": {"arrival_field": "line"},
+    "arrival_auto_long": {"arrival_field": "auto"},
 }
 
 
