@@ -133,3 +133,32 @@ def test_adversarial_never_beats_correct(name):
         assert out["accuracy"][0] == 1.0, (record.type, correct)
         worse = np.flatnonzero(total[1:] > total[0] + 1e-6)
         assert worse.size == 0, [(record.uid, adv[i][:80], total[1 + i], total[0]) for i in worse]
+
+
+@pytest.mark.parametrize("mode", ["line", "auto"])
+def test_adversarial_long_template_answers(mode):
+    cfg = get_config().reward
+    cfg.arrival_field = mode
+    reward_fn = make_reward_fn(cfg)
+    cases = [
+        (
+            planning("A", "D", 0, template="long_num_via"),
+            section("Line 1", "A", "D", "Number of Via Stops: 2"),
+        ),
+        (
+            planning("A", "F", 1, template="long_via", difficulty="hard"),
+            section("Line 1", "A", "B", "Via Stops: ")
+            + "--\n"
+            + section("Line 2", "B", "F", "Via Stops: "),
+        ),
+    ]
+    for record, correct in cases:
+        adv = _adversarial(record, correct) + [
+            correct.replace("Arrival Stop: D", "Arrival Stop: D D D"),
+            correct + "\nArrival Stop: " + record.station_2,
+        ]
+        out = reward_fn([record] * (1 + len(adv)), [correct, *adv])
+        assert out["accuracy"][0] == 1.0
+        total = out["overall"]
+        worse = np.flatnonzero(total[1:] > total[0] + 1e-6)
+        assert worse.size == 0, [(adv[i][:80], total[1 + i], total[0]) for i in worse]
