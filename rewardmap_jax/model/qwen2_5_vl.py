@@ -24,7 +24,7 @@ from flax import nnx
 
 from rewardmap_jax.model.config import ModelConfig
 from rewardmap_jax.model.kv_cache import KVCache
-from rewardmap_jax.model.layers import Linear
+from rewardmap_jax.model.layers import KeySeq, Linear
 from rewardmap_jax.model.text import TextModel
 from rewardmap_jax.model.vision import VisionTower
 from rewardmap_jax.model.vision_layout import VisionInputs
@@ -35,6 +35,7 @@ class Qwen2_5_VL(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
+        rngs = KeySeq(rngs.params())
         self.visual = VisionTower(cfg, rngs)
         self.language_model = TextModel(cfg, rngs)
         t = cfg.text
