@@ -226,3 +226,112 @@ def ref_reward(record, response: str) -> float:
             response, metro, record.station_1, record.station_2, record.question_transfer_count
         )
     return score * ref_weight(record.type, record.question_transfer_count, record.difficulty_city)
+
+
+def ref_extract_stops(s: str) -> list[str]:
+    """`extract_stops_no_quotes`: the bracketed list after "Stops:", split on top-level commas."""
+    m = re.search(r"Stops\s*:\s*\[", s, flags=re.IGNORECASE)
+    if not m:
+        return []
+    start = s.find("[", m.start())
+    depth, end = 0, None
+    for i, ch in enumerate(s[start:], start):
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth == 0:
+                end = i
+                break
+    if end is None:
+        return []
+    tokens, buf, paren = [], [], 0
+    for ch in s[start + 1 : end].strip():
+        if ch == "(":
+            paren += 1
+            buf.append(ch)
+        elif ch == ")":
+            paren = max(paren - 1, 0)
+            buf.append(ch)
+        elif ch == "," and paren == 0:
+            if "".join(buf).strip():
+                tokens.append("".join(buf).strip())
+            buf = []
+        else:
+            buf.append(ch)
+    if "".join(buf).strip():
+        tokens.append("".join(buf).strip())
+    out = []
+    for t in tokens:
+        t = re.sub(r"^(and\s+)", "", t.strip().strip(".").strip(";"), flags=re.IGNORECASE).strip()
+        if t in {"...", "…"} or not t:
+            continue
+        out.append(t)
+    return out
+
+
+def ref_detail_counting1(stops: list[str], metro: dict, s1: str, s2: str) -> float | None:
+    """`get_detailed_reward_counting1`; None where the official code raises (no common line)."""
+    a, b = ref_clean(s1), ref_clean(s2)
+    line = None
+    for stations in metro.values():
+        names = [ref_clean(x) for x in stations]
+        if a in names and b in names:
+            line = names
+            break
+    if line is None:
+        return None
+    i1, i2 = line.index(a), line.index(b)
+    lo, hi = min(i1, i2), max(i1, i2)
+    truth = set(line[lo + 1 : hi])
+    reward, seen = 0.0, set()
+    for pred in stops:
+        p = ref_clean(pred)
+        if p in truth and p not in seen:
+            reward += 0.5
+            seen.add(p)
+        else:
+            reward -= 0.5
+    return reward
+
+
+def ref_clean_rm(s: str) -> str:
+    """ReasonMap `tools.clean_string` (the metric's cleaner)."""
+    s = s.replace("Metro", "").replace("metro", "").replace(",", "").replace("*", "")
+    s = s.replace("\n", "")
+    s = re.sub(r"[\(\（][^\)\）]*[\)\）]", "", s)
+    return re.sub(r"[\s\-]+", "", s).lower()
+
+
+def ref_metric_acc_short(answer: str, metro: dict, s1: str, s2: str) -> bool:
+    """ReasonMap short-question accuracy (main.py): case-sensitive keys, ReasonMap cleaner."""
+    data = []
+    for sec in answer.split("--"):
+        if not sec.strip():
+            continue
+        if "Route Name:" not in sec or "Departure Stop:" not in sec or "Arrival Stop:" not in sec:
+            continue
+        rn = re.search(r"Route Name: (.*?)\n", sec)
+        dp = re.search(r"Departure Stop: (.*?)\n", sec)
+        data.append(
+            {
+                "route": rn.group(1).strip() if rn else "Wrong",
+                "dep": ref_clean_rm(dp.group(1)) if dp else "Wrong",
+                "arr": ref_clean_rm(sec.split("Arrival Stop:")[-1].strip()),
+            }
+        )
+    if not data:
+        return False
+    c = ref_clean_rm
+    if c(data[0]["dep"]) != c(s1) or c(data[-1]["arr"]) != c(s2):
+        return False
+    for i, sec in enumerate(data):
+        name = _alias(sec["route"])
+        if name not in metro:
+            return False
+        stations = [c(x) for x in metro[name]]
+        if c(sec["dep"]) not in stations or c(sec["arr"]) not in stations:
+            return False
+        if i < len(data) - 1 and c(sec["arr"]) != c(data[i + 1]["dep"]):
+            return False
+    return True

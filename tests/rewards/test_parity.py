@@ -7,6 +7,7 @@ suffixes), plus VQA answers in every extraction path.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
@@ -74,3 +75,44 @@ def test_jitted_reward_matches_official_transcription():
     assert 0.15 < acc[plan].mean() < 0.85
     assert 0.15 < acc[~plan].mean() < 0.85
     assert (det[plan] < 0).sum() > 100 and (det[plan] > 0).sum() > 100 and (det == 10).sum() > 0
+
+
+def test_counting1_detail_and_metric_accuracy_parity():
+    rng = random.Random(3)
+    records, texts = [], []
+    # Counting1 stop lists on random networks: right, repeated, wrong and unknown stops
+    for i in range(300):
+        rec, plan = random_planning_record(rng, i)
+        line, a, b = plan[0]
+        stations = [s.replace(" (Transfer Station)", "") for s in rec.metro[line]]
+        picks = rng.sample(stations, rng.randint(0, len(stations)))
+        picks += rng.sample(picks, min(len(picks), rng.randint(0, 2))) + ["Nowhere"] * rng.randint(
+            0, 1
+        )
+        rng.shuffle(picks)
+        c1 = dataclasses.replace(rec, type="Counting1", answer=rng.randint(0, 3))
+        c1.station_1, c1.station_2 = a, b
+        records.append(c1)
+        texts.append(f"Stops: [{', '.join(picks)}]\n\\boxed{{{rng.choice('ABCD')}}}")
+    cfg = get_config().reward
+    cfg.counting1_detail = True
+    got = RewardMapReward(cfg)(records, texts)["detail"]
+    assert (got > 0).sum() > 30 and (got < 0).sum() > 30
+    for r, t, g in zip(records, texts, got, strict=True):
+        want = ref.ref_detail_counting1(
+            ref.ref_extract_stops(t), ref.ref_metro(r.metro), r.station_1, r.station_2
+        )
+        assert g == (0.0 if want is None else want), (t, g, want)
+
+    # ReasonMap metric accuracy (short template) on the generated plans
+    from rewardmap_jax.rewards.metrics import score_planning
+
+    recs, plans = _generated(seed=5)
+    n = 0
+    for r, t in zip(recs, plans, strict=True):
+        if r.type != "planning":
+            continue
+        want = ref.ref_metric_acc_short(t, ref.ref_metro(r.metro), r.station_1, r.station_2)
+        assert score_planning(r, t)["acc"] == float(want), t
+        n += 1
+    assert n >= 4000
