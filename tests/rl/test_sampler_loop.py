@@ -7,8 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from rewardmap_jax.rl import sampler
 from tests.rl.fake_decoder import FAKE_ADAPTER, FakeDecoder
@@ -158,23 +156,6 @@ def test_compiles_once_per_bucket():
         sampler.generate(model, FAKE_ADAPTER, make_prompts(lengths, b, seed=i), p,
                          jax.random.key(i))
     assert sampler.TRACE_COUNTS == {"rollout": 2}
-
-
-def test_sharded_batch_gives_same_rollout():
-    model, prompts = make_model(), make_prompts([5, 7], bucket=8)
-    p = params(num_generations=2)
-    ref = sampler.generate(model, FAKE_ADAPTER, prompts, p, jax.random.key(3))
-    mesh = Mesh(np.array(jax.devices()[:2]).reshape(2, 1, 1), ("data", "fsdp", "tensor"))
-    row = NamedSharding(mesh, P(("data", "fsdp")))
-    sharded = sampler.PromptBatch(
-        input_ids=jax.device_put(prompts.input_ids, row),
-        attention_mask=jax.device_put(prompts.attention_mask, row),
-        positions=jax.device_put(prompts.positions, NamedSharding(mesh, P(None, "data"))),
-    )
-    out = sampler.generate(model, FAKE_ADAPTER, sharded, p, jax.random.key(3))
-    np.testing.assert_array_equal(out.tokens, ref.tokens)
-    np.testing.assert_allclose(out.logp_policy, ref.logp_policy, atol=1e-5)
-    assert len(out.tokens.sharding.device_set) == 2
 
 
 def test_bad_inputs_raise_clear_errors():

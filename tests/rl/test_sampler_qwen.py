@@ -141,3 +141,39 @@ def test_new_images_same_buckets_do_not_recompile(models):
                            jax.random.key(5))
     assert out.tokens.shape == (6, T_NEW)
     assert sampler.TRACE_COUNTS["rollout"] == before
+
+
+@pytest.mark.slow
+def test_sharded_model_and_batch_same_rollout(models):
+    """Params sharded by the config's logical rules (fsdp + tensor), rows over data: same output."""
+    from configs.curriculum import get_config
+    from rewardmap_jax.model import sharding
+
+    _, model = models
+    cfg = model.cfg
+    rows, grids = [[0], [1, 2]], GRIDS
+    batch, _ = prompt_batch(cfg, grids, rows, seed=2)
+    params = sampler.SamplingParams(max_new_tokens=8, num_generations=2, temperature=1.0,
+                                    stop_ids=(EOS,), pad_id=PAD,
+                                    forbidden_ids=sampler.vision_special_ids(cfg))
+    ref_out = sampler.generate(model, sampler.QWEN2_5_VL, batch, params, jax.random.key(9))
+
+    mesh_cfg = get_config().mesh
+    mesh_cfg.update(data=2, fsdp=2, tensor=2)
+    mesh = sharding.make_mesh(mesh_cfg, jax.devices()[:8])
+    rules = sharding.rules_from_config(mesh_cfg)
+    graphdef, state = nnx.split(model)
+    state = sharding.shard_state(state, sharding.state_shardings(state, mesh, rules))
+    sharded_model = nnx.merge(graphdef, state)
+    rows_sh = jax.sharding.NamedSharding(mesh, sharding.batch_spec(2, {"batch": "data"}))
+    pos_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
+    sharded = sampler.PromptBatch(
+        input_ids=jax.device_put(batch.input_ids, rows_sh),
+        attention_mask=jax.device_put(batch.attention_mask, rows_sh),
+        positions=jax.device_put(batch.positions, pos_sh),
+        rope_deltas=batch.rope_deltas, vision=batch.vision,
+    )
+    out = sampler.generate(sharded_model, sampler.QWEN2_5_VL, sharded, params, jax.random.key(9))
+    np.testing.assert_array_equal(out.tokens, ref_out.tokens)
+    np.testing.assert_allclose(out.logp_policy, ref_out.logp_policy, atol=1e-5)
+    assert len(out.tokens.sharding.device_set) == 8
