@@ -12,7 +12,7 @@ from configs.curriculum import get_config
 from rewardmap_jax.model import sharding as sh
 from rewardmap_jax.rl import grpo, optim
 from tests.rl.toy_model import ToyLM
-from tests.rl.toy_step import make_batch, make_step
+from tests.rl.toy_step import make_batch, make_step, qwen_text_forward, toy_forward
 
 RULES = sh.rules_from_config(get_config().mesh)
 
@@ -62,18 +62,19 @@ def test_path_rules_for_unannotated_params():
     assert specs == {"w": P("fsdp", "tensor"), "b": P()}
 
 
-def _train(mesh, steps=2, num_micro=1):
+def _train(mesh, steps=2, num_micro=1, make_model=ToyLM, forward=toy_forward, vocab=32,
+           lr=1e-2):
     ocfg = get_config().optim
-    ocfg.lr = 1e-2
+    ocfg.lr = lr
     tx = optim.make_optimizer(ocfg)
     cfg = grpo.GRPOLossConfig(clip_low=0.2, clip_high=0.28, kl_coef=0.01, entropy_coef=1e-3)
-    model = sh.create_sharded_model(lambda: ToyLM(), mesh, RULES)
+    model = sh.create_sharded_model(make_model, mesh, RULES)
     graphdef, params = nnx.split(model)
     opt_state = tx.init(params)
     opt_state = jax.device_put(opt_state, sh.state_shardings(opt_state, mesh, RULES))
-    step = make_step(graphdef, tx, cfg, num_micro=num_micro)
+    step = make_step(graphdef, tx, cfg, num_micro=num_micro, forward=forward)
     for i in range(steps):
-        batch = sh.shard_batch(make_batch(i), mesh, RULES)
+        batch = sh.shard_batch(make_batch(i, vocab=vocab), mesh, RULES)
         params, opt_state, loss, _ = step(params, opt_state, batch)
     return params, opt_state, float(loss)
 
@@ -104,3 +105,31 @@ def test_grad_accumulation_matches_full_batch():
     diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), full, acc)
     # Adam normalises each step to ~lr, so fp32 summation-order noise shows at ~1e-6 here
     assert max(jax.tree.leaves(diffs)) <= 1e-5
+
+
+@pytest.mark.slow
+def test_real_tiny_qwen2_5_vl_sharded_step_matches_single_device():
+    from rewardmap_jax.model.config import tiny
+    from rewardmap_jax.model.qwen2_5_vl import init_model
+
+    # the tiny preset's lr; Adam's first step moves every weight by ~lr whatever |g|, so the
+    # fp32 reduction-order noise of near-zero gradients shows up as a fraction of lr
+    lr = get_config("tiny").optim.lr
+    kw = dict(steps=1, make_model=lambda: init_model(tiny()), forward=qwen_text_forward,
+              vocab=tiny().text.vocab_size, lr=lr)
+    init = nnx.state(init_model(tiny()))
+    single, _, loss1 = _train(sh.make_mesh(_mesh_cfg(1, 1, 1), jax.devices()[:1]), **kw)
+    sharded, _, loss8 = _train(sh.make_mesh(_mesh_cfg(2, 2, 2)), **kw)
+    assert loss8 == pytest.approx(loss1, rel=1e-5)
+    diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+                         single, sharded)
+    assert max(jax.tree.leaves(diffs)) <= 1e-5
+    moved = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+                         single, init)
+    assert max(jax.tree.leaves(moved)) >= 0.5 * lr
+    # vision patch-embedding input dim and norm scales stay unsharded: a bit above 1/4
+    total = sum(x.nbytes for x in jax.tree.leaves(sharded))
+    ratio = sh.per_device_bytes(sharded) / total
+    assert 0.25 <= ratio <= 0.3, ratio
+    spec = sharded["language_model"]["layers"][0]["mlp"]["up_proj"]["kernel"].sharding.spec
+    assert spec == P("fsdp", "tensor")

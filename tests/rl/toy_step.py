@@ -34,15 +34,29 @@ def make_batch(seed: int, rows: int = 8, vocab: int = 32) -> dict[str, np.ndarra
     }
 
 
+def toy_forward(model, ids):
+    """(hidden (B, L, D), lm_head fn) of the toy model."""
+    return model(ids), model.lm_head
+
+
+def qwen_text_forward(model, ids):
+    """(hidden, lm_head fn) of the real Qwen2.5-VL on a text-only, unpadded batch."""
+    b, n = ids.shape
+    pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (3, b, n))
+    hidden, _ = model.hidden_states(ids, pos, jnp.ones((b, n), bool))
+    return hidden, model.logits
+
+
 def make_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-              cfg: grpo.GRPOLossConfig, num_micro: int = 1, chunk: int = 4):
+              cfg: grpo.GRPOLossConfig, num_micro: int = 1, chunk: int = 4,
+              forward=toy_forward):
     """Returns jitted `step(params, opt_state, batch) -> (params, opt_state, loss, aux)`."""
 
     def loss_fn(params, mb, denom):
         model = nnx.merge(graphdef, params)
-        hidden = model(mb["ids"])
+        hidden, head = forward(model, mb["ids"])
         logps, ent = completion_logprobs(
-            hidden, mb["ids"][:, PROMPT_LEN:], PROMPT_LEN, model.lm_head, chunk_size=chunk
+            hidden, mb["ids"][:, PROMPT_LEN:], PROMPT_LEN, head, chunk_size=chunk
         )
         return grpo.grpo_loss(logps, mb["old_logps"], mb["ref_logps"], mb["adv"], mb["mask"],
                               cfg, entropy=ent, denom=denom)
