@@ -85,10 +85,11 @@ def test_counting1_detail_and_metric_accuracy_parity():
         rec, plan = random_planning_record(rng, i)
         line, a, b = plan[0]
         stations = [s.replace(" (Transfer Station)", "") for s in rec.metro[line]]
-        picks = rng.sample(stations, rng.randint(0, len(stations)))
-        picks += rng.sample(picks, min(len(picks), rng.randint(0, 2))) + ["Nowhere"] * rng.randint(
-            0, 1
-        )
+        lo, hi = sorted((stations.index(a), stations.index(b)))
+        inner = stations[lo + 1 : hi]
+        picks = rng.sample(inner, rng.randint(0, len(inner)))  # right stops
+        picks += rng.sample(picks, min(len(picks), rng.randint(0, 1)))  # a repeat
+        picks += rng.sample(stations, rng.randint(0, 1)) + ["Nowhere"] * rng.randint(0, 1)
         rng.shuffle(picks)
         c1 = dataclasses.replace(rec, type="Counting1", answer=rng.randint(0, 3))
         c1.station_1, c1.station_2 = a, b
