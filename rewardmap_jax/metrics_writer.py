@@ -107,6 +107,7 @@ class MetricsWriter:
         if not self.primary:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
+        _drop_torn_last_line(self.workdir / METRICS_FILE)
         self._file = (self.workdir / METRICS_FILE).open("a", encoding="utf-8")
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -193,6 +194,32 @@ class MetricsWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _drop_torn_last_line(path: Path) -> None:
+    """Cuts a partial last record (a run killed mid-write) so appends start on a fresh line."""
+    if not path.exists():
+        return
+    with path.open("rb+") as f:
+        size = f.seek(0, 2)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        # Find the last newline; everything after it is the torn record.
+        pos = size - 1
+        chunk = 4096
+        while pos > 0:
+            start = max(0, pos - chunk)
+            f.seek(start)
+            cut = f.read(pos - start).rfind(b"\n")
+            if cut >= 0:
+                pos = start + cut + 1
+                break
+            pos = start
+        log.warning("%s: dropping a torn last record (%d bytes)", path, size - pos)
+        f.truncate(pos)
 
 
 def _summary(values: Mapping[str, Any], keys: Iterable[str]) -> str:

@@ -87,6 +87,15 @@ def test_resume_keeps_the_latest_record_per_step_and_skips_torn_line(tmp_path):
         f.write('{"step": 4, "lo')  # killed mid-write
     records = mw.read_metrics(tmp_path)
     assert [(r["step"], r["loss"]) for r in records] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+    # The next run cuts the torn record before appending, so the file stays valid JSONL.
+    with mw.MetricsWriter(tmp_path, progress_bar=False, tensorboard=False, initial_step=3) as w:
+        w.write(4, {"loss": 4.0})
+    lines = (tmp_path / mw.METRICS_FILE).read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 3, 4]
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / mw.METRICS_FILE).write_text('{"step": 1, "lo')  # nothing complete
+    mw.MetricsWriter(tmp_path / "one", progress_bar=False, tensorboard=False).close()
+    assert (tmp_path / "one" / mw.METRICS_FILE).read_text() == ""
     (tmp_path / mw.METRICS_FILE).write_text('{"step": 1}\nnot json\n{"step": 2}\n')
     with pytest.raises(ValueError, match=":2: not a JSON record"):
         mw.read_metrics(tmp_path)
