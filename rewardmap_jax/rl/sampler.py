@@ -290,9 +290,10 @@ def generate(
     pos = jnp.asarray(prompts.positions, jnp.int32)
     _check_prompts(ids, mask, pos)
     graphdef, state = nnx.split(model)
-    deltas = prompts.rope_deltas
-    deltas = (rope_deltas_from_positions(pos, mask) if deltas is None
-              else jnp.asarray(deltas, jnp.int32).reshape(-1))
+    deltas = rope_deltas_from_positions(pos, mask)
+    if prompts.rope_deltas is not None:
+        _check_deltas(prompts, deltas)
+        deltas = jnp.asarray(prompts.rope_deltas, jnp.int32).reshape(-1)
     g, t = params.num_generations, params.max_new_tokens
     vocab = adapter.vocab_size(model)
     knobs = (jnp.float32(params.temperature), jnp.int32(params.top_k), jnp.float32(params.top_p))
@@ -305,6 +306,23 @@ def generate(
     out = _rollout(adapter, graphdef, state, ids, pos, mask, deltas, prompts.vision, key, knobs,
                    (jnp.asarray(stop), forbidden), g, t, params.pad_id)
     return Rollout(*out)
+
+
+def _check_deltas(prompts: PromptBatch, derived: jax.Array) -> None:
+    """Host-side prompts only (no device sync): given deltas must match the positions, else the
+    prompts were re-padded after `get_rope_index` and decoding would continue at wrong positions."""
+    given = prompts.rope_deltas
+    if not all(isinstance(x, np.ndarray) for x in (given, prompts.positions,
+                                                   prompts.attention_mask)):
+        return
+    given = np.asarray(given).reshape(-1)
+    derived = np.asarray(derived)
+    if given.shape != derived.shape or np.any(given != derived):
+        raise ValueError(
+            f"rope_deltas {given.tolist()} do not match the prompt positions (max valid position "
+            f"+ 1 - L = {derived.tolist()}); were the prompts re-padded after get_rope_index? "
+            "Pass rope_deltas=None to derive them."
+        )
 
 
 def _check_prompts(ids: jax.Array, mask: jax.Array, pos: jax.Array) -> None:

@@ -183,3 +183,17 @@ def test_params_from_config_uses_rl_section_and_model_ids():
     c.rl.stop_ids = (1026, 1024)
     assert sampler.params_from_config(c.rl, tiny(), temperature=0.0).stop_ids == (1026, 1024)
     assert sampler.pick_bucket(65, c.rl.prompt_buckets) == 128
+
+
+def test_stale_rope_deltas_are_rejected():
+    prompts = make_prompts([3, 4], bucket=6)
+    deltas = np.asarray(sampler.rope_deltas_from_positions(prompts.positions,
+                                                           prompts.attention_mask))
+    # w axis max = (n - 1) + 3 (the gap) + 1; delta = max + 1 - L.
+    np.testing.assert_array_equal(deltas, [2 + 3 + 1 + 1 - 6, 3 + 3 + 1 + 1 - 6])
+    # Re-padding by 2 columns without updating the deltas would shift decode positions by 2.
+    ids, m, pos = sampler.left_pad(prompts.input_ids, prompts.attention_mask,
+                                   prompts.positions, 8, PAD)
+    stale = sampler.PromptBatch(ids, m, pos, rope_deltas=deltas)
+    with pytest.raises(ValueError, match="re-padded"):
+        sampler.generate(make_model(), FAKE_ADAPTER, stale, params(), jax.random.key(0))
