@@ -266,3 +266,15 @@ def test_jitted_loss_gradient_matches_finite_differences():
                        for i in range(flat.size)])
         np.testing.assert_allclose(ravel_pytree(g)[0], fd, rtol=1e-6, atol=1e-8)
         assert np.abs(fd).max() > 1e-3  # a real, non-trivial gradient
+
+
+def test_jitted_loss_compiles_once_per_shape():
+    cfg = grpo.GRPOLossConfig.from_config(get_config("tiny").rl)
+    f = jax.jit(grpo.grpo_loss, static_argnames="cfg")
+    rng = np.random.default_rng(4)
+    for _ in range(3):
+        lp = jnp.asarray(np.log(rng.uniform(0.1, 1, (4, 6))), jnp.float32)
+        mask = jnp.asarray(rng.integers(0, 2, (4, 6)))
+        f(lp, lp + 0.1, lp - 0.1, jnp.asarray(rng.normal(size=4), jnp.float32), mask, cfg=cfg,
+          entropy=jnp.ones((4, 6)))
+    assert f._cache_size() == 1
