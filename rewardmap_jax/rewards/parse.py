@@ -168,6 +168,8 @@ def parse_batch(
     cache = cache or TablesCache()
     if len(records) != len(completions):
         raise ValueError(f"parse_batch: {len(records)} records but {len(completions)} completions")
+    if not completions:
+        raise ValueError("parse_batch: empty batch (no completions)")
     for i, c in enumerate(completions):
         if not isinstance(c, str):
             raise ValueError(f"parse_batch: completion {i} is {type(c).__name__}, not str")

@@ -52,6 +52,8 @@ def test_bucket_errors_and_bad_input():
         P.bucket(300, (64, 256), "stations per record")
     with pytest.raises(ValueError, match="2 records but 1 completions"):
         P.parse_batch([vqa("TorF1", 1)] * 2, ["x"])
+    with pytest.raises(ValueError, match="empty batch"):
+        P.parse_batch([], [])
     with pytest.raises(ValueError, match="completion 0 is NoneType"):
         P.parse_batch([vqa("TorF1", 1)], [None])
     bad = planning("A", "D", 0)
