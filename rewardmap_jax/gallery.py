@@ -80,8 +80,8 @@ def item_from_record(
         info={
             "uid": record.uid,
             "type": record.type,
-            "map": record.difficulty_city,
-            "question": record.difficulty_question,
+            "map difficulty": record.difficulty_city,
+            "question difficulty": record.difficulty_question,
             "source": record.source,
             "city": record.city,
         },
@@ -178,6 +178,23 @@ def _item_html(i: int, item: GalleryItem, thumb_px: int) -> str:
     )
 
 
+def _finite_totals(item: GalleryItem) -> list[float]:
+    totals = [float(r.get(TOTAL_KEY, math.nan)) for r in item.rewards]
+    return [t for t in totals if math.isfinite(t)]
+
+
+def page_summary(items: Sequence[GalleryItem]) -> str:
+    """One line: questions, completions, mean total reward, zero-advantage groups."""
+    n_done = sum(len(item.completions) for item in items)
+    totals = [t for item in items for t in _finite_totals(item)]
+    flat = sum(1 for item in items if len(t := _finite_totals(item)) > 1 and min(t) == max(t))
+    parts = [f"{len(items)} question{'s' if len(items) != 1 else ''}", f"{n_done} completions"]
+    if totals:
+        parts.append(f"mean {TOTAL_KEY} reward {np.mean(totals):.3g}")
+        parts.append(f"{flat} of {len(items)} groups with all rewards equal (zero advantage)")
+    return " · ".join(parts)
+
+
 def render_gallery(
     items: Sequence[GalleryItem], *, title: str = "Rollout gallery", thumb_px: int = 384
 ) -> str:
@@ -186,7 +203,7 @@ def render_gallery(
     return (
         '<!DOCTYPE html><html><head><meta charset="utf-8">'
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{_esc(title)}</h1><p>{len(items)} questions</p>{body}</body></html>\n"
+        f"<h1>{_esc(title)}</h1><p>{_esc(page_summary(items))}</p>{body}</body></html>\n"
     )
 
 

@@ -120,7 +120,8 @@ def test_gallery_from_mapworld_records(tmp_path):
         np.asarray(images[0]).mean((0, 1)), np.asarray(src.convert("RGB")).mean((0, 1)), atol=12
     )
     assert "all rewards equal: zero advantage" in page
-    assert page.count("all rewards equal") == 1
+    assert "2 questions · 5 completions · mean total reward 4.6" in page
+    assert "1 of 2 groups with all rewards equal (zero advantage)" in page
     assert "Route Name:" in page  # planning ground truth is the reference plan
     assert "TorF1" in page and "planning" in page
     index = (tmp_path / "gallery" / "index.html").read_text()
