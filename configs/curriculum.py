@@ -36,6 +36,13 @@ def _reward_config() -> mlc.ConfigDict:
     r.transfer_bonus = 0.5  # planning questions with >0 transfers
     r.format_weight = 0.0  # the paper's explicit format term; 0 = official code (implicit format)
     r.counting1_detail = False  # the disabled Counting1 stop-list reward
+    # Detail-reward constants of the official code (rewardmap_jax/rewards/reward.py).
+    r.endpoint_credit = 2.0  # first departure and last arrival right
+    r.route_credit_direct = 4.0  # 0-transfer question: the line holds both endpoints
+    r.route_credit_transfer = 3.0  # question with transfers: the line exists
+    r.transfer_credit = 1.0  # correct transfer station, section index < transfer count
+    r.extra_section_penalty = 5.0  # each section with index >= transfer count
+    r.counting1_step = 0.5  # Counting1 stop list: +/- per stop
     # Official-code switches (docs/rewards.md): the official "baseline" mode keeps the detail
     # reward; ours drops it unless asked. Arrival field: "remainder" = official text after
     # "Arrival Stop:" (long-template answers then never match), "line" = first line only,
