@@ -302,6 +302,10 @@ class CheckpointManager:
             name: ocp.args.StandardSave(_wrap(tree)) for name, tree in state.items()
         }
         if data_state is not None:
+            try:  # fail here, not later in the background writer
+                json.dumps(data_state)
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"data_state must be JSON-serialisable: {e}") from e
             items[DATA_ITEM] = ProcessJsonSave(dict(data_state))
         items[META_ITEM] = ocp.args.JsonSave(dict(metadata or {}))
         saved = self._manager.save(step, args=ocp.args.Composite(**items), force=True)

@@ -96,6 +96,24 @@ def test_bad_state_names_are_rejected(tmp_path):
         ck.CheckpointManager(tmp_path, keep=0)
 
 
+def test_grain_iterator_state_resumes_the_stream(tmp_path):
+    import grain
+
+    ds = grain.MapDataset.range(100).shuffle(seed=3).batch(4).to_iter_dataset()
+    it = iter(ds)
+    for _ in range(5):
+        next(it)
+    with ck.CheckpointManager(tmp_path, async_save=False) as mgr:
+        mgr.save(5, {"step": jnp.int32(5)}, data_state=it.get_state())
+        with pytest.raises(TypeError, match="JSON-serialisable"):
+            mgr.save(6, {"step": jnp.int32(6)}, data_state={"bad": object()})
+    expected = [next(it).tolist() for _ in range(3)]
+    restored = ck.restore_latest(tmp_path, {"step": jax.ShapeDtypeStruct((), jnp.int32)})
+    resumed = iter(ds)
+    resumed.set_state(restored.data_state)
+    assert [next(resumed).tolist() for _ in range(3)] == expected
+
+
 def test_every_n_and_keep_last_k(tmp_path):
     saved = []
     with ck.CheckpointManager(tmp_path, every_steps=3, keep=2, async_save=True) as mgr:
