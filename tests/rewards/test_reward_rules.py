@@ -225,3 +225,19 @@ def test_components_add_up():
     np.testing.assert_allclose(out["overall"], total, rtol=1e-6)
     # planning: (10 + 2 + 0.5) * 2.0 = 25; Counting2: (10 + 0 + 0.5) * 1.2 = 12.6
     np.testing.assert_allclose(out["overall"], [25.0, 12.6], rtol=1e-6)
+
+
+def test_every_constant_comes_from_the_config():
+    rec = planning("A", "F", 1)
+    ans = plan_text([("Line 1", "A", "B"), ("Line 2", "B", "F")])
+    # 2 + 3 + 1 - 5 + 3 = 4 with the official constants; now endpoint 1, route 2 (transfers),
+    # transfer 0.5, penalty 4: 1 + (2 + 0.5) + (-4 + 2) = 1.5
+    custom = dict(endpoint_credit=1.0, route_credit_transfer=2.0, transfer_credit=0.5)
+    assert one(rec, ans, "detail", extra_section_penalty=4.0, **custom) == pytest.approx(1.5)
+    # direct credit 6 on a 0-transfer question: 2 - 5 + 6 = 3
+    direct = plan_text([("Line 1", "A", "D")])
+    assert one(planning("A", "D", 0), direct, "detail", route_credit_direct=6.0) == 3.0
+    # Counting1 step 1.0: "Stops: [B, C, X]" = 1 + 1 - 1 = 1
+    c1 = vqa("Counting1", 1)
+    text = "Stops: [B, C, X]\n\\boxed{B}"
+    assert one(c1, text, "detail", counting1_detail=True, counting1_step=1.0) == 1.0
