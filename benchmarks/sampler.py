@@ -40,11 +40,7 @@ GRID = (1, 6, 6)  # an 84x84 tiny map: 6x6 patches -> 9 image tokens
 def build_models(seed: int, workdir: str):
     cfg = model_config.tiny()
     torch.manual_seed(seed)
-    hf_dict = model_config.to_hf_config(cfg)
-    # transformers 5.x's strict config wants an int here; to_hf_config writes 2.0.
-    vc = hf_dict["vision_config"]
-    vc["tokens_per_second"] = int(vc["tokens_per_second"])
-    hf_cfg = Qwen2_5_VLConfig(**hf_dict)
+    hf_cfg = Qwen2_5_VLConfig(**model_config.to_hf_config(cfg))
     hf_cfg._attn_implementation = "sdpa"
     hf = Qwen2_5_VLForConditionalGeneration(hf_cfg).eval()
     hf.save_pretrained(workdir)
