@@ -36,8 +36,10 @@ case "$action" in
     ;;
   run)
     # Quote each flag for the remote shell; nohup keeps training alive if ssh drops.
-    flags="$(printf '%q ' "$@")"
-    on_all_workers "cd $repo_dir && . .venv/bin/activate && \
+    flags=""
+    if [[ $# -gt 0 ]]; then flags="$(printf '%q ' "$@")"; fi
+    # `&` on the nohup line alone, so that $! is python's own pid (for `stop`).
+    on_all_workers "cd $repo_dir && . .venv/bin/activate || exit 1
       REWARDMAP_DISTRIBUTED=1 nohup python -m rewardmap_jax.main $flags > ~/rewardmap.log 2>&1 &
       echo \$! > ~/rewardmap.pid"
     echo "started on all workers of $name; follow with:" >&2

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,63 @@ def test_local_launcher_runs_two_processes(tmp_path):
     assert not any(
         line.startswith("[1]") and "saved to" in line for line in out.stderr.splitlines()
     )
+
+
+_FAKE_GCLOUD = """#!/usr/bin/env bash
+# Stands in for gcloud: records its arguments, runs --command= here (a one-worker "pod").
+printf '%s\\n' "$@" > "$HOME/gcloud_args.txt"
+for a in "$@"; do case "$a" in --command=*) cmd="${a#--command=}";; esac; done
+cd "$HOME" && bash -c "$cmd"
+"""
+_FAKE_PYTHON = """#!/usr/bin/env bash
+# Stands in for the venv's python: records argv and env, saves on SIGTERM.
+printf '[%s]\\n' "$@" > "$HOME/python_args.txt"
+echo "REWARDMAP_DISTRIBUTED=$REWARDMAP_DISTRIBUTED" >> "$HOME/python_args.txt"
+trap 'echo got-TERM >> "$HOME/python_args.txt"; exit 0' TERM
+sleep 20 & wait
+"""
+
+
+def test_tpu_launcher_quotes_flags_and_stops_by_pid(tmp_path):
+    home, bin_dir = tmp_path / "home", tmp_path / "bin"
+    venv_bin = home / "rewardmap-jax" / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    bin_dir.mkdir()
+    for path, text in (
+        (bin_dir / "gcloud", _FAKE_GCLOUD),
+        (venv_bin / "python", _FAKE_PYTHON),
+        (venv_bin / "activate", 'export PATH="$HOME/rewardmap-jax/.venv/bin:$PATH"\n'),
+    ):
+        path.write_text(text)
+        path.chmod(0o755)
+    env = dict(os.environ, HOME=str(home), PATH=f"{bin_dir}:{os.environ['PATH']}")
+    launcher = str(REPO / "launch" / "tpu_pod.sh")
+    tricky = "--config.data.system_prompt=You are a 'helpful' assistant; $HOME"
+    run = subprocess.run(
+        [launcher, "run", "my-tpu", "us-east5-a", "--workdir", "/mnt/runs/x", tricky],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    args = (home / "gcloud_args.txt").read_text().splitlines()
+    assert args[:7] == ["alpha", "compute", "tpus", "tpu-vm", "ssh", "my-tpu", "--zone=us-east5-a"]
+    assert "--worker=all" in args
+    recorded = home / "python_args.txt"
+    for _ in range(100):
+        if recorded.exists() and "REWARDMAP" in recorded.read_text():
+            break
+        time.sleep(0.1)
+    lines = recorded.read_text().splitlines()
+    assert lines == [
+        "[-m]", "[rewardmap_jax.main]", "[--workdir]", "[/mnt/runs/x]", f"[{tricky}]",
+        "REWARDMAP_DISTRIBUTED=1",
+    ]  # fmt: skip
+    stop = subprocess.run(
+        [launcher, "stop", "my-tpu", "us-east5-a"], env=env, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert stop.returncode == 0, stop.stderr
+    for _ in range(100):
+        if "got-TERM" in recorded.read_text():
+            break
+        time.sleep(0.1)
+    assert recorded.read_text().splitlines()[-1] == "got-TERM"
