@@ -236,3 +236,29 @@ def test_tpu_launcher_quotes_flags_and_stops_by_pid(tmp_path):
             break
         time.sleep(0.1)
     assert recorded.read_text().splitlines()[-1] == "got-TERM"
+
+
+def test_slurm_script_runs_main_under_srun(tmp_path):
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "activate").write_text(f'export PATH="{tmp_path}/bin:$PATH"\n')
+    (tmp_path / "bin").mkdir()
+    srun = tmp_path / "bin" / "srun"
+    srun.write_text(
+        "#!/usr/bin/env bash\n"
+        'printf "[%s]\\n" "$@" > srun_args.txt\n'
+        'echo "REWARDMAP_DISTRIBUTED=$REWARDMAP_DISTRIBUTED" >> srun_args.txt\n'
+    )
+    srun.chmod(0o755)
+    script = (REPO / "launch" / "slurm.sbatch").read_text()
+    sbatch = [line for line in script.splitlines() if line.startswith("#SBATCH")]
+    assert "#SBATCH --signal=TERM@300" in sbatch and "#SBATCH --ntasks-per-node=1" in sbatch
+    env = dict(os.environ, SLURM_SUBMIT_DIR=str(tmp_path))
+    out = subprocess.run(
+        ["bash", str(REPO / "launch" / "slurm.sbatch"), "--workdir", "/shared/a b"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "srun_args.txt").read_text().splitlines() == [
+        "[--kill-on-bad-exit=1]", "[python]", "[-m]", "[rewardmap_jax.main]", "[--workdir]",
+        "[/shared/a b]", "REWARDMAP_DISTRIBUTED=1",
+    ]  # fmt: skip
