@@ -46,11 +46,14 @@ def attend(
         key gets a finite, meaningless output (callers ignore those rows).
       q_pos, kv_pos: (B, T), (B, S) int32 slot indices; if given, keys with kv_pos > q_pos are
         masked (causal).
-      impl: "xla" or "cudnn" (`jax.nn.dot_product_attention` implementation).
+      impl: "xla" or "cudnn" (`jax.nn.dot_product_attention` implementation; cudnn falls back
+        to xla for fp32 inputs).
       chunk: query-chunk length.
     Returns:
       (B, T, N, H) in q.dtype.
     """
+    if impl == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
+        impl = "xla"  # cuDNN flash attention has no fp32 kernel (fp32 runs are parity runs)
     b, t = q.shape[:2]
     if t <= chunk:
         return _attend_dense(q, k, v, q_seg, kv_seg, q_pos, kv_pos, impl)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 from flax import nnx
 
 from rewardmap_jax.model import hf_io, rope_index, vision_layout
@@ -179,3 +180,38 @@ def test_remat_policies_same_loss_and_grads(hf_tied):
         np.testing.assert_allclose(float(val), float(results[0][0]), rtol=1e-6)
         for g, g0 in zip(jax.tree.leaves(grads), jax.tree.leaves(results[0][1]), strict=True):
             np.testing.assert_allclose(np.asarray(g), np.asarray(g0), atol=1e-6)
+
+
+def test_image_and_video_batch_matches_transformers(hf_untied):
+    hf, d = hf_untied
+    model = hf_io.load_hf(d)
+    img, vids = np.array([[1, 6, 10]]), np.array([[2, 4, 6], [4, 4, 4]])
+    spg = np.array([1.0, 0.5])
+    rs = np.random.RandomState(3)
+    text = lambda k: list(rs.randint(2, 240, size=k))
+    r0 = (text(2) + [ref.VS] + [ref.IMG] * 15 + [ref.VE] + text(2) + [ref.VS] + [ref.VID] * 12
+          + [ref.VE] + text(3))
+    r1 = text(1) + [ref.VS] + [ref.VID] * 16 + [ref.VE] + text(2)
+    n = len(r0)
+    ids = np.zeros((2, n), np.int64)
+    mask = np.zeros((2, n), np.int64)
+    for r, seq in enumerate((r0, r1)):
+        ids[r, n - len(seq):], mask[r, n - len(seq):] = seq, 1
+    pv_img, pv_vid = ref.pixels(img, 1), ref.pixels(vids, 2)
+    pos, _ = rope_index.get_rope_index(ids, model.cfg, mask, image_grid_thw=img,
+                                       video_grid_thw=vids, second_per_grid_ts=spg)
+    with torch.no_grad():
+        want = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                  pixel_values=torch.tensor(pv_img), image_grid_thw=torch.tensor(img),
+                  pixel_values_videos=torch.tensor(pv_vid), video_grid_thw=torch.tensor(vids),
+                  second_per_grid_ts=torch.tensor(spg),
+                  position_ids=torch.tensor(pos.astype(np.int64))).logits.numpy()
+    # items in the order their pad tokens appear in the flattened batch: image, video, video
+    vi = vision_layout.pack_vision_inputs(np.concatenate([pv_img, pv_vid]),
+                                          np.concatenate([img, vids]), model.cfg.vision)
+    run = nnx.jit(lambda m, *a: m(*a)[0])
+    got = np.asarray(run(model, jnp.asarray(ids, jnp.int32), jnp.asarray(pos),
+                         jnp.asarray(mask, bool), jax.tree.map(jnp.asarray, vi)))
+    m = mask.astype(bool)
+    assert np.abs(got - want)[m].max() <= 1e-4
+    assert _kl(want, got)[m].mean() < 1e-6
