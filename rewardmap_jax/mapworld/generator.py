@@ -106,9 +106,11 @@ PRESETS: dict[str, WorldConfig] = {
         station_radius_scale=0.08,
         max_question_transfers=3,
         city_difficulty_bounds=(25, 35),
-        train_maps=200,
-        eval_maps=50,
-        cache_maps=16,
+        # Like ReasonMap's 30 cities: a few big maps, many questions each; the whole pool
+        # fits the cache (~6 MB per map).
+        train_maps=32,
+        eval_maps=8,
+        cache_maps=48,
     ),
 }
 

@@ -11,6 +11,7 @@ visited twice. `fewest_transfer_routes` returns EVERY plan whose number of secti
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -67,11 +68,13 @@ class Network:
             if missing:
                 raise ValueError(f"line {line.name!r}: stations without a position: {missing}")
 
-    @property
+    # Derived views are computed once per network (cached_property writes the instance
+    # __dict__ directly, which a frozen dataclass allows).
+    @functools.cached_property
     def position(self) -> dict[str, tuple[float, float]]:
         return dict(self.positions)
 
-    @property
+    @functools.cached_property
     def stations(self) -> tuple[str, ...]:
         """Station names in order of first appearance along the lines."""
         seen: dict[str, None] = {}
@@ -80,6 +83,14 @@ class Network:
                 seen.setdefault(s, None)
         return tuple(seen)
 
+    @functools.cached_property
+    def _lines_at(self) -> dict[str, tuple[str, ...]]:
+        out: dict[str, list[str]] = {}
+        for line in self.lines:
+            for s in line.stations:
+                out.setdefault(s, []).append(line.name)
+        return {s: tuple(v) for s, v in out.items()}
+
     def line(self, name: str) -> Line:
         for line in self.lines:
             if line.name == name:
@@ -87,9 +98,9 @@ class Network:
         raise KeyError(f"no line named {name!r}; lines: {[x.name for x in self.lines]}")
 
     def lines_through(self, station: str) -> tuple[str, ...]:
-        return tuple(line.name for line in self.lines if station in line.stations)
+        return self._lines_at.get(station, ())
 
-    @property
+    @functools.cached_property
     def transfer_stations(self) -> tuple[str, ...]:
         return tuple(s for s in self.stations if len(self.lines_through(s)) > 1)
 
