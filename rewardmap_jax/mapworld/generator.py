@@ -67,6 +67,35 @@ class WorldConfig:
     cache_maps: int = 4096
     max_tries: int = 400  # layout attempts per city
 
+    def __post_init__(self) -> None:
+        choices = {
+            "layout": ("lshape", "walk"),
+            "labels": ("letter", "place"),
+            "line_naming": ("color", "number"),
+        }
+        for field, allowed in choices.items():
+            if getattr(self, field) not in allowed:
+                raise ValueError(
+                    f"world {self.name!r}: {field}={getattr(self, field)!r} not in {allowed}"
+                )
+        problems = []
+        if not 1 <= self.min_lines <= self.max_lines:
+            problems.append(f"lines {self.min_lines}..{self.max_lines}")
+        if not 2 <= self.min_stations <= self.max_stations:
+            problems.append(f"stations per line {self.min_stations}..{self.max_stations}")
+        if self.max_lines > min(self.palette_size, len(names.PALETTE)):
+            problems.append(f"max_lines {self.max_lines} > palette_size {self.palette_size}")
+        if self.labels == "letter" and len(set(self.alphabet)) < self.grid * self.grid:
+            problems.append(
+                f"alphabet of {len(set(self.alphabet))} < {self.grid}x{self.grid} cells"
+            )
+        if self.city_difficulty_bounds[0] > self.city_difficulty_bounds[1]:
+            problems.append(f"city_difficulty_bounds {self.city_difficulty_bounds} not ordered")
+        if min(self.train_maps, self.eval_maps, self.image_size, self.grid) < 1:
+            problems.append("train_maps, eval_maps, image_size and grid must be >= 1")
+        if problems:
+            raise ValueError(f"world {self.name!r}: invalid config: " + "; ".join(problems))
+
     @property
     def cell(self) -> float:
         return self.image_size / self.grid

@@ -6,7 +6,7 @@ needed and the pixels are the same on every machine with the same Pillow.
 
 from __future__ import annotations
 
-import functools
+import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,9 +23,15 @@ LEGEND_ROW_PX = 24  # legend row pitch; the legend font is 0.6 of it
 Box = tuple[float, float, float, float]
 
 
-@functools.lru_cache(maxsize=64)
+_FONTS = threading.local()  # a FreeType face must not render in two threads at once
+
+
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    return ImageFont.load_default(max(int(size), 6))
+    cache = _FONTS.__dict__.setdefault("by_size", {})
+    size = max(int(size), 6)
+    if size not in cache:
+        cache[size] = ImageFont.load_default(size)
+    return cache[size]
 
 
 def _sizes(world: WorldConfig) -> tuple[int, float, int]:

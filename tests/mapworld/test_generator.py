@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -187,3 +188,27 @@ def test_render_is_fast_for_tiny_maps():
     per_map = (time.perf_counter() - t0) / 200
     print(f"render tiny map: {per_map * 1e3:.2f} ms")
     assert per_map < 0.01
+
+
+def test_invalid_world_configs_are_rejected_with_the_reason():
+    with pytest.raises(ValueError, match="layout='spiral'"):
+        generator.get_world("tiny", layout="spiral")
+    with pytest.raises(ValueError, match="alphabet of 4 < 3x3 cells"):
+        generator.get_world("tiny", alphabet="EFHK")
+    with pytest.raises(ValueError, match="max_lines 8 > palette_size 6"):
+        generator.get_world("tiny", max_lines=8)
+    with pytest.raises(ValueError, match="lines 3..2"):
+        generator.get_world("tiny", min_lines=3, max_lines=2)
+    cramped = generator.get_world("tiny", min_stations=5, max_stations=5, min_lines=4, max_tries=5)
+    with pytest.raises(RuntimeError, match="do not fit its grid"):
+        generator.generate_city(cramped, "train", 0)
+
+
+def test_rendering_from_threads_matches_serial_rendering():
+    world = generator.get_world("small")
+    nets = [generator.generate_city(world, "val", i).network for i in range(16)]
+    serial = [np.asarray(render.render_map(n, world)) for n in nets]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda n: np.asarray(render.render_map(n, world)), nets * 4))
+    for k, image in enumerate(threaded):
+        assert np.array_equal(image, serial[k % 16])
