@@ -11,7 +11,8 @@
 Records come from `--data` (default: the run config's data section, else `mapworld:tiny`).
 Completions come from `--completions` (JSONL: {"uid": ..., "completion": ...}, one per record)
 or from the policy (`--workdir` checkpoint or `--hf_dir`) through the trainer's
-`generate_completions` (greedy, `config.eval` settings). Scores are the rewards engineer's
+`generate_completions(config, sources, *, workdir, hf_dir, step) -> (records, completions)`
+(greedy, `config.eval` settings). Scores are the rewards engineer's
 `rewards.metrics.evaluate_completions`; reports are written to OUT/eval_<tag>.{json,md}.
 """
 
@@ -36,21 +37,22 @@ GENERATE_FN = "generate_completions"
 DEFAULT_PER_TYPE = 50  # map-world questions per task type when nothing else says
 
 
-def load_records(
+def load_sources(
     data: str,
     *,
     split: str,
     per_type: int,
     reasonmap_dir: str = "",
     reasonmap_plus_dir: str = "",
-) -> list[Record]:
-    """Evaluation records: `mapworld[:WORLD]` (generated) or `reasonmap` (local directories)."""
+) -> dict[str, Any]:
+    """Evaluation sources by task type: `mapworld[:WORLD]` (`per_type` generated questions per
+    type) or `reasonmap` (every record of the local directories)."""
     from rewardmap_jax.data import sources
 
     kind, _, world = data.partition(":")
     if kind == "mapworld":
-        srcs = sources.mapworld_sources(world or "tiny", split, per_type)
-    elif kind == "reasonmap":
+        return dict(sources.mapworld_sources(world or "tiny", split, per_type))
+    if kind == "reasonmap":
         cfg = mlc.ConfigDict(
             {
                 "reasonmap_dir": reasonmap_dir,
@@ -58,15 +60,19 @@ def load_records(
                 "reasonmap_train_dir": "",
             }
         )
-        srcs = sources.real_sources(cfg, split)
-    else:
-        raise ValueError(f"--data must be mapworld[:WORLD] or reasonmap, got {data!r}")
+        return dict(sources.real_sources(cfg, split))
+    raise ValueError(f"--data must be mapworld[:WORLD] or reasonmap, got {data!r}")
+
+
+def load_records(data: str, *, split: str, per_type: int, **dirs: str) -> list[Record]:
+    """The records of `load_sources`, task types in `TASK_TYPES` order, at most `per_type` each
+    (0 = all)."""
+    srcs = load_sources(data, split=split, per_type=per_type, **dirs)
     records = []
     for t in TASK_TYPES:
         if t in srcs:
-            src = srcs[t]
-            n = len(src) if kind == "reasonmap" and per_type <= 0 else min(per_type, len(src))
-            records += [src[i] for i in range(n)]
+            n = len(srcs[t]) if per_type <= 0 else min(per_type, len(srcs[t]))
+            records += [srcs[t][i] for i in range(n)]
     return records
 
 
@@ -98,13 +104,15 @@ def read_completions(path: str | Path, records: Sequence[Record]) -> list[str]:
 
 def generate(
     config: mlc.ConfigDict,
-    records: Sequence[Record],
+    sources: dict[str, Any],
     *,
     workdir: str | None,
     hf_dir: str | None,
     step: int | None,
-) -> list[str]:
-    """Greedy completions from the policy, through the trainer's `generate_completions`."""
+) -> tuple[list[Record], list[str]]:
+    """Greedy completions from the policy (a `workdir` checkpoint or an `hf_dir`) through the
+    trainer's hook `generate_completions(config, sources, *, workdir, hf_dir, step)`, which
+    returns (records, completions) in the same order."""
     spec = importlib.util.find_spec(GENERATE_MODULE)
     module = importlib.import_module(GENERATE_MODULE) if spec else None
     fn = getattr(module, GENERATE_FN, None)
@@ -113,7 +121,8 @@ def generate(
             f"generating completions needs {GENERATE_MODULE}.{GENERATE_FN}, which this checkout "
             "does not have yet; score existing outputs with --completions FILE.jsonl instead"
         )
-    return list(fn(config, list(records), workdir=workdir, hf_dir=hf_dir, step=step))
+    records, completions = fn(config, sources, workdir=workdir, hf_dir=hf_dir, step=step)
+    return list(records), list(completions)
 
 
 def evaluate(
@@ -174,28 +183,28 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     if per_type is None:
         max_q = int(config.eval.max_questions) if config is not None else 0
         per_type = max(1, max_q // len(TASK_TYPES)) if max_q else DEFAULT_PER_TYPE
-    records = load_records(
-        data,
-        split=args.split,
-        per_type=per_type,
-        reasonmap_dir=args.reasonmap_dir or (data_cfg.reasonmap_dir if data_cfg else ""),
-        reasonmap_plus_dir=args.reasonmap_plus_dir
+    dirs = {
+        "reasonmap_dir": args.reasonmap_dir or (data_cfg.reasonmap_dir if data_cfg else ""),
+        "reasonmap_plus_dir": args.reasonmap_plus_dir
         or (data_cfg.reasonmap_plus_dir if data_cfg else ""),
-    )
-    if not records:
-        raise ValueError(f"no records for --data {data} --split {args.split}")
+    }
     if args.completions:
+        records = load_records(data, split=args.split, per_type=per_type, **dirs)
+        if not records:
+            raise ValueError(f"no records for --data {data} --split {args.split}")
         completions = read_completions(args.completions, records)
         tag = args.tag or Path(args.completions).stem
     else:
+        sources = load_sources(data, split=args.split, per_type=per_type, **dirs)
         # A bare --hf_dir evaluates with the default config's eval settings.
         run_config = config if config is not None else config_utils.get_config()
-        completions = generate(
-            run_config, records, workdir=args.workdir, hf_dir=args.hf_dir, step=args.step
+        records, completions = generate(
+            run_config, sources, workdir=args.workdir, hf_dir=args.hf_dir, step=args.step
         )
-        tag = args.tag or (f"step_{args.step}" if args.step is not None else "latest")
         if args.hf_dir:
             tag = args.tag or Path(args.hf_dir).name
+        else:
+            tag = args.tag or (f"step_{args.step}" if args.step is not None else "latest")
     out = args.out or (Path(args.workdir) / "eval" if args.workdir else Path("."))
     return evaluate(records, completions, out, tag, answer_after=args.answer_after)
 

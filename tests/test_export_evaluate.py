@@ -152,3 +152,31 @@ def test_exported_directory_loads_in_transformers(tiny_run, tmp_path):
     )
     down = np.asarray(lm["layers"][0]["mlp"]["down_proj"]["kernel"].get_value())
     np.testing.assert_array_equal(hf_lm.layers[0].mlp.down_proj.weight.detach().numpy(), down.T)
+
+
+def test_evaluate_generates_through_the_trainer_hook(tiny_run, tmp_path, monkeypatch, capsys):
+    import importlib.machinery
+    import sys
+    import types
+
+    calls = []
+
+    def generate_completions(config, sources, *, workdir, hf_dir, step):
+        calls.append((config.preset, sorted(sources), workdir, hf_dir, step))
+        records = [sources[t][i] for t in sorted(sources) for i in range(len(sources[t]))]
+        return records, [answer_text(r) for r in records]
+
+    fake = types.ModuleType("fake_trainer_hook")
+    fake.__spec__ = importlib.machinery.ModuleSpec("fake_trainer_hook", None)
+    fake.generate_completions = generate_completions
+    monkeypatch.setitem(sys.modules, "fake_trainer_hook", fake)
+    monkeypatch.setattr(evaluate, "GENERATE_MODULE", "fake_trainer_hook")
+    workdir, _ = tiny_run
+    out = tmp_path / "rep"
+    argv = ["--workdir", str(workdir), "--step", "4", "--per_type", "1", "--out", str(out)]
+    assert evaluate.main(argv) == 0
+    assert calls == [("tiny", sorted(TASK_TYPES), str(workdir), None, 4)]
+    report = json.loads((out / "eval_step_4.json").read_text())
+    assert report["summary"]["plus/acc"] == 1.0
+    assert [s["acc"] for s in report["samples"]] == [1.0] * len(TASK_TYPES)
+    assert json.loads(capsys.readouterr().out)["plus/acc"] == 1.0
