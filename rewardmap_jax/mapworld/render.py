@@ -99,6 +99,8 @@ def label_boxes(network: Network, world: WorldConfig) -> dict[str, tuple[tuple[f
                 (x - gap - w, y + gap),
                 (x - w / 2, y - gap - h - pad),
                 (x - w / 2, y + gap + pad),
+                (x + gap + pad, y - h / 2),
+                (x - gap - pad - w, y - h / 2),
             ]
         best, best_hits = None, None
         for cx, cy in candidates:
