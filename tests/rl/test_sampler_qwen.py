@@ -38,17 +38,27 @@ def prompt_batch(cfg, grids=GRIDS, rows=ROWS, seed=0):
     return batch, (ids, mask, pv)
 
 
-def hf_generate(hf, ids, mask, pv, grids, forbidden):
+def hf_generate(hf, ids, mask, pv, grids, forbidden, eos=EOS):
     with torch.no_grad():
         out = hf.generate(
             input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
             pixel_values=torch.tensor(pv), image_grid_thw=torch.tensor(grids),
             mm_token_type_ids=torch.tensor((ids == ref.IMG).astype(np.int64)),
             do_sample=False, max_new_tokens=T_NEW, bad_words_ids=[[i] for i in forbidden],
-            eos_token_id=EOS, pad_token_id=PAD,
+            eos_token_id=eos, pad_token_id=PAD,
         )
     new = out[:, ids.shape[1]:].numpy()
     return np.pad(new, ((0, 0), (0, T_NEW - new.shape[1])), constant_values=PAD)
+
+
+def pick_stop_token(toks):
+    """A token row 0 emits after a few steps that some other row never emits: with it as the
+    stop id, rows stop at different steps (or not at all) and padding after the stop is exercised.
+    """
+    for t in toks[0, 4:]:
+        if t != PAD and any(t not in row for row in toks[1:]):
+            return int(t)
+    raise AssertionError(f"no usable stop token in {toks}")
 
 
 def test_greedy_equals_transformers_generate(models):
@@ -59,12 +69,16 @@ def test_greedy_equals_transformers_generate(models):
     assert set(forbidden) >= {ref.IMG, ref.VID, ref.VS, ref.VE}
     params = sampler.SamplingParams(max_new_tokens=T_NEW, num_generations=2, temperature=0.0,
                                     stop_ids=(EOS,), pad_id=PAD, forbidden_ids=forbidden)
+    free = sampler.generate(model, sampler.QWEN2_5_VL, batch, params, jax.random.key(0))
+    stop = pick_stop_token(np.asarray(free.tokens)[0::2])
+    params = sampler.SamplingParams(**{**params.__dict__, "stop_ids": (stop,)})
     out = sampler.generate(model, sampler.QWEN2_5_VL, batch, params, jax.random.key(0))
-    want = hf_generate(hf, ids, mask, pv, GRIDS, forbidden)
+    want = hf_generate(hf, ids, mask, pv, GRIDS, forbidden, eos=stop)
     toks = np.asarray(out.tokens)
     np.testing.assert_array_equal(toks[0::2], want)
     np.testing.assert_array_equal(toks[1::2], want)
-    assert np.asarray(out.lengths).min() >= 1
+    fin, lengths = np.asarray(out.finished), np.asarray(out.lengths)
+    assert fin[0] and not fin.all() and lengths.max() == T_NEW  # a 32-token row is compared
 
 
 def test_sampled_logps_equal_teacher_forced_transformers(models):
@@ -75,6 +89,8 @@ def test_sampled_logps_equal_teacher_forced_transformers(models):
                                     top_k=50, stop_ids=(EOS, 7), pad_id=PAD,
                                     forbidden_ids=sampler.vision_special_ids(cfg))
     out = sampler.generate(model, sampler.QWEN2_5_VL, batch, params, jax.random.key(1))
+    again = sampler.generate(model, sampler.QWEN2_5_VL, batch, params, jax.random.key(1))
+    np.testing.assert_array_equal(out.tokens, again.tokens)  # fixed seed: same rollout
     toks, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
     g = 2
     n = toks.shape[0]
