@@ -145,7 +145,44 @@ def _eval_config() -> mlc.ConfigDict:
     ev.batch_size = 16
     ev.temperature = 0.0  # greedy decoding for evaluation
     ev.max_new_tokens = 2048
+    # Held-out evaluation inside training (rewardmap_jax/rl/evaluation.py; map world only).
+    ev.split = "val"  # map-world split never used for training
+    ev.tasks = ("TorF1", "TorF2", "Counting1", "Counting2", "Counting3", "planning")
+    ev.questions_per_task = 1024  # warm-start and final evaluations (SE ~1.5 pts at p=.5)
+    ev.periodic_questions_per_task = 128  # evaluations every `every_steps`
+    ev.at_sft_end = True  # evaluate the warm-start model (the baseline GRPO must beat)
+    ev.final = True  # evaluate when training ends
     return ev
+
+
+def _sft_config() -> mlc.ConfigDict:
+    """Supervised warm start on reference answers before RL (rewardmap_jax/rl/trainer.py).
+
+    A randomly initialised model cannot be rewarded into the answer format; the paper's policy
+    is already instruction-tuned (0 steps for the real presets). The optimizer is `optim` with
+    the keys below replaced.
+    """
+    s = mlc.ConfigDict()
+    s.steps = 0
+    s.batch_size = 32
+    s.lr = 1e-3
+    s.schedule = "warmup_cosine"
+    s.warmup_steps = 100
+    s.min_lr_ratio = 0.1
+    # (task type, mixture weight) pairs of the supervised mixture
+    s.tasks = (("TorF1", 1.0), ("TorF2", 1.0), ("Counting1", 1.0), ("Counting2", 1.0),
+               ("Counting3", 1.0), ("planning", 1.0))
+    return s
+
+
+def _train_config() -> mlc.ConfigDict:
+    """Loop settings (rewardmap_jax/rl/trainer.py)."""
+    t = mlc.ConfigDict()
+    t.rl_steps = 0  # GRPO steps after the warm start; 0 = one pass of the curriculum
+    # Map world: also mark the stations a question names on its map (ring = 1st, square = 2nd);
+    # the tiny model learns Counting2 from the marker, not from reading labels (tiny_world.md).
+    t.highlight_stations = False
+    return t
 
 
 def _mesh_config() -> mlc.ConfigDict:
@@ -198,6 +235,7 @@ def _data_config() -> mlc.ConfigDict:
     d.min_pixels = 3136
     d.max_pixels = 12845056
     d.on_bad_row = "raise"  # raise | skip
+    d.max_consecutive_bad_rows = 100  # with "skip": stop when this many rows fail in a row
     d.worker_count = 0
     d.tokenizer = ""  # "tiny", a local HF dir, or "" = model.hf_dir (else "tiny")
     d.split = "train"
@@ -263,6 +301,8 @@ def _base() -> mlc.ConfigDict:
     c.checkpoint = _checkpoint_config()
     c.log = _log_config()
     c.eval = _eval_config()
+    c.sft = _sft_config()
+    c.train = _train_config()
     return c
 
 

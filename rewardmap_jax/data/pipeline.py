@@ -228,11 +228,15 @@ def collate(
 class _BucketBatchIterator(grain.DatasetIterator):
     """Collects `batch_size` good examples per batch, counting (and dropping) bad rows."""
 
-    def __init__(self, parent: grain.DatasetIterator, batch_size: int, collate_fn) -> None:
+    def __init__(
+        self, parent: grain.DatasetIterator, batch_size: int, collate_fn, max_consecutive_bad: int
+    ) -> None:
         super().__init__(parent)
         self._batch_size = batch_size
         self._collate = collate_fn
+        self._max_consecutive_bad = max_consecutive_bad
         self._bad_rows = 0
+        self._consecutive_bad = 0
 
     def __next__(self) -> dict[str, Any]:
         examples = []
@@ -240,8 +244,16 @@ class _BucketBatchIterator(grain.DatasetIterator):
             ex = next(self._parent)  # StopIteration ends the stream (partial batch dropped)
             if isinstance(ex, BadRow):
                 self._bad_rows += 1
+                self._consecutive_bad += 1
                 log.warning("skipping %s (%d skipped so far)", ex.message, self._bad_rows)
+                if self._consecutive_bad > self._max_consecutive_bad:
+                    raise BadRowError(
+                        f"{self._consecutive_bad} bad rows in a row (data."
+                        f"max_consecutive_bad_rows={self._max_consecutive_bad}); the data or "
+                        f"the setup is broken. Last: {ex.message}"
+                    )
                 continue
+            self._consecutive_bad = 0
             examples.append(ex)
         return self._collate(examples)
 
@@ -250,21 +262,27 @@ class _BucketBatchIterator(grain.DatasetIterator):
         return self._bad_rows
 
     def get_state(self) -> dict[str, Any]:
-        return {"parent": self._parent.get_state(), "bad_rows": self._bad_rows}
+        return {"parent": self._parent.get_state(), "bad_rows": self._bad_rows,
+                "consecutive_bad_rows": self._consecutive_bad}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._parent.set_state(state["parent"])
         self._bad_rows = int(state["bad_rows"])
+        self._consecutive_bad = int(state.get("consecutive_bad_rows", 0))
 
 
 class BucketBatchIterDataset(grain.IterDataset):
-    def __init__(self, parent: grain.IterDataset, batch_size: int, collate_fn) -> None:
+    def __init__(
+        self, parent: grain.IterDataset, batch_size: int, collate_fn, max_consecutive_bad: int
+    ) -> None:
         super().__init__(parent)
         self._batch_size = batch_size
         self._collate = collate_fn
+        self._max_consecutive_bad = max_consecutive_bad
 
     def __iter__(self) -> _BucketBatchIterator:
-        return _BucketBatchIterator(self._parent.__iter__(), self._batch_size, self._collate)
+        return _BucketBatchIterator(self._parent.__iter__(), self._batch_size, self._collate,
+                                    self._max_consecutive_bad)
 
 
 def _shard(data_cfg: Any, shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
@@ -332,6 +350,7 @@ class DataPipeline:
         self.worker_count = int(data_cfg.worker_count)
         self.read_threads = int(data_cfg.get("read_threads", 1))
         self.prefetch = int(data_cfg.get("prefetch", 2))
+        self.max_consecutive_bad = int(data_cfg.get("max_consecutive_bad_rows", 100))
         self.pad_id = special_token_ids(FastTokenizer(tokenizer)).pad
 
     @classmethod
@@ -397,7 +416,8 @@ class DataPipeline:
         def collate_fn(examples):
             return collate(examples, self.buckets, self.pad_id, self.pixel_dtype)
 
-        return BucketBatchIterDataset(ds, self.local_batch_size, collate_fn)
+        return BucketBatchIterDataset(ds, self.local_batch_size, collate_fn,
+                                      self.max_consecutive_bad)
 
     def iterator(self) -> grain.DatasetIterator:
         """A fresh iterator from the start; `get_state()`/`set_state()` resume exactly."""

@@ -63,6 +63,9 @@ class RecordListSource:
     def __getitem__(self, index: int) -> Record:
         return self.records[index]
 
+    def __repr__(self) -> str:
+        return f"RecordListSource({self.name!r}, {len(self.records)} records)"
+
 
 def group_by_type(records: Iterable[Record], name: str = "records") -> dict[str, RecordListSource]:
     """Splits records into one in-memory source per task type (types in TASK_TYPES order)."""

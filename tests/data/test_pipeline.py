@@ -174,6 +174,14 @@ def test_bad_rows_skip_or_raise(tmp_path):
         list(it)
 
 
+def test_skip_mode_stops_when_everything_is_bad():
+    c = _config(on_bad_row="skip", max_consecutive_bad_rows=5)
+    bad = {(t, i): b"junk" for t in ("Counting2", "TorF1") for i in range(24)}
+    it = DataPipeline.from_config(c, schedule=MIX, sources=_fake_sources(bad=bad)).iterator()
+    with pytest.raises(BadRowError, match="6 bad rows in a row"):
+        next(it)
+
+
 def test_prompt_too_long_is_a_bad_row_with_a_clear_message():
     c = _config(prompt_buckets=(32,))
     it = DataPipeline.from_config(c, schedule=MIX, sources=_fake_sources()).iterator()
