@@ -28,7 +28,7 @@ class MapWorldSource:
     """`size` questions of one task type on one split of a map-world preset (generated on read:
     `mapworld.generator.make_record` is a pure function of (world, split, index, task))."""
 
-    world: str
+    world: Any  # a preset name or a `mapworld.generator.WorldConfig` (frozen, picklable)
     split: str
     task_type: str
     size: int
@@ -77,7 +77,7 @@ def group_by_type(records: Iterable[Record], name: str = "records") -> dict[str,
 
 
 def mapworld_sources(
-    world: str, split: str, size: int, task_types: Sequence[str] = TASK_TYPES
+    world: Any, split: str, size: int, task_types: Sequence[str] = TASK_TYPES
 ) -> dict[str, MapWorldSource]:
     return {t: MapWorldSource(world, split, t, size) for t in task_types}
 

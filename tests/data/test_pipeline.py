@@ -221,3 +221,13 @@ def test_bfloat16_pixels_and_jax_process_sharding():
                                          sources=_fake_sources()).iterator())
     assert low["pixel_values"].dtype == ml_dtypes.bfloat16
     assert np.array_equal(low["pixel_values"], full["pixel_values"].astype(ml_dtypes.bfloat16))
+
+
+def test_mapworld_source_accepts_a_world_config():
+    from rewardmap_jax.mapworld.generator import get_world
+
+    plain = mapworld_sources("tiny", "train", 4, ("TorF1",))["TorF1"][1]
+    marked = mapworld_sources(get_world("tiny", highlight=True), "train", 4, ("TorF1",))[
+        "TorF1"][1]
+    assert plain.question == marked.question
+    assert not np.array_equal(np.asarray(plain.figure), np.asarray(marked.figure))
