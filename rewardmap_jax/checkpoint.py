@@ -232,6 +232,11 @@ class CheckpointManager:
                 create=True,
             ),
         )
+        # Finish that start-up cleanup now: left in its background thread, it races interpreter
+        # shutdown (and spams a traceback) when a run fails before its first save.
+        await_cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+        if await_cleanup is not None:
+            await_cleanup()
         self._guard = PreemptionGuard() if handle_preemption else None
         self._preempted = False
 
