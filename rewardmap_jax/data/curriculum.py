@@ -139,6 +139,7 @@ class Plan:
     index: np.ndarray
     stage: np.ndarray
     stage_start: tuple[int, ...]
+    valid: np.ndarray | None = None  # bool; False on padding copies (drop_remainder=False)
 
     @property
     def num_steps(self) -> int:
@@ -209,8 +210,13 @@ def build_plan(
     source_sizes: Mapping[str, int],
     batch_size: int,
     seed: int = 0,
+    drop_remainder: bool = True,
 ) -> Plan:
-    """Expands `schedule` over sources with `source_sizes[task]` records (see module doc)."""
+    """Expands `schedule` over sources with `source_sizes[task]` records (see module doc).
+
+    `drop_remainder=False` (evaluation) keeps the last partial batch, filled up with copies of
+    its last element that `Plan.valid` marks False.
+    """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be > 0, got {batch_size}")
     for t in schedule.task_types:
@@ -251,15 +257,21 @@ def build_plan(
         indices.append(idx)
         stages.append(np.full(len(t_ids), k, dtype=np.int16))
     task, index, stage = (np.concatenate(a) for a in (tasks, indices, stages))
+    valid = np.ones(len(task), dtype=bool)
+    short = -len(task) % batch_size
+    if not drop_remainder and short:
+        task, index, stage = (np.concatenate([a, np.repeat(a[-1:], short)])
+                              for a in (task, index, stage))
+        valid = np.concatenate([valid, np.zeros(short, dtype=bool)])
     usable = len(task) // batch_size * batch_size
     if usable == 0:
         raise ValueError(f"the curriculum has {len(task)} examples, fewer than one batch "
                          f"({batch_size})")
-    task, index, stage = task[:usable], index[:usable], stage[:usable]
+    task, index, stage, valid = task[:usable], index[:usable], stage[:usable], valid[:usable]
     first = stage[::batch_size]
     stage_start = tuple(int(np.argmax(first >= k)) if (first >= k).any() else len(first)
                         for k in range(len(schedule.stages)))
-    return Plan(schedule, batch_size, task, index, stage, stage_start)
+    return Plan(schedule, batch_size, task, index, stage, stage_start, valid)
 
 
 def _epoch_indices(seed: int, task_id: int, size: int, draw: np.ndarray) -> np.ndarray:
@@ -284,13 +296,16 @@ class PlanCycle:
         batch_size: int,
         seed: int = 0,
         repeat: bool = False,
+        drop_remainder: bool = True,
     ) -> None:
+        if repeat and not drop_remainder:
+            raise ValueError("a repeating curriculum cannot keep partial batches")
         self.schedule = schedule
         self.source_sizes = dict(source_sizes)
         self.batch_size = batch_size
         self.seed = seed
         self.repeat = repeat
-        self.first = build_plan(schedule, source_sizes, batch_size, seed)
+        self.first = build_plan(schedule, source_sizes, batch_size, seed, drop_remainder)
         self._cache: dict[int, Plan] = {0: self.first}
 
     def __getstate__(self) -> dict:
@@ -323,6 +338,11 @@ class PlanCycle:
             raise IndexError(f"element {g} is past the end of the curriculum")
         p = self.plan(epoch)
         return TASK_TYPES[int(p.task[i])], int(p.index[i]), int(p.stage[i]), epoch
+
+    def is_valid(self, g: int) -> bool:
+        """False for the padding copies that fill a kept partial last batch."""
+        valid = self.first.valid
+        return True if valid is None else bool(valid[g % self.first.num_elements])
 
     def stage_at(self, step: int) -> int:
         return self.first.stage_at(step % self.first.num_steps)

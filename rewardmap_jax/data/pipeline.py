@@ -24,6 +24,7 @@ Batch layout (B = local batch size; L, P_buf, T = chosen buckets):
 | task_id | (B,) | int32 | index into TASK_TYPES |
 | stage | (B,) | int32 | curriculum stage of each example |
 | element | (B,) | int64 | global plan element (pass * elements_per_pass + position) |
+| valid | (B,) | int32 | 0 on the padding copies of a kept last partial batch, else 1 |
 | target_ids, target_mask | (B, T) | int32 | with_targets only: answer + <|im_end|>, right-padded |
 | records | list of B Records | - | host side (rewards); `figure` dropped unless it is a path |
 
@@ -155,6 +156,7 @@ class ProcessElement:
             "task_id": TASK_TYPES.index(task),
             "stage": stage,
             "element": element,
+            "valid": int(self.cycle.is_valid(element)),
             "record": _host_record(record),
         }
         if spec.with_targets:
@@ -214,6 +216,7 @@ def collate(
         "task_id": np.array([e["task_id"] for e in examples], dtype=np.int32),
         "stage": np.array([e["stage"] for e in examples], dtype=np.int32),
         "element": np.array([e["element"] for e in examples], dtype=np.int64),
+        "valid": np.array([e["valid"] for e in examples], dtype=np.int32),
         "records": [e["record"] for e in examples],
     }
     if "target_ids" in examples[0]:
@@ -314,6 +317,7 @@ class DataPipeline:
         with_targets: bool = False,
         shard_index: int | None = None,
         shard_count: int | None = None,
+        drop_remainder: bool = True,
     ) -> None:
         if data_cfg.on_bad_row not in BAD_ROW_MODES:
             raise ValueError(f"data.on_bad_row must be one of {BAD_ROW_MODES}")
@@ -330,7 +334,7 @@ class DataPipeline:
         self.schedule = schedule
         self.sources = {t: sources[t] for t in schedule.task_types}
         self.cycle = PlanCycle(schedule, source_sizes(self.sources), self.batch_size, seed,
-                               repeat)
+                               repeat, drop_remainder)
         self.buckets = Buckets(tuple(data_cfg.prompt_buckets), tuple(data_cfg.patch_buckets),
                                tuple(data_cfg.answer_buckets))
         self.pixel_dtype = np.dtype(_pixel_dtype(data_cfg.pixel_dtype))

@@ -171,3 +171,16 @@ def test_schedule_from_config_and_errors():
         cur.build_plan(cur.preset_schedule("official"), {"TorF1": 3}, batch_size=2)
     with pytest.raises(ValueError, match="unknown curriculum preset"):
         cur.preset_schedule("nope")
+
+
+def test_keeping_the_partial_last_batch_for_evaluation():
+    sizes = dict(SIZES, planning=43)  # 163 records, batch 8 -> 20 full batches + 3
+    plan = cur.build_plan(cur.preset_schedule("official"), sizes, batch_size=8,
+                          drop_remainder=False)
+    assert plan.num_steps == 21 and plan.valid.sum() == 163 and not plan.valid[-5:].any()
+    kept = _pairs(plan, plan.valid)
+    assert sum(kept.values()) == 163 and max(kept.values()) == 1
+    assert kept == collections.Counter((t, i) for t in TASK_TYPES for i in range(sizes[t]))
+    with pytest.raises(ValueError, match="repeating"):
+        cur.PlanCycle(cur.preset_schedule("official"), sizes, 8, repeat=True,
+                      drop_remainder=False)

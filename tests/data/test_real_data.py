@@ -92,3 +92,16 @@ def test_file_going_bad_mid_stream(tmp_path):
         assert it.get_state()["bad_rows"] >= 1
         shutil.rmtree(root)
         shutil.copytree(FIXTURES / "reasonmap_train", root)
+
+
+def test_evaluation_keeps_every_record():
+    c = _config(reasonmap_plus_dir=str(FIXTURES / "reasonmap_plus"),
+                reasonmap_dir=str(FIXTURES / "reasonmap"))
+    c.curriculum.preset = "shuffled"
+    pipe = DataPipeline.from_config(c, split="test", drop_remainder=False)
+    batches = list(pipe.iterator())
+    assert len(batches) == 5  # 18 records, batch 4
+    assert [int(b["valid"].sum()) for b in batches] == [4, 4, 4, 4, 2]
+    valid = [r.uid for b in batches for r, v in zip(b["records"], b["valid"], strict=True) if v]
+    assert len(valid) == len(set(valid)) == 18
+    assert all(b["input_ids"].shape[0] == 4 for b in batches)
