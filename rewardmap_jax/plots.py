@@ -3,7 +3,8 @@
     python -m rewardmap_jax.plots --workdir runs/tiny            # -> runs/tiny/plots/curves.png
 
 Top panel: reward (`reward/*` keys); bottom panel: accuracy (`accuracy/*` keys). Raw values are
-drawn thin, a moving average thick. Curriculum stages (the `stage` key, named by `stage_name`
+drawn thin, a moving average thick; held-out evaluations (`eval/reward/mean`,
+`eval/accuracy/mean`) are black dots. Curriculum stages (the `stage` key, named by `stage_name`
 when logged) are shaded and labelled; steps with non-finite metrics get a red tick.
 """
 
@@ -23,6 +24,7 @@ PLOTS_SUBDIR = "plots"
 CURVES_FILE = "curves.png"
 REWARD_PREFIX = "reward/"
 ACCURACY_PREFIX = "accuracy/"
+EVAL_PREFIX = "eval/"  # held-out evaluations: `eval/reward/mean`, `eval/accuracy/mean`
 _STAGE_COLORS = ("#e8eef7", "#f6efe3", "#e9f3e6", "#f3e6ef", "#eeeeee", "#e6f2f3")
 
 
@@ -105,10 +107,11 @@ def plot_curves(
 
     reward_keys = _keys(records, REWARD_PREFIX)
     acc_keys = _keys(records, ACCURACY_PREFIX)
-    if not reward_keys and not acc_keys:
+    held_out_keys = [f"{EVAL_PREFIX}{p}mean" for p in (REWARD_PREFIX, ACCURACY_PREFIX)]
+    if not reward_keys and not acc_keys and not any(k in r for r in records for k in held_out_keys):
         raise ValueError(
-            f"no '{REWARD_PREFIX}*' or '{ACCURACY_PREFIX}*' metrics in {len(records)} records; "
-            "nothing to plot"
+            f"no '{REWARD_PREFIX}*', '{ACCURACY_PREFIX}*' or held-out metrics in {len(records)} "
+            "records; nothing to plot"
         )
     if smooth is None:
         smooth = max(1, len(records) // 40)
@@ -132,6 +135,10 @@ def plot_curves(
                     fontsize=9,
                     clip_on=False,
                 )
+        held_out = _series(records, f"{EVAL_PREFIX}{ylabel}/mean")
+        if len(held_out[0]):
+            ax.plot(*held_out, "o--", color="black", markersize=5, linewidth=1, zorder=5,
+                    label="held-out eval")  # fmt: skip
         if keys:
             colors = plt.cm.tab10(np.arange(len(keys)) % 10)
             for key, color in zip(keys, colors, strict=True):
@@ -146,7 +153,7 @@ def plot_curves(
                     linewidth=2.0,
                     label=key[len(ylabel) + 1 :],
                 )
-            ax.legend(loc="upper left", fontsize=8, ncol=min(4, len(keys)), framealpha=0.8)
+            ax.legend(loc="upper left", fontsize=8, ncol=min(5, len(keys) + 1), framealpha=0.8)
         else:
             ax.text(
                 0.5,

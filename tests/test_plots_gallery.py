@@ -78,6 +78,23 @@ def test_plot_without_reward_or_accuracy_fails_clearly(tmp_path):
         plots.plot_curves([{"step": 1, "loss": 1.0}], tmp_path / "x.png")
 
 
+def test_held_out_eval_points_are_drawn(tmp_path):
+    records = [
+        {"step": s, "stage": 0, "reward/mean": float(s % 3), "accuracy/mean": 0.1 * (s % 4)}
+        for s in range(1, 11)
+    ]
+    without = plots.plot_curves(records, tmp_path / "a.png", smooth=1)
+    records[4]["eval/accuracy/mean"] = 0.5
+    records[9]["eval/accuracy/mean"] = 0.75
+    with_eval = plots.plot_curves(records, tmp_path / "b.png", smooth=1)
+
+    def dark_pixels(path):
+        return int((np.asarray(Image.open(path).convert("L")) < 40).sum())
+
+    # Same curves and axes: the black held-out markers (and their legend entry) are the change.
+    assert dark_pixels(with_eval) > dark_pixels(without) + 100
+
+
 def _decode_images(page: str) -> list[Image.Image]:
     uris = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     return [Image.open(io.BytesIO(base64.b64decode(u))) for u in uris]
