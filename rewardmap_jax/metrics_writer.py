@@ -11,7 +11,7 @@ Record format (one JSON object per line of `<workdir>/metrics.jsonl`):
 Non-finite floats are written as the strings "nan", "inf", "-inf" (JSON has no NaN) and their
 keys listed under "nonfinite"; `read_metrics` turns them back into floats. Strings (a stage
 name, say) go to the JSONL only. After a resume, steps after the last checkpoint are logged a
-second time; `read_metrics` keeps the latest record of each step.
+second time; `read_metrics` merges the records of each step, later values winning.
 
 Key names the plots, gallery and progress bar look for (the trainer should use them):
 `reward/mean`, `accuracy/<task type>` and `accuracy/mean`, `stage` (curriculum stage index),
@@ -134,19 +134,22 @@ class MetricsWriter:
             log_every=int(cfg.every_steps),
         )
 
-    def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any] | None:
+    def write(
+        self, step: int, metrics: Mapping[str, Any], *, force: bool = False
+    ) -> dict[str, Any] | None:
         """Logs `metrics` (name -> scalar: Python, numpy or jax) for `step`.
 
         Returns the record written to the JSONL, or None when this process does not write or
-        the step is skipped by `log_every`. Non-finite values are written, flagged under
-        "nonfinite" and warned about; they never raise.
+        the step is skipped by `log_every` (`force=True`, e.g. for an evaluation, never is).
+        Non-finite values are written, flagged under "nonfinite" and warned about; they never
+        raise.
         """
         if not self.primary:
             return None
         values = {str(k): _to_python(str(k), v) for k, v in metrics.items()}
         bad = sorted(k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v))
         self._advance_bar(step, values)
-        if step % self.log_every and not bad:
+        if step % self.log_every and not bad and not force:
             return None
         record: dict[str, Any] = {"step": int(step), "time": time.time()}
         record.update({k: _json_value(v) for k, v in values.items()})
@@ -232,7 +235,10 @@ def _summary(values: Mapping[str, Any], keys: Iterable[str]) -> str:
 
 
 def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
-    """The records of `<workdir>/metrics.jsonl`, one per step (the latest), sorted by step.
+    """The records of `<workdir>/metrics.jsonl`, one per step, sorted by step.
+
+    Records of the same step are merged, later values winning (a resumed run re-logs the steps
+    after its checkpoint; an evaluation may log separately at a training step).
 
     Non-finite markers become floats again. A torn last line (a run killed mid-write) is
     skipped with a warning; a bad line elsewhere raises with its line number.
@@ -257,5 +263,13 @@ def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
         for key in record.get("nonfinite", ()):
             if record.get(key) in _NONFINITE:
                 record[key] = _NONFINITE[record[key]]
-        by_step[int(record["step"])] = record
+        # Several writes for one step (training metrics, then an evaluation) merge; a step
+        # logged again after a resume overrides the values it logs again.
+        merged = by_step.setdefault(int(record["step"]), {})
+        merged.update(record)
+        bad = sorted(k for k, v in merged.items() if isinstance(v, float) and not math.isfinite(v))
+        if bad:
+            merged["nonfinite"] = bad
+        else:
+            merged.pop("nonfinite", None)
     return [by_step[s] for s in sorted(by_step)]

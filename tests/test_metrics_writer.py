@@ -50,17 +50,19 @@ def test_nonfinite_values_are_logged_and_flagged(tmp_path, caplog):
     with mw.MetricsWriter(tmp_path, progress_bar=False, log_every=10) as w:
         rec = w.write(3, {"loss": float("nan"), "kl": np.inf, "reward/mean": -np.float64("inf")})
         assert w.write(4, {"loss": 1.0}) is None  # skipped by log_every
+        assert w.write(4, {"eval/accuracy/mean": 0.5}, force=True)["step"] == 4
         w.write(10, {"loss": 0.5})
     assert rec["nonfinite"] == ["kl", "loss", "reward/mean"]
     assert rec["loss"] == "nan" and rec["kl"] == "inf" and rec["reward/mean"] == "-inf"
     assert "non-finite" in caplog.text
     assert w.nonfinite_steps == [3]
     records = mw.read_metrics(tmp_path)
-    assert [r["step"] for r in records] == [3, 10]
+    assert [r["step"] for r in records] == [3, 4, 10]
     assert math.isnan(records[0]["loss"]) and records[0]["kl"] == math.inf
     assert records[0]["reward/mean"] == -math.inf
     tb = _tb_scalars(tmp_path)
     assert math.isnan(tb["loss"][0][1]) and tb["loss"][1] == (10, 0.5)
+    assert tb["eval/accuracy/mean"] == [(4, 0.5)]
 
 
 def test_non_primary_process_writes_nothing(tmp_path):
@@ -87,6 +89,7 @@ def test_resume_keeps_the_latest_record_per_step_and_skips_torn_line(tmp_path):
         f.write('{"step": 4, "lo')  # killed mid-write
     records = mw.read_metrics(tmp_path)
     assert [(r["step"], r["loss"]) for r in records] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+    assert "nonfinite" not in records[2]
     # The next run cuts the torn record before appending, so the file stays valid JSONL.
     with mw.MetricsWriter(tmp_path, progress_bar=False, tensorboard=False, initial_step=3) as w:
         w.write(4, {"loss": 4.0})
@@ -101,6 +104,18 @@ def test_resume_keeps_the_latest_record_per_step_and_skips_torn_line(tmp_path):
         mw.read_metrics(tmp_path)
     with pytest.raises(FileNotFoundError, match="no metrics file"):
         mw.read_metrics(tmp_path / "elsewhere")
+
+
+def test_records_of_one_step_merge(tmp_path):
+    with mw.MetricsWriter(tmp_path, progress_bar=False, tensorboard=False) as w:
+        w.write(5, {"reward/mean": 1.0, "loss": math.nan})
+        w.write(5, {"eval/accuracy/mean": 0.5})  # an evaluation at the same step
+        w.write(6, {"loss": math.inf})
+        w.write(6, {"loss": 2.0})  # re-logged finite after a resume
+    r5, r6 = mw.read_metrics(tmp_path)
+    assert r5["reward/mean"] == 1.0 and r5["eval/accuracy/mean"] == 0.5
+    assert math.isnan(r5["loss"]) and r5["nonfinite"] == ["loss"]
+    assert r6["loss"] == 2.0 and "nonfinite" not in r6
 
 
 def test_progress_bar_tracks_steps(tmp_path):
