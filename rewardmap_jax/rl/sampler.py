@@ -1,12 +1,15 @@
 """Rollout sampler: prefill each prompt once, share its KV cache with G samples, decode in jit.
 
-Two jitted functions per shape bucket:
+One jitted program per shape bucket (`_rollout`), in two phases:
 
-* `_prefill` (B prompts): encodes the images and the prompt once with a preallocated KV cache of
-  `L + T` slots, then repeats the cache rows G times (row `b * G + g` is sample g of prompt b).
-* `_decode` (B*G rows): the whole decode loop as one `lax.while_loop` with donated state; exits
-  early once every row has stopped. The first token is drawn from the prefill logits, so the loop
-  runs at most T - 1 model steps.
+* prefill (B prompts): encodes the images and the prompts once, writing a preallocated KV cache;
+  the G samples of prompt b (rows `b * G + g`) then share it: by default through a group-shared
+  prefix cache (`rl/prefix_decode.py`: B*L prompt slots plus B*G*T suffix slots, no copies), or
+  with `QWEN2_5_VL_REPEAT` by repeating the cache rows G times (B*G*(L+T) slots).
+* decode (B*G rows): the whole loop is one `lax.while_loop`; it exits early once every row has
+  stopped. The first token is drawn from the prefill logits, so at most T - 1 model steps run.
+  The loop state is created inside the program, so XLA updates it in place (nothing to donate,
+  no host round trip between prefill and decode).
 
 Positions: token i of the completion sits at 3-D position `L + rope_delta + i` on all three axes
 (rope delta against the padded prompt length L, the transformers 4.x convention; `rope_deltas`
@@ -33,7 +36,7 @@ from jax import lax
 
 from rewardmap_jax.model.config import ModelConfig
 from rewardmap_jax.model.kv_cache import KVCache
-from rewardmap_jax.rl import sampling
+from rewardmap_jax.rl import prefix_decode, sampling
 
 # Trace counters (incremented only when jax traces, i.e. compiles, a function): tests and logs use
 # them to check that a run compiles once per shape bucket.
@@ -54,12 +57,19 @@ class ModelAdapter:
     init_cache: (model, batch, max_len) -> empty KV cache pytree.
     vocab_size: (model) -> V, the logits width.
     batch_axis: which axis of every non-scalar cache leaf is the batch axis.
+    share / decode: optional group-shared prefix mode. When set, the prefill cache has only the
+      L prompt slots, `share(model, cache, G, T)` turns it into the decode state of B*G rows
+      (without copying the prompt part G times), and `decode(model, tokens (N,1),
+      positions (3,N,1), state) -> (logits (N,V), state)` runs one step. When unset, the
+      prefill cache has L + T slots and its rows are repeated G times.
     """
 
     forward: Callable[..., tuple[jax.Array, Any]]
     init_cache: Callable[[Any, int, int], Any]
     vocab_size: Callable[[Any], int]
     batch_axis: int = 0
+    share: Callable[[Any, Any, int, int], Any] | None = None
+    decode: Callable[[Any, jax.Array, jax.Array, Any], tuple[jax.Array, Any]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,11 +149,24 @@ def _qwen_init_cache(model, batch: int, max_len: int):
     return KVCache.init(model.cfg, batch, max_len)
 
 
-# rewardmap_jax.model.qwen2_5_vl.Qwen2_5_VL: the LM head runs on the last column only.
+def _qwen_vocab(model) -> int:
+    return model.cfg.text.vocab_size
+
+
+# rewardmap_jax.model.qwen2_5_vl.Qwen2_5_VL, prompt cache shared by the G samples of a prompt
+# (rl/prefix_decode.py): the default.
 QWEN2_5_VL = ModelAdapter(
     forward=_qwen_forward,
     init_cache=_qwen_init_cache,
-    vocab_size=lambda model: model.cfg.text.vocab_size,
+    vocab_size=_qwen_vocab,
+    share=prefix_decode.share,
+    decode=prefix_decode.decode_step,
+)
+# Same model, G full copies of the prompt cache, decode through the model's own cached call.
+QWEN2_5_VL_REPEAT = ModelAdapter(
+    forward=_qwen_forward,
+    init_cache=_qwen_init_cache,
+    vocab_size=_qwen_vocab,
 )
 
 
@@ -194,14 +217,16 @@ def _repeat_rows(tree: Any, reps: int, axis: int) -> Any:
 
 
 def _prefill(adapter, model, ids, positions, mask, vision, num_generations, max_new):
-    """Encodes images + prompts once (B rows), then repeats logits/cache rows G times."""
+    """Encodes images + prompts once (B rows), then hands the cache to the G samples."""
     batch, length = ids.shape
-    cache = adapter.init_cache(model, batch, length + max_new)
+    shared = adapter.share is not None
+    cache = adapter.init_cache(model, batch, length if shared else length + max_new)
     # Left padding puts every prompt's last real token in the last column.
     last, cache = adapter.forward(model, ids, positions, mask, vision, cache)
-    last = last.astype(jnp.float32)
-    return (_repeat_rows(last, num_generations, 0),
-            _repeat_rows(cache, num_generations, adapter.batch_axis))
+    last = _repeat_rows(last.astype(jnp.float32), num_generations, 0)
+    if shared:
+        return last, adapter.share(model, cache, num_generations, max_new)
+    return last, _repeat_rows(cache, num_generations, adapter.batch_axis)
 
 
 def _decode(adapter, model, cache, logits, start_pos, key, knobs, stop_ids, forbidden, max_new,
@@ -229,8 +254,11 @@ def _decode(adapter, model, cache, logits, start_pos, key, knobs, stop_ids, forb
 
     def step(i, tok, cache):
         pos = jnp.broadcast_to((start_pos + i - 1)[None, :, None], (3, rows, 1))
-        ones = jnp.ones((rows, 1), bool)
-        out, cache = adapter.forward(model, tok[:, None], pos, ones, None, cache)
+        if adapter.decode is not None:
+            out, cache = adapter.decode(model, tok[:, None], pos, cache)
+        else:
+            ones = jnp.ones((rows, 1), bool)
+            out, cache = adapter.forward(model, tok[:, None], pos, ones, None, cache)
         return out.astype(jnp.float32), cache
 
     def cond(c):

@@ -61,7 +61,13 @@ def pick_stop_token(toks):
     raise AssertionError(f"no usable stop token in {toks}")
 
 
-def test_greedy_equals_transformers_generate(models):
+ADAPTERS = pytest.mark.parametrize(
+    "adapter", [sampler.QWEN2_5_VL, sampler.QWEN2_5_VL_REPEAT], ids=["shared", "repeat"]
+)
+
+
+@ADAPTERS
+def test_greedy_equals_transformers_generate(models, adapter):
     hf, model = models
     cfg = model.cfg
     batch, (ids, mask, pv) = prompt_batch(cfg)
@@ -69,10 +75,10 @@ def test_greedy_equals_transformers_generate(models):
     assert set(forbidden) >= {ref.IMG, ref.VID, ref.VS, ref.VE}
     params = sampler.SamplingParams(max_new_tokens=T_NEW, num_generations=2, temperature=0.0,
                                     stop_ids=(EOS,), pad_id=PAD, forbidden_ids=forbidden)
-    free = sampler.generate(model, sampler.QWEN2_5_VL, batch, params, jax.random.key(0))
+    free = sampler.generate(model, adapter, batch, params, jax.random.key(0))
     stop = pick_stop_token(np.asarray(free.tokens)[0::2])
     params = sampler.SamplingParams(**{**params.__dict__, "stop_ids": (stop,)})
-    out = sampler.generate(model, sampler.QWEN2_5_VL, batch, params, jax.random.key(0))
+    out = sampler.generate(model, adapter, batch, params, jax.random.key(0))
     want = hf_generate(hf, ids, mask, pv, GRIDS, forbidden, eos=stop)
     toks = np.asarray(out.tokens)
     np.testing.assert_array_equal(toks[0::2], want)
@@ -81,15 +87,16 @@ def test_greedy_equals_transformers_generate(models):
     assert fin[0] and not fin.all() and lengths.max() == T_NEW  # a 32-token row is compared
 
 
-def test_sampled_logps_equal_teacher_forced_transformers(models):
+@ADAPTERS
+def test_sampled_logps_equal_teacher_forced_transformers(models, adapter):
     hf, model = models
     cfg = model.cfg
     batch, (ids, mask, pv) = prompt_batch(cfg, seed=1)
     params = sampler.SamplingParams(max_new_tokens=T_NEW, num_generations=2, temperature=1.0,
                                     top_k=50, stop_ids=(EOS, 7), pad_id=PAD,
                                     forbidden_ids=sampler.vision_special_ids(cfg))
-    out = sampler.generate(model, sampler.QWEN2_5_VL, batch, params, jax.random.key(1))
-    again = sampler.generate(model, sampler.QWEN2_5_VL, batch, params, jax.random.key(1))
+    out = sampler.generate(model, adapter, batch, params, jax.random.key(1))
+    again = sampler.generate(model, adapter, batch, params, jax.random.key(1))
     np.testing.assert_array_equal(out.tokens, again.tokens)  # fixed seed: same rollout
     toks, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
     g = 2
