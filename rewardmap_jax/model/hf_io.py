@@ -238,28 +238,33 @@ def save_hf(
     os.makedirs(out_dir, exist_ok=True)
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     mapping = hf_param_map(cfg)
-    shards: list[dict[str, jax.Array]] = [{}]
-    size = 0
-    for key, (path, kind) in mapping.items():
-        x = np.asarray(jax.device_get(flat[path].get_value()))
-        x = jnp.asarray(np.ascontiguousarray(_to_torch_layout(x, kind, cfg)), dtype)
-        nbytes = x.size * x.dtype.itemsize
+    # Plan shards from shapes first, then convert and write one shard at a time (host memory:
+    # one shard, never a second copy of the model).
+    plan: list[list[str]] = [[]]
+    size = total = 0
+    for key, (path, _) in mapping.items():
+        nbytes = int(np.prod(flat[path].shape)) * dtype.itemsize
         if size and size + nbytes > max_shard_bytes:
-            shards.append({})
+            plan.append([])
             size = 0
-        shards[-1][key] = x
+        plan[-1].append(key)
         size += nbytes
-    names = (["model.safetensors"] if len(shards) == 1 else
-             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+        total += nbytes
+    names = (["model.safetensors"] if len(plan) == 1 else
+             [f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors" for i in range(len(plan))])
     weight_map = {}
-    for name, shard in zip(names, shards, strict=True):
+    for name, keys in zip(names, plan, strict=True):
+        shard = {}
+        for key in keys:
+            path, kind = mapping[key]
+            x = np.asarray(jax.device_get(flat[path].get_value()))
+            shard[key] = jnp.asarray(np.ascontiguousarray(_to_torch_layout(x, kind, cfg)), dtype)
         save_file(shard, os.path.join(out_dir, name), metadata={"format": "pt"})
-        weight_map.update({k: name for k in shard})
+        weight_map.update({k: name for k in keys})
+        del shard
     if len(names) > 1:
-        total = sum(x.size * x.dtype.itemsize for s in shards for x in s.values())
         with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
-            json.dump({"metadata": {"total_size": int(total)}, "weight_map": weight_map}, f,
-                      indent=2)
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     hf_cfg = to_hf_config(cfg)
     hf_cfg["torch_dtype"] = hf_cfg["dtype"] = dtype.name
     with open(os.path.join(out_dir, "config.json"), "w") as f:

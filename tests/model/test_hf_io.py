@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -49,7 +50,9 @@ def _roundtrip_through_transformers(hf, src_dir, tmp_path, **save_kw):
     reloaded.eval()
     want = _hf_reference_logits(hf, model.cfg)
     got = _hf_reference_logits(reloaded, model.cfg)
-    assert np.abs(got - want).max() <= 1e-5
+    err = np.abs(got - want).max()
+    print(f"export -> transformers reload: max|dlogit| {err:.2e}")
+    assert err <= 1e-5
     for name in names:
         with safe_open(str(out / name), framework="np") as fh:
             assert fh.metadata() == {"format": "pt"}
@@ -72,7 +75,13 @@ def test_canonical_layout_untied_roundtrip(hf_untied, tmp_path):
 
 def test_tied_head_has_no_lm_head_on_disk(hf_tied, tmp_path):
     hf, d = hf_tied
-    model, out = _roundtrip_through_transformers(hf, d, tmp_path)
+    src = tmp_path / "with_tokenizer"
+    shutil.copytree(d, src)
+    (src / "tokenizer.json").write_text('{"marker": 1}')
+    (src / "chat_template.jinja").write_text("{{ messages }}")
+    model, out = _roundtrip_through_transformers(hf, str(src), tmp_path)
+    assert (out / "tokenizer.json").read_text() == '{"marker": 1}'
+    assert (out / "chat_template.jinja").exists()
     assert model.lm_head is None
     assert "lm_head.weight" not in _keys(out)
     with open(out / "config.json") as f:
