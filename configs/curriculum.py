@@ -306,6 +306,39 @@ def _base() -> mlc.ConfigDict:
     return c
 
 
+def _tiny_training(c: mlc.ConfigDict) -> None:
+    """The 15-minute 2-core CPU demo (shared/reference/tiny_world.md; docs/training.md).
+
+    84 px maps with the named stations marked, a 0.69M-parameter model: a supervised warm start
+    on the tasks that tiny model can learn (Counting3 globally, Counting2 from the marker; TorF
+    as format), then GRPO (8 prompts x G=4, lr 1e-4) over a two-stage curriculum that ends with
+    every task type (Counting1 and planning exercise sampling, parsing and rewards only).
+    """
+    c.train.highlight_stations = True
+    c.sft.steps = 2400
+    c.sft.batch_size = 32
+    c.sft.lr = 1e-3
+    c.sft.warmup_steps = 100
+    # Only short-answer tasks: one prompt bucket (96) and one answer bucket (8) -> one compile.
+    c.sft.tasks = (("TorF1", 1.0), ("TorF2", 1.0), ("Counting2", 2.0), ("Counting3", 2.0))
+    c.train.rl_steps = 700
+    c.curriculum.stages = (
+        {"name": "perception", "steps": 400,
+         "weights": {"TorF1": 1.0, "TorF2": 1.0, "Counting2": 2.0, "Counting3": 2.0}},
+        {"name": "all_tasks", "steps": 300,
+         "weights": {"TorF1": 1.0, "TorF2": 1.0, "Counting1": 1.0, "Counting2": 2.0,
+                     "Counting3": 2.0, "planning": 1.0}},
+    )
+    c.rl.max_new_tokens = 32  # VQA answers are 4-5 tokens; one-line plans fit
+    c.optim.lr = 1e-4
+    c.checkpoint.every_steps = 200
+    c.eval.batch_size = 256
+    c.eval.max_new_tokens = 32
+    c.eval.questions_per_task = 1024
+    c.eval.every_steps = 0
+    c.log.gallery_every_steps = 100
+
+
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
     """Returns the config for preset `arg` (default `tiny`)."""
     preset = arg or "tiny"
@@ -322,6 +355,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         c.optim.lr = 1e-4
         c.checkpoint.every_steps = 50
         c.eval.max_new_tokens = 64
+        _tiny_training(c)
     else:
         c.model.preset = preset
         c.model.param_dtype = "bfloat16"

@@ -1,0 +1,167 @@
+"""Held-out evaluation: greedy answers on unseen maps, per-task accuracy and reward with SEs.
+
+    report = evaluate(model, config, sources, tokenizer, reward_fn, step=..., tag="final")
+    write_report(report, workdir)     # eval/<tag>_step<N>.{json,md}
+
+Questions come from their own split (`eval.split`, maps never seen in training) through the same
+processing as training prompts, in large fixed-size batches (one sampler compilation: G = 1,
+temperature 0). Accuracy is the RewardMap accuracy (the reward's `accuracy` component, i.e. the
+official answer rules); `reward` is the total RewardMap reward. Standard errors: sqrt(p(1-p)/n)
+for accuracy, std/sqrt(n) for reward. `majority` is the rate of the most common ground-truth
+answer of a task in the evaluated questions (the chance level of a constant answer).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from rewardmap_jax.data.curriculum import Schedule, Stage
+from rewardmap_jax.data.pipeline import DataPipeline
+from rewardmap_jax.data.sources import MapWorldSource
+from rewardmap_jax.mapworld.records import TASK_TYPES, Record
+from rewardmap_jax.rl import rollout as ro
+from rewardmap_jax.rl import sampler
+
+EVAL_SUBDIR = "eval"
+
+
+def eval_sources(world: Any, split: str, per_task: int, tasks: Sequence[str]
+                 ) -> dict[str, MapWorldSource]:
+    """Map-world held-out sources, `per_task` questions of each task type."""
+    return {t: MapWorldSource(world, split, t, per_task) for t in tasks}
+
+
+def _pipeline(config: Any, sources: Mapping[str, Any], batch_size: int) -> DataPipeline:
+    schedule = Schedule((Stage("eval", {t: 1.0 for t in sources}),))
+    return DataPipeline.from_config(config, sources=dict(sources), schedule=schedule,
+                                    batch_size=batch_size, repeat=False, seed=int(config.seed),
+                                    shard_index=0, shard_count=1)
+
+
+def generate_answers(model: Any, config: Any, sources: Mapping[str, Any], tokenizer: Any,
+                     max_questions: int = 0) -> tuple[list[Record], list[str]]:
+    """Greedy completions for every question of `sources` (a multiple of eval.batch_size;
+    the last partial batch is dropped by the pipeline)."""
+    ev = config.eval
+    cfg = model.cfg
+    sp = sampler.params_from_config(config.rl, cfg, num_generations=1, temperature=0.0,
+                                    max_new_tokens=int(ev.max_new_tokens))
+    records: list[Record] = []
+    texts: list[str] = []
+    key = jax.random.key(0)
+    for batch in _pipeline(config, sources, int(ev.batch_size)).iterator():
+        prompts = ro.prepare_prompts(batch, cfg)
+        out = ro.sample(model, prompts, sp, key)
+        texts += ro.decode_completions(tokenizer, np.asarray(out.tokens),
+                                       np.asarray(out.lengths), sp.stop_ids)
+        records += batch["records"]
+        if max_questions and len(records) >= max_questions:
+            break
+    return records, texts
+
+
+def _se_mean(x: np.ndarray) -> tuple[float, float]:
+    n = len(x)
+    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+
+
+def summarize(records: Sequence[Record], texts: Sequence[str],
+              scores: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Per-task and overall accuracy / reward with standard errors, and the majority rate."""
+    types = np.array([r.type for r in records])
+    acc = np.asarray(scores["accuracy"], np.float64)
+    rew = np.asarray(scores["overall"], np.float64)
+    tasks: dict[str, Any] = {}
+    for t in TASK_TYPES:
+        sel = types == t
+        n = int(sel.sum())
+        if not n:
+            continue
+        p = float(acc[sel].mean())
+        r_mean, r_se = _se_mean(rew[sel])
+        answers = [r.answer for r, s in zip(records, sel, strict=True) if s]
+        maj = (max(answers.count(a) for a in set(answers)) / n) if t != "planning" else None
+        tasks[t] = {"n": n, "accuracy": p, "accuracy_se": math.sqrt(p * (1 - p) / n),
+                    "reward": r_mean, "reward_se": r_se, "majority": maj,
+                    "format_ok": float(np.mean(scores["format_ok"][sel]))
+                    if "format_ok" in scores else None}
+    p = float(acc.mean())
+    r_mean, r_se = _se_mean(rew)
+    return {"n": len(records), "accuracy": p, "accuracy_se": math.sqrt(p * (1 - p) / len(acc)),
+            "reward": r_mean, "reward_se": r_se, "tasks": tasks}
+
+
+def evaluate(model: Any, config: Any, sources: Mapping[str, Any], tokenizer: Any,
+             reward_fn: Any, *, step: int, tag: str, max_questions: int = 0
+             ) -> tuple[dict[str, Any], list[Record], list[str], dict[str, np.ndarray]]:
+    """Greedy evaluation; returns (report, records, completions, reward components)."""
+    t0 = time.perf_counter()
+    records, texts = generate_answers(model, config, sources, tokenizer, max_questions)
+    scores = reward_fn(records, texts)
+    report = summarize(records, texts, scores)
+    report.update(step=int(step), tag=tag, seconds=time.perf_counter() - t0)
+    report["samples"] = [{"uid": r.uid, "type": r.type, "completion": x,
+                          "accuracy": float(scores["accuracy"][i]),
+                          "reward": float(scores["overall"][i])}
+                         for i, (r, x) in enumerate(zip(records, texts, strict=True))]
+    return report, records, texts, scores
+
+
+def eval_metrics(report: Mapping[str, Any], prefix: str = "eval") -> dict[str, float]:
+    """Flat scalars for the metrics writer (`eval/accuracy/<task>`, `eval/reward/<task>`, ...)."""
+    m = {f"{prefix}/accuracy/mean": report["accuracy"], f"{prefix}/reward/mean": report["reward"]}
+    for t, v in report["tasks"].items():
+        m[f"{prefix}/accuracy/{t}"] = v["accuracy"]
+        m[f"{prefix}/reward/{t}"] = v["reward"]
+    return m
+
+
+def markdown(reports: Sequence[Mapping[str, Any]]) -> str:
+    """A Markdown table per report (and a comparison of the first and last when several)."""
+    lines = []
+    for rep in reports:
+        lines += [f"### {rep['tag']} (step {rep['step']}, {rep['n']} questions)", "",
+                  "| task | n | accuracy ± SE | majority | reward ± SE |",
+                  "| --- | --- | --- | --- | --- |"]
+        for t, v in rep["tasks"].items():
+            maj = "-" if v["majority"] is None else f"{v['majority']:.3f}"
+            lines.append(f"| {t} | {v['n']} | {v['accuracy']:.3f} ± {v['accuracy_se']:.3f} | "
+                         f"{maj} | {v['reward']:.3f} ± {v['reward_se']:.3f} |")
+        lines.append(f"| all | {rep['n']} | {rep['accuracy']:.3f} ± {rep['accuracy_se']:.3f} |"
+                     f" - | {rep['reward']:.3f} ± {rep['reward_se']:.3f} |")
+        lines.append("")
+    if len(reports) >= 2:
+        a, b = reports[0], reports[-1]
+        lines += [f"### {b['tag']} vs {a['tag']}", "",
+                  "| task | accuracy change (z) | reward change (z) |", "| --- | --- | --- |"]
+        for t in b["tasks"]:
+            if t not in a["tasks"]:
+                continue
+            x, y = a["tasks"][t], b["tasks"][t]
+            da, dr = y["accuracy"] - x["accuracy"], y["reward"] - x["reward"]
+            sa = math.hypot(x["accuracy_se"], y["accuracy_se"]) or float("nan")
+            sr = math.hypot(x["reward_se"], y["reward_se"]) or float("nan")
+            lines.append(f"| {t} | {da:+.3f} ({da / sa:+.1f}) | {dr:+.3f} ({dr / sr:+.1f}) |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(reports: Sequence[Mapping[str, Any]], workdir: str | Path) -> Path:
+    """Writes `eval/report.json` (all reports, samples of the last) and `eval/report.md`."""
+    out = Path(workdir) / EVAL_SUBDIR
+    out.mkdir(parents=True, exist_ok=True)
+    slim = [{k: v for k, v in r.items() if k != "samples"} for r in reports[:-1]]
+    slim.append(dict(reports[-1]))
+    tmp = out / "report.json.tmp"
+    tmp.write_text(json.dumps(slim, indent=1, sort_keys=True))
+    tmp.replace(out / "report.json")
+    (out / "report.md").write_text("# Held-out evaluation\n\n" + markdown(reports))
+    return out / "report.md"

@@ -1,0 +1,457 @@
+"""The training loop: supervised warm start, then curriculum GRPO with the RewardMap reward.
+
+    python -m rewardmap_jax.main --config configs/curriculum.py --workdir runs/tiny
+
+`run(config, workdir)` trains for `sft.steps + train.rl_steps` global steps:
+
+* steps [0, sft.steps): cross-entropy on the answer tokens of map-world questions (`sft.tasks`
+  mixture) - a random model cannot be rewarded into the answer format;
+* then the reference policy for the KL term is frozen (a copy of the warm-started params), the
+  warm-start model is evaluated on held-out maps, and GRPO runs: next prompt batch (curriculum) ->
+  G samples -> text -> reward components -> group advantages -> `ppo_epochs` x mini-batch updates
+  -> metrics; a checkpoint every `checkpoint.every_steps`, at the phase switch and on SIGTERM;
+* a final held-out evaluation (JSON + Markdown report with standard errors), a rollout gallery
+  and the reward/accuracy plot.
+
+A run resumes from the latest checkpoint in `workdir` (params, optimizer, step, rng, data
+iterators, reference params) and reproduces the uninterrupted run bit for bit: every random
+draw is keyed by (seed, step). See docs/training.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+from flax import nnx
+
+from rewardmap_jax import checkpoint as ck
+from rewardmap_jax import gallery, metrics_writer, plots
+from rewardmap_jax.config_utils import ConfigError
+from rewardmap_jax.data.curriculum import Schedule, Stage, schedule_from_config
+from rewardmap_jax.data.fast_tokenizer import FastTokenizer
+from rewardmap_jax.data.pipeline import DataPipeline
+from rewardmap_jax.data.sources import mapworld_sources
+from rewardmap_jax.data.tokenizer import TINY
+from rewardmap_jax.mapworld.generator import get_world
+from rewardmap_jax.model import sharding
+from rewardmap_jax.model.config import get_preset
+from rewardmap_jax.model.qwen2_5_vl import Qwen2_5_VL
+from rewardmap_jax.rewards import reward as reward_lib
+from rewardmap_jax.rewards.registry import make_reward_fn
+from rewardmap_jax.rl import evaluation, grpo, optim, sampler, steps
+from rewardmap_jax.rl import rollout as ro
+
+log = logging.getLogger(__name__)
+
+
+def compile_count() -> int:
+    """Compilations so far of the loop's jitted functions (sampler, steps, device reward)."""
+    return (sum(sampler.TRACE_COUNTS.values()) + sum(steps.TRACE_COUNTS.values())
+            + sum(reward_lib.TRACE_COUNT.values()))
+
+
+# ----------------------------------------------------------------------------------------------
+# Setup
+# ----------------------------------------------------------------------------------------------
+
+
+def model_config(config: mlc.ConfigDict):
+    m = config.model
+    policy = dict(param_dtype=m.param_dtype, compute_dtype=m.compute_dtype, remat=m.remat)
+    if m.get("hf_dir"):
+        from rewardmap_jax.model import hf_io
+
+        return hf_io.load_hf_config(m.hf_dir, **policy)
+    return get_preset(m.preset, **policy)
+
+
+def build_model(config: mlc.ConfigDict, mesh) -> Qwen2_5_VL:
+    """The policy, sharded over `mesh`: HF weights from `model.hf_dir`, else a random init."""
+    rules = sharding.rules_from_config(config.mesh)
+    path_rules = tuple(config.mesh.get("path_rules", ()))
+    if config.model.get("hf_dir"):
+        from rewardmap_jax.model import hf_io
+
+        model = hf_io.load_hf(config.model.hf_dir)
+        graphdef, state = nnx.split(model)
+        shardings = sharding.state_shardings(state, mesh, rules, path_rules)
+        return nnx.merge(graphdef, sharding.shard_state(state, shardings))
+    cfg = model_config(config)
+    return sharding.create_sharded_model(
+        lambda: Qwen2_5_VL(cfg, nnx.Rngs(params=int(config.seed))), mesh, rules, path_rules)
+
+
+def _optimizer(config: mlc.ConfigDict, phase: str, total_updates: int):
+    o = config.optim.copy_and_resolve_references()
+    if phase == "sft":
+        for key in ("lr", "schedule", "warmup_steps", "min_lr_ratio"):
+            o[key] = config.sft[key]
+    return optim.make_optimizer(o, max(total_updates, 1))
+
+
+def _world(config: mlc.ConfigDict):
+    return get_world(config.data.mapworld_world,
+                     highlight=bool(config.train.highlight_stations))
+
+
+def _sources(config: mlc.ConfigDict, split: str, size: int, tasks) -> dict[str, Any] | None:
+    if config.data.source != "mapworld":
+        return None  # the pipeline reads the real datasets itself
+    return mapworld_sources(_world(config), split, size, tasks)
+
+
+def sft_pipeline(config: mlc.ConfigDict) -> DataPipeline:
+    weights = dict(config.sft.tasks)
+    schedule = Schedule((Stage("sft", weights, int(config.sft.steps)),))
+    kw = dict(schedule=schedule, batch_size=int(config.sft.batch_size), with_targets=True,
+              repeat=False)
+    src = _sources(config, "train", int(config.data.mapworld_questions_per_task), tuple(weights))
+    if src is not None:
+        kw["sources"] = src
+    return DataPipeline.from_config(config, **kw)
+
+
+def rl_pipeline(config: mlc.ConfigDict) -> DataPipeline:
+    schedule = schedule_from_config(config.curriculum)
+    kw: dict[str, Any] = dict(schedule=schedule)
+    src = _sources(config, "train", int(config.data.mapworld_questions_per_task),
+                   schedule.task_types)
+    if src is not None:
+        kw["sources"] = src
+    return DataPipeline.from_config(config, **kw)
+
+
+def _device(tree: Any) -> Any:
+    return jax.tree.map(jnp.asarray, tree)
+
+
+def _seq_batch(prompts: dict[str, Any], completion: np.ndarray, mask: np.ndarray,
+               **extra: np.ndarray) -> dict[str, Any]:
+    return _device({**{k: prompts[k] for k in ro.PROMPT_KEYS}, "completion": completion,
+                    "completion_mask": mask, **extra})
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Holds the run state; `train()` runs the loop. One object per `run` call."""
+
+    def __init__(self, config: mlc.ConfigDict, workdir: str | Path) -> None:
+        self.config, self.workdir = config, Path(workdir)
+        rl = config.rl
+        if int(rl.grad_accum) != 1:
+            raise ConfigError("rl.grad_accum != 1 is not supported by the trainer; lower "
+                              "rl.mini_batch_size instead (prompts per optimizer update)")
+        self.mesh = sharding.make_mesh(config.mesh)
+        self.model = build_model(config, self.mesh)
+        self.graphdef, self.params = nnx.split(self.model, nnx.Param)
+        self.mcfg = self.model.cfg
+        self.tokenizer = FastTokenizer(config.data.get("tokenizer") or
+                                       config.model.get("hf_dir") or TINY)
+        self.reward_fn = make_reward_fn(config.reward)
+        self.sft_steps = int(config.sft.steps)
+        self.sft_data = sft_pipeline(config) if self.sft_steps else None
+        self.rl_data = rl_pipeline(config)
+        self.rl_steps = int(config.train.rl_steps) or (self.rl_data.num_steps or 0)
+        if not self.rl_steps and config.curriculum.repeat:
+            raise ConfigError("train.rl_steps must be > 0 when curriculum.repeat is set")
+        self.total = self.sft_steps + self.rl_steps
+        self.g = int(rl.num_generations)
+        b = self.rl_data.batch_size
+        mb = min(int(rl.mini_batch_size), b)
+        if b % mb:
+            raise ConfigError(f"data.batch_size {b} is not divisible by rl.mini_batch_size {mb}")
+        self.minibatches = b // mb
+        self.loss_cfg = grpo.GRPOLossConfig.from_config(rl)
+        self.sp = sampler.params_from_config(rl, self.mcfg)
+        self.base_key = jax.random.key(int(config.seed))
+        self.ref_params = None
+        self.reports: list[dict[str, Any]] = []
+
+    # -- phases --------------------------------------------------------------------------------
+
+    def _init_phase(self, phase: str) -> None:
+        chunk = int(self.config.rl.logprob_chunk)
+        if phase == "sft":
+            self.tx = _optimizer(self.config, "sft", self.sft_steps)
+            self.step_fn = steps.make_sft_step(self.graphdef, self.tx, chunk=chunk)
+        else:
+            rl = self.config.rl
+            updates = self.rl_steps * self.minibatches * int(rl.ppo_epochs)
+            self.tx = _optimizer(self.config, "rl", updates)
+            self.step_fn = steps.make_grpo_step(
+                self.graphdef, self.tx, self.loss_cfg, self.g, chunk=chunk,
+                mismatch_threshold=float(rl.logp_mismatch_alarm))
+            self.logp_fn = steps.make_logprob_fn(self.graphdef, self.g, chunk=chunk)
+        self.phase = phase
+
+    def _state(self) -> dict[str, Any]:
+        state = {"params": self.params, "opt_state": self.opt_state,
+                 "rng": jax.random.key_data(self.base_key)}
+        if self.phase == "rl" and self.ref_params is not None:
+            state["ref_params"] = self.ref_params
+        return state
+
+    def _data_state(self) -> dict[str, Any]:
+        out = {"rl": self.rl_it.get_state()}
+        if self.sft_it is not None:
+            out["sft"] = self.sft_it.get_state()
+        return out
+
+    def _needs_ref(self) -> bool:
+        return float(self.config.rl.kl_coef) != 0.0
+
+    def _restore_or_init(self, ckpt: ck.CheckpointManager) -> int:
+        latest = ckpt.latest_step()
+        step = latest or 0
+        self._init_phase("sft" if step < self.sft_steps else "rl")
+        self.opt_state = self.tx.init(self.params)
+        self.sft_it = self.sft_data.iterator() if self.sft_data else None
+        self.rl_it = self.rl_data.iterator()
+        if latest is None:
+            return 0
+        abstract = self._state()
+        if self.phase == "rl" and self._needs_ref():
+            abstract["ref_params"] = self.params
+        restored = ckpt.restore(ck.abstract_like(abstract))
+        self.params, self.opt_state = restored.state["params"], restored.state["opt_state"]
+        self.base_key = jax.random.wrap_key_data(restored.state["rng"])
+        self.ref_params = restored.state.get("ref_params")
+        ds = restored.data_state or {}
+        self.rl_it.set_state(ds["rl"])
+        if self.sft_it is not None and "sft" in ds:
+            self.sft_it.set_state(ds["sft"])
+        self.reports = restored.metadata.get("reports", [])
+        log.info("resumed from step %d (phase %s)", restored.step, self.phase)
+        return restored.step
+
+    def _switch_to_rl(self) -> None:
+        """Freezes the reference policy and starts the GRPO optimizer."""
+        self._init_phase("rl")
+        self.opt_state = self.tx.init(self.params)
+        if self._needs_ref():
+            self.ref_params = jax.tree.map(jnp.copy, self.params)
+
+    # -- one step of each phase ------------------------------------------------------------------
+
+    def sft_step(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        batch = next(self.sft_it)
+        prompts = ro.prepare_prompts(batch, self.mcfg)
+        dev = _seq_batch(prompts, batch["target_ids"], batch["target_mask"].astype(bool))
+        t1 = time.perf_counter()
+        self.params, self.opt_state, m = self.step_fn(self.params, self.opt_state, dev)
+        m = jax.device_get(m)
+        t2 = time.perf_counter()
+        tokens = int(batch["attention_mask"].sum() + batch["target_mask"].sum())
+        out = {f"sft/{k}": v for k, v in m.items()}
+        out.update({"time/data": t1 - t0, "time/update": t2 - t1, "time/step": t2 - t0,
+                    "tokens_per_s": tokens / (t2 - t0)})
+        return out
+
+    def _sample_round(self, key: jax.Array):
+        batch = next(self.rl_it)
+        prompts = ro.prepare_prompts(batch, self.mcfg)
+        model = nnx.merge(self.graphdef, self.params)
+        res = ro.rollout(model, prompts, batch["records"], self.sp, key, self.tokenizer,
+                         self.reward_fn, self.config.rl)
+        return batch, prompts, res
+
+    def _dynamic_sampling(self, key, first):
+        """DAPO: replace groups whose G rewards are all equal by groups from further batches."""
+        rl = self.config.rl
+        rounds = [first]
+        b = first[0]["input_ids"].shape[0]
+        max_rounds = max(1, int(rl.dynamic_sampling_max_rounds))
+        for r in range(1, max_rounds + 1):
+            keep = [np.asarray(grpo.dynamic_sampling_keep(x[2].scores["overall"], self.g)[0])
+                    for x in rounds]
+            if sum(int(k.sum()) for k in keep) >= b or r == max_rounds:
+                break
+            rounds.append(self._sample_round(jax.random.fold_in(key, r)))
+        picks = [(i, j) for i, k in enumerate(keep) for j in np.flatnonzero(k)]
+        filtered = [(i, j) for i, k in enumerate(keep) for j in np.flatnonzero(~k)]
+        picks = (picks + filtered)[:b]
+        batch = ro.select_examples([x[0] for x in rounds], picks, self.mcfg.pad_token_id)
+        res_list = [x[2] for x in rounds]
+        rows = [(i, j * self.g + g) for i, j in picks for g in range(self.g)]
+        cat = lambda f: np.stack([getattr(res_list[i], f)[r] for i, r in rows])  # noqa: E731
+        res = ro.RolloutResult(
+            tokens=cat("tokens"), mask=cat("mask"), logps=cat("logps"), lengths=cat("lengths"),
+            texts=[res_list[i].texts[r] for i, r in rows],
+            records=[res_list[i].records[r] for i, r in rows],
+            scores={k: np.stack([res_list[i].scores[k][r] for i, r in rows])
+                    for k in first[2].scores},
+            advantages=cat("advantages"), adv_metrics=first[2].adv_metrics,
+            times={k: sum(x[2].times[k] for x in rounds) for k in first[2].times})
+        kept = int(sum(int(k.sum()) for k in keep))
+        extra = {"dynamic_sampling/rounds": len(rounds), "dynamic_sampling/kept_groups": kept,
+                 "dynamic_sampling/zero_var_frac": 1 - min(kept, b) / b}
+        return batch, ro.prepare_prompts(batch, self.mcfg), res, extra
+
+    def rl_step(self, step: int) -> dict[str, Any]:
+        rl = self.config.rl
+        key = jax.random.fold_in(self.base_key, step)
+        t0 = time.perf_counter()
+        batch, prompts, res = self._sample_round(key)
+        extra: dict[str, Any] = {}
+        if rl.dynamic_sampling:
+            batch, prompts, res, extra = self._dynamic_sampling(key, (batch, prompts, res))
+        t1 = time.perf_counter()
+        n_prompts = len(batch["records"])
+        per = n_prompts // self.minibatches
+        mbs = []
+        for k in range(self.minibatches):
+            idx = list(range(k * per, (k + 1) * per))
+            rows = np.concatenate([np.arange(j * self.g, (j + 1) * self.g) for j in idx])
+            p = prompts if self.minibatches == 1 else ro.prepare_prompts(
+                ro.select_examples([batch], [(0, j) for j in idx], self.mcfg.pad_token_id),
+                self.mcfg)
+            mbs.append(_seq_batch(p, res.tokens[rows], res.mask[rows],
+                                  advantages=res.advantages[rows], old_logps=res.logps[rows]))
+        for mb in mbs:
+            if self._needs_ref():
+                mb["ref_logps"] = self.logp_fn(self.ref_params, mb)
+            else:
+                mb["ref_logps"] = jnp.zeros_like(mb["old_logps"])
+            if int(rl.ppo_epochs) > 1 or self.minibatches > 1:
+                mb["old_logps"] = self.logp_fn(self.params, mb)  # learner's own, pre-update
+        metrics: list[dict[str, Any]] = []
+        for _ in range(int(rl.ppo_epochs)):
+            for mb in mbs:
+                self.params, self.opt_state, m = self.step_fn(self.params, self.opt_state, mb)
+                metrics.append(m)
+        metrics = jax.device_get(metrics)
+        t2 = time.perf_counter()
+        out = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
+        # The sampler/learner mismatch is only meaningful before the first update.
+        for k in ("logp_diff_mean", "logp_diff_max", "logp_corr", "logp_alarm"):
+            out[k] = float(metrics[0][k])
+        out.update(ro.reward_metrics(res.scores, res.records))
+        out.update({f"adv/{k}": v for k, v in res.adv_metrics.items()}, **extra)
+        stage = int(batch["stage"][0])
+        tokens = int(batch["attention_mask"].sum()) * self.g + int(res.lengths.sum())
+        out.update({
+            "response_length": float(res.lengths.mean()),
+            "stage": stage, "stage_name": self.rl_data.schedule.stages[stage].name,
+            "time/sample": res.times["sample"], "time/reward": res.times["reward"],
+            "time/update": t2 - t1, "time/step": t2 - t0, "tokens_per_s": tokens / (t2 - t0),
+        })
+        self._last_rollout = res
+        return out
+
+    # -- evaluation and artefacts ----------------------------------------------------------------
+
+    def evaluate(self, step: int, tag: str, per_task: int) -> dict[str, Any]:
+        ev = self.config.eval
+        tasks = tuple(ev.tasks)
+        sources = mapworld_sources(_world(self.config), ev.split, per_task, tasks)
+        model = nnx.merge(self.graphdef, self.params)
+        report, records, texts, scores = evaluation.evaluate(
+            model, self.config, sources, self.tokenizer, self.reward_fn, step=step, tag=tag,
+            max_questions=int(ev.max_questions))
+        if jax.process_index() == 0:
+            n = int(self.config.log.gallery_questions)
+            items = []
+            for t in tasks:  # a few questions of every task type, with their figures
+                idx = [i for i, r in enumerate(records) if r.type == t][: max(1, n // len(tasks))]
+                for i in idx:
+                    r = records[i]
+                    src = sources[t][int(r.uid.split("/")[2])]
+                    items.append(gallery.item_from_record(
+                        src, [texts[i]], [{k: float(v[i]) for k, v in scores.items()}]))
+            gallery.write_gallery(self.workdir, step, items, title=f"Held-out ({tag}) step {step}")
+        slim = {k: v for k, v in report.items() if k != "samples"}
+        self.reports = [r for r in self.reports if r["tag"] != tag] + [slim]
+        if jax.process_index() == 0:
+            evaluation.write_report(self.reports[:-1] + [report], self.workdir)
+        return report
+
+    def _train_gallery(self, step: int) -> None:
+        res, n = self._last_rollout, int(self.config.log.gallery_questions)
+        items = []
+        for j in range(min(n, len(res.records) // self.g)):
+            rows = range(j * self.g, (j + 1) * self.g)
+            r = res.records[j * self.g]
+            items.append(gallery.item_from_record(
+                r, [res.texts[i] for i in rows],
+                [{k: float(v[i]) for k, v in res.scores.items()} for i in rows]))
+        gallery.write_gallery(self.workdir, step, items)
+
+    # -- driver ------------------------------------------------------------------------------------
+
+    def train(self) -> None:
+        cfg = self.config
+        ckpt = ck.CheckpointManager.from_config(self.workdir, cfg.checkpoint)
+        step = self._restore_or_init(ckpt)
+        writer = metrics_writer.MetricsWriter.from_config(
+            self.workdir, cfg.log, total_steps=self.total, initial_step=step)
+        primary = jax.process_index() == 0
+        preempted = False
+        while step < self.total:
+            if step == self.sft_steps and self.phase == "sft":
+                self._switch_to_rl()  # only when sft.steps == 0: RL from the initial model
+            if step == self.sft_steps and cfg.eval.at_sft_end and not self._has_report(
+                    "warm_start"):
+                self._eval(writer, step, "warm_start", int(cfg.eval.questions_per_task))
+            t0 = time.perf_counter()
+            m = self.sft_step() if self.phase == "sft" else self.rl_step(step)
+            step += 1
+            m.update(step_time=time.perf_counter() - t0, compiles=compile_count(),
+                     phase=self.phase, skipped_updates=int(optim.skipped_steps(self.opt_state)))
+            writer.write(step, m)
+            every = int(cfg.eval.every_steps)
+            if every and step % every == 0 and step < self.total:
+                self._eval(writer, step, f"step{step}",
+                           int(cfg.eval.periodic_questions_per_task))
+            g_every = int(cfg.log.gallery_every_steps)
+            if primary and self.phase == "rl" and g_every and step % g_every == 0:
+                self._train_gallery(step)
+            if step == self.total and cfg.eval.final:
+                self._eval(writer, step, "final", int(cfg.eval.questions_per_task))
+            if step == self.sft_steps and self.phase == "sft" and step < self.total:
+                self._switch_to_rl()  # the checkpoint at the switch holds the RL state
+            if ckpt.should_save(step) or step in (self.total, self.sft_steps):
+                ckpt.save(step, self._state(), data_state=self._data_state(),
+                          metadata={"phase": self.phase, "reports": self.reports,
+                                    "stage": str(m.get("stage_name", self.phase))})
+            if ckpt.preempted and step < self.total:
+                log.warning("preempted: checkpoint at step %d saved, exiting", step)
+                preempted = True
+                break
+        writer.close()
+        ckpt.close()
+        if primary and not preempted and cfg.log.plot_at_end:
+            try:
+                plots.plot_run(self.workdir)
+            except ValueError as e:  # no reward/accuracy metrics (e.g. an SFT-only run)
+                log.warning("no plot: %s", e)
+        if primary:
+            (self.workdir / "train_summary.json").write_text(json.dumps(
+                {"step": step, "total": self.total, "preempted": preempted,
+                 "compiles": compile_count(), "trace_counts": {
+                     **sampler.TRACE_COUNTS, **steps.TRACE_COUNTS, **reward_lib.TRACE_COUNT},
+                 "reports": self.reports}, indent=1))
+
+    def _has_report(self, tag: str) -> bool:
+        return any(r["tag"] == tag for r in self.reports)
+
+    def _eval(self, writer, step: int, tag: str, per_task: int) -> None:
+        rep = self.evaluate(step, tag, per_task)
+        writer.write(step, evaluation.eval_metrics(rep))
+
+
+def run(config: mlc.ConfigDict, workdir: str) -> None:
+    """Entry point called by `rewardmap_jax.main`: train (resuming) in `workdir`."""
+    Trainer(config, workdir).train()
