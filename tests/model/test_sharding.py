@@ -62,7 +62,11 @@ def test_path_rules_for_unannotated_params():
     assert specs == {"w": P("fsdp", "tensor"), "b": P()}
 
 
-def _train(mesh, steps=2, num_micro=1, make_model=ToyLM, forward=toy_forward, vocab=32,
+def _toy():
+    return ToyLM(layers=1)
+
+
+def _train(mesh, steps=2, num_micro=1, make_model=_toy, forward=toy_forward, vocab=32,
            lr=1e-2):
     ocfg = get_config().optim
     ocfg.lr = lr

@@ -270,7 +270,10 @@ def test_jitted_loss_gradient_matches_finite_differences():
 
 def test_jitted_loss_compiles_once_per_shape():
     cfg = grpo.GRPOLossConfig.from_config(get_config("tiny").rl)
-    f = jax.jit(grpo.grpo_loss, static_argnames="cfg")
+    def loss(*args, **kw):  # a fresh function: jit caches are shared per wrapped function
+        return grpo.grpo_loss(*args, **kw)
+
+    f = jax.jit(loss, static_argnames="cfg")
     rng = np.random.default_rng(4)
     for _ in range(3):
         lp = jnp.asarray(np.log(rng.uniform(0.1, 1, (4, 6))), jnp.float32)

@@ -55,3 +55,25 @@ def test_two_processes_match_one(tmp_path):
     # the runs actually trained: params moved away from the (shared, seeded) init
     assert float(a["moved"]) > 1e-3
     assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-5)
+
+
+def test_initialize_distributed_modes(monkeypatch):
+    from rewardmap_jax import distributed as dist
+
+    for k in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_COORDINATOR_ADDRESS",
+              "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"):
+        monkeypatch.delenv(k, raising=False)
+    # a lone process with no cluster environment stays single-process
+    assert dist.initialize_distributed({"dist_mode": "auto"}) is False
+    assert dist.initialize_distributed({"dist_mode": "off"}) is False
+    with pytest.raises(ValueError, match="dist_mode"):
+        dist.initialize_distributed({"dist_mode": "mpi"})
+    with pytest.raises(ValueError, match="coordinator_address"):
+        dist.initialize_distributed({"dist_mode": "explicit", "num_processes": 2,
+                                     "process_id": 0})
+    with pytest.raises(ValueError, match="process_id"):
+        dist.initialize_distributed({"dist_mode": "explicit", "coordinator_address": "h:1",
+                                     "num_processes": 2, "process_id": 2})
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert dist._cluster_detected()
+    assert dist.is_main_process() and dist.process_rows(8) == slice(0, 8)
