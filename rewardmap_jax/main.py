@@ -172,6 +172,12 @@ def run(config: mlc.ConfigDict, workdir: str | Path) -> int:
             jax.device_count(),
             jax.devices()[0].platform,
         )
+    workdir.mkdir(parents=True, exist_ok=True)  # every host may write there (checkpoints)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        # No host starts before the workdir and its config exist.
+        multihost_utils.sync_global_devices("rewardmap_jax.main: workdir ready")
     trainer = _optional_module(TRAINER_MODULE)
     if trainer is not None:
         trainer.run(config, str(workdir))
