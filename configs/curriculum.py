@@ -91,6 +91,7 @@ def _rl_config() -> mlc.ConfigDict:
     rl.kl_clamp = 10.0  # per-token KL clamp (verl low_var_kl); 0 = off
     rl.norm_len = 0  # seq-sum-token-mean divisor; 0 = max_new_tokens (static T)
     rl.logprob_chunk = 256  # positions per LM-head call when computing log-probs
+    rl.tis_cap = 0.0  # truncated IS weight cap for sampler/trainer mismatch (0 = off; TRL/verl 2)
     # rl/sampler.py: prompts are left-padded to the smallest bucket that fits (one compilation
     # per bucket); stop ids () = the model's eos (<|im_end|>).
     rl.prompt_buckets = (1024, 2048, 4096, 8192, 12288, 16384, 24576)

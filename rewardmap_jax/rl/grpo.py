@@ -103,6 +103,7 @@ class GRPOLossConfig:
     entropy_coef: float = 1e-3
     loss_agg: str = "token-mean"
     norm_len: int = 0  # seq-sum-token-mean divisor; 0 = the static completion length T
+    tis_cap: float = 0.0  # truncated importance sampling cap (0 = off), see grpo_loss
 
     def __post_init__(self):
         _lookup(POLICY_LOSSES, self.policy_loss, "policy_loss")
@@ -112,6 +113,8 @@ class GRPOLossConfig:
             raise ValueError(
                 f"clip_low/clip_high must be >= 0, got {self.clip_low}, {self.clip_high}"
             )
+        if self.tis_cap < 0:
+            raise ValueError(f"tis_cap must be >= 0 (0 = off), got {self.tis_cap}")
         if self.dual_clip != 0 and self.dual_clip <= 1:
             raise ValueError(f"dual_clip must be 0 (off) or > 1, got {self.dual_clip}")
 
@@ -367,8 +370,9 @@ def grpo_loss(
     cfg: GRPOLossConfig,
     entropy: Array | None = None,
     denom: Array | None = None,
+    sampler_logps: Array | None = None,
 ) -> tuple[Array, Metrics]:
-    """Total GRPO loss = agg(policy) + kl_coef * agg(KL) - entropy_coef * agg(entropy).
+    """Total GRPO loss = agg(w * policy) + kl_coef * agg(KL) - entropy_coef * agg(entropy).
 
     Args:
       logps: `(N, T)` fp32 current-policy log-probs of the completion tokens (differentiable).
@@ -381,6 +385,10 @@ def grpo_loss(
       entropy: `(N, T)` per-token entropy of the current policy, or None when entropy_coef == 0.
       denom: global aggregation denominator (from `aggregate_parts` over the whole batch) when
         this call sees one micro-batch; None = this batch's own.
+      sampler_logps: `(N, T)` the sampler's log-probs when `old_logps` are the trainer's
+        recomputation; with `cfg.tis_cap > 0` each token's policy loss is weighted by the
+        truncated importance weight w = min(exp(old_logps - sampler_logps), tis_cap) (constant),
+        correcting the sampler/trainer mismatch. w = 1 otherwise.
     Returns:
       scalar fp32 loss and metrics (`pg_loss`, `kl`, `entropy`, the policy-loss metrics, `tokens`).
     """
@@ -396,6 +404,14 @@ def grpo_loss(
     def agg(x: Array) -> Array:
         return aggregate(x, mask, cfg.loss_agg, cfg.norm_len, denom)
 
+    if cfg.tis_cap > 0:
+        if sampler_logps is None:
+            raise ValueError("tis_cap > 0 needs sampler_logps")
+        log_w = jnp.clip(_wide(old_logps) - _wide(sampler_logps), -cfg.log_ratio_clamp,
+                         cfg.log_ratio_clamp)
+        w = jax.lax.stop_gradient(jnp.minimum(jnp.exp(log_w), cfg.tis_cap))
+        per_tok = per_tok * w
+        metrics["tis_weight_mean"] = aggregate(w, mask, "token-mean")
     pg = agg(per_tok)
     total = pg
     metrics["pg_loss"] = pg

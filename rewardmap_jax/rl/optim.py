@@ -180,7 +180,9 @@ def accumulate_gradients(
       batch: pytree of arrays with a leading row dim divisible by `num_micro`.
       num_micro: static number of micro-batches (1 = plain value_and_grad).
     Returns:
-      ((summed loss, aux stacked with a leading `num_micro` axis), summed grads).
+      ((summed loss, aux stacked with a leading `num_micro` axis), summed grads; with
+      num_micro > 1 the grads are at least fp32 (optax.apply_updates casts back to the
+      param dtype)).
     """
     vg = jax.value_and_grad(loss_fn, has_aux=True)
     if num_micro == 1:
@@ -190,12 +192,16 @@ def accumulate_gradients(
         if x.shape[0] % num_micro:
             raise ValueError(f"batch rows {x.shape[0]} not divisible by grad_accum {num_micro}")
     micro = jax.tree.map(lambda x: x.reshape(num_micro, -1, *x.shape[1:]), batch)
-    zeros = jax.tree.map(jnp.zeros_like, params)
+    # accumulate in >= fp32 so bf16 params do not lose the small micro-batch contributions
+    zeros = jax.tree.map(
+        lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)), params
+    )
 
     def body(carry, mb):
         loss_acc, g_acc = carry
         (loss, aux), g = vg(params, mb)
-        return (loss_acc + loss, jax.tree.map(jnp.add, g_acc, g)), aux
+        g_acc = jax.tree.map(lambda a, b: a + b.astype(a.dtype), g_acc, g)
+        return (loss_acc + loss, g_acc), aux
 
     (loss, grads), aux = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros), micro)
     return (loss, aux), grads

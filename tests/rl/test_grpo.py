@@ -281,3 +281,19 @@ def test_jitted_loss_compiles_once_per_shape():
         f(lp, lp + 0.1, lp - 0.1, jnp.asarray(rng.normal(size=4), jnp.float32), mask, cfg=cfg,
           entropy=jnp.ones((4, 6)))
     assert f._cache_size() == 1
+
+
+def test_truncated_importance_sampling_weights():
+    logps, old, adv, mask = _hand_batch()
+    # sampler logps: row 0 t0 lower by ln 3 (w = 3, capped at 2), row 1 t0 higher by ln 2
+    # (w = 0.5); others equal (w = 1)
+    shift = jnp.array([[math.log(3.0), 0, 0], [-math.log(2.0), 0, 0]])
+    cfg = grpo.GRPOLossConfig(clip_low=0.2, clip_high=0.28, dual_clip=3.0, kl_coef=0.0,
+                              entropy_coef=0.0, tis_cap=2.0)
+    loss, m = grpo.grpo_loss(logps, old, None, adv, mask, cfg, sampler_logps=old - shift)
+    # per-token losses (-1.28, -1.1, -0.5 | 3, 0.8) weighted (2, 1, 1 | 0.5, 1) over 5 tokens
+    expected = (2 * -1.28 - 1.1 - 0.5 + 0.5 * 3 + 0.8) / 5
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert float(m["tis_weight_mean"]) == pytest.approx((2 + 1 + 1 + 0.5 + 1) / 5, rel=1e-5)
+    with pytest.raises(ValueError, match="sampler_logps"):
+        grpo.grpo_loss(logps, old, None, adv, mask, cfg)

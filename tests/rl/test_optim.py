@@ -117,3 +117,15 @@ def test_accumulate_gradients_sums_micro_batches():
     assert aux3["rows"].tolist() == [2, 2, 2] and aux1["rows"].tolist() == [6]
     with pytest.raises(ValueError, match="not divisible"):
         optim.accumulate_gradients(loss_fn, w, batch, 4)
+
+
+def test_accumulation_of_bf16_params_is_fp32():
+    w = jnp.array([0.5, -1.0], jnp.bfloat16)
+    batch = {"x": jnp.ones((4, 2), jnp.bfloat16)}
+
+    def loss_fn(w, b):
+        return jnp.sum((b["x"] @ w).astype(jnp.float32) ** 2), ()
+
+    _, g = optim.accumulate_gradients(loss_fn, w, batch, 2)
+    assert g.dtype == jnp.float32
+    np.testing.assert_allclose(g, [-4.0, -4.0])  # d/dw sum_rows (w0 + w1)^2 = 2 * 4 * (-0.5)
