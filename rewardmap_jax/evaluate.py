@@ -12,7 +12,7 @@ Records come from `--data` (default: the run config's data section, else `mapwor
 Completions come from `--completions` (JSONL: {"uid": ..., "completion": ...}, one per record)
 or from the policy (`--workdir` checkpoint or `--hf_dir`) through the trainer's
 `generate_completions(config, sources, *, workdir, hf_dir, step) -> (records, completions)`
-(greedy, `config.eval` settings). Scores are the rewards engineer's
+(greedy, `config.eval` settings). Scores come from
 `rewards.metrics.evaluate_completions`; reports are written to OUT/eval_<tag>.{json,md}.
 """
 
