@@ -65,7 +65,7 @@ def load_config(workdir: str | Path) -> mlc.ConfigDict:
 def _positive(config: mlc.ConfigDict, key: str, minimum: int) -> str | None:
     section, name = key.split(".")
     if section not in config or name not in config[section]:
-        return None  # a section another engineer owns may not carry it yet
+        return None  # an older config (e.g. a run's config.json) may not carry the key
     value = config[section][name]
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         return f"config.{key} must be an integer >= {minimum}, got {value!r}"
