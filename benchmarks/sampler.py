@@ -8,8 +8,9 @@ within one process so machine load hits both alike.
 
     python benchmarks/sampler.py --prompts 8 --generations 4 --max-new-tokens 64
 
-Prints one JSON line: compile time, steady-state seconds per rollout and tokens/s for both, and
-the speed-up (median over repeats).
+Both sampler modes are timed: `shared` (default: group-shared prompt KV cache) and `repeat` (G
+copies of the prompt cache). Prints one JSON line: compile time, steady-state seconds per rollout
+and tokens/s for each, and the speed-ups over transformers (medians over repeats).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from rewardmap_jax.model.vision_layout import pack_vision_inputs  # noqa: E402
 from rewardmap_jax.rl import sampler  # noqa: E402
 
 GRID = (1, 6, 6)  # an 84x84 tiny map: 6x6 patches -> 9 image tokens
+BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096)
 
 
 def build_models(seed: int, workdir: str):
@@ -47,12 +49,12 @@ def build_models(seed: int, workdir: str):
     return hf, hf_io.load_hf(workdir)
 
 
-def build_prompts(cfg, n: int, seed: int, buckets: tuple[int, ...]):
+def build_prompts(cfg, n: int, seed: int, buckets: tuple[int, ...], extra: int = 0):
     rs = np.random.RandomState(seed)
     ntok = int(np.prod(GRID)) // cfg.vision.merge_unit
     seqs = []
     for i in range(n):
-        head = list(rs.randint(0, 1024, size=12 + 3 * i))
+        head = list(rs.randint(0, 1024, size=12 + 3 * i + extra))
         tail = list(rs.randint(0, 1024, size=20))
         seqs.append([cfg.bos_token_id, *head, cfg.vision_start_token_id,
                      *[cfg.image_token_id] * ntok, cfg.vision_end_token_id, *tail])
@@ -73,6 +75,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--generations", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--extra-prompt-tokens", type=int, default=0,
+                    help="text tokens added to every prompt (long-prompt regime)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -80,7 +84,8 @@ def main(argv=None) -> dict:
         hf, model = build_models(args.seed, d)
     cfg = model.cfg
     g, t = args.generations, args.max_new_tokens
-    ids, mask, grids, pv = build_prompts(cfg, args.prompts, args.seed, (64, 128, 256))
+    ids, mask, grids, pv = build_prompts(cfg, args.prompts, args.seed, BUCKETS,
+                                         args.extra_prompt_tokens)
     pos, deltas = rope_index.get_rope_index(ids, cfg, mask, grids)
     batch = sampler.PromptBatch(ids.astype(np.int32), mask.astype(bool), pos, deltas,
                                 pack_vision_inputs(pv, grids, cfg.vision))
@@ -88,8 +93,10 @@ def main(argv=None) -> dict:
     params = sampler.SamplingParams(max_new_tokens=t, num_generations=g, temperature=1.0,
                                     stop_ids=(), pad_id=cfg.pad_token_id, forbidden_ids=forbidden)
 
-    def ours(seed):
-        out = sampler.generate(model, sampler.QWEN2_5_VL, batch, params, jax.random.key(seed))
+    adapters = {"shared": sampler.QWEN2_5_VL, "repeat": sampler.QWEN2_5_VL_REPEAT}
+
+    def ours(mode, seed):
+        out = sampler.generate(model, adapters[mode], batch, params, jax.random.key(seed))
         return jax.block_until_ready(out)
 
     hf_inputs = dict(
@@ -108,30 +115,32 @@ def main(argv=None) -> dict:
         assert out.shape == (args.prompts * g, ids.shape[1] + t), out.shape
         return out
 
-    t0 = time.perf_counter()
-    first = ours(0)
-    compile_s = time.perf_counter() - t0
-    assert first.tokens.shape == (args.prompts * g, t) and int(first.steps) == t
-    theirs(0)  # warm-up (allocator, kernel selection)
-    ours_s, theirs_s = [], []
-    for r in range(args.repeats):
+    first_s = {}
+    for mode in adapters:
         t0 = time.perf_counter()
-        ours(r + 1)
-        ours_s.append(time.perf_counter() - t0)
+        first = ours(mode, 0)
+        first_s[mode] = time.perf_counter() - t0
+        assert first.tokens.shape == (args.prompts * g, t) and int(first.steps) == t
+    theirs(0)  # warm-up (allocator, kernel selection)
+    runs = {mode: [] for mode in (*adapters, "hf")}
+    for r in range(args.repeats):
+        for mode in adapters:
+            t0 = time.perf_counter()
+            ours(mode, r + 1)
+            runs[mode].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         theirs(r + 1)
-        theirs_s.append(time.perf_counter() - t0)
+        runs["hf"].append(time.perf_counter() - t0)
     new_tokens = args.prompts * g * t
-    o, h = statistics.median(ours_s), statistics.median(theirs_s)
+    med = {mode: statistics.median(v) for mode, v in runs.items()}
     result = {
         "prompts": args.prompts, "generations": g, "max_new_tokens": t,
         "prompt_len": int(ids.shape[1]), "new_tokens": new_tokens,
-        "jax_first_call_s": round(compile_s, 3),
-        "jax_compile_s": round(compile_s - o, 3),
-        "jax_rollout_s": round(o, 4), "hf_rollout_s": round(h, 4),
-        "jax_tokens_per_s": round(new_tokens / o, 1), "hf_tokens_per_s": round(new_tokens / h, 1),
-        "speedup": round(h / o, 2),
-        "jax_runs_s": [round(x, 4) for x in ours_s], "hf_runs_s": [round(x, 4) for x in theirs_s],
+        **{f"jax_{m}_compile_s": round(first_s[m] - med[m], 3) for m in adapters},
+        **{f"{m}_rollout_s": round(v, 4) for m, v in med.items()},
+        **{f"{m}_tokens_per_s": round(new_tokens / v, 1) for m, v in med.items()},
+        **{f"speedup_{m}": round(med["hf"] / med[m], 2) for m in adapters},
+        "runs_s": {m: [round(x, 4) for x in v] for m, v in runs.items()},
         "jax": jax.__version__, "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "backend": jax.default_backend(),
