@@ -168,3 +168,18 @@ def test_missing_directory_and_shape_mismatch(hf_untied, tmp_path):
     smaller = cfg.replace(text=cfg.text.__class__(**{**cfg.text.__dict__, "vocab_size": 128}))
     with pytest.raises(ValueError, match="shape mismatches"):
         hf_io.load_hf(d, smaller)
+
+
+def test_put_hook_places_every_tensor(hf_tied):
+    _, d = hf_tied
+    target = jax.devices()[-1]
+    seen = []
+
+    def put(path, x):
+        seen.append(path)
+        return jax.device_put(x, target)
+
+    model = hf_io.load_hf(d, put=put)
+    params = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    assert len(seen) == len(params) == len(hf_io.hf_param_map(model.cfg))
+    assert all(v.get_value().devices() == {target} for _, v in params)
