@@ -200,3 +200,26 @@ def test_sharded_model_and_batch_same_rollout(models):
     np.testing.assert_array_equal(out.tokens, ref_out.tokens)
     np.testing.assert_allclose(out.logp_policy, ref_out.logp_policy, atol=1e-5)
     assert len(out.tokens.sharding.device_set) == 8
+
+
+def test_shared_mode_holds_one_prompt_cache_per_prompt(models):
+    """Decode-state shapes (abstract, nothing runs): shared keeps B*L prompt slots + B*G*T
+    suffix slots; repeat keeps B*G*(L+T)."""
+    _, model = models
+    cfg = model.cfg
+    batch, _ = prompt_batch(cfg)
+    b, length = batch.input_ids.shape
+    g, t = 4, 16
+    kv, hd = cfg.text.num_key_value_heads, cfg.text.head_dim
+
+    def state(adapter):
+        return jax.eval_shape(lambda: sampler._prefill(
+            adapter, model, batch.input_ids, batch.positions, batch.attention_mask,
+            batch.vision, g, t))
+
+    logits, shared = state(sampler.QWEN2_5_VL)
+    assert logits.shape == (b * g, cfg.text.vocab_size)
+    assert shared.prefix.k[0].shape == (b, length, kv, hd)
+    assert shared.k[0].shape == (b * g, t, kv, hd)
+    _, repeated = state(sampler.QWEN2_5_VL_REPEAT)
+    assert repeated.k[0].shape == (b * g, length + t, kv, hd)
