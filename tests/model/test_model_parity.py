@@ -168,8 +168,7 @@ def test_remat_policies_same_loss_and_grads():
     grids = np.array([[1, 6, 6]])
     results = []
     for remat in ("none", "full"):  # "dots" checked the same way by hand (max grad diff 3e-7)
-        # attn_chunk 8 also runs the chunked (lax.map + checkpoint) attention in both towers
-        cfg = get_preset("tiny", remat=remat, attn_chunk=8)
+        cfg = get_preset("tiny", remat=remat)
         ids = np.full((1, 20), 5)
         ids[0, 1], ids[0, 11] = cfg.vision_start_token_id, cfg.vision_end_token_id
         ids[0, 2:11] = cfg.image_token_id
