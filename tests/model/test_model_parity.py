@@ -225,3 +225,22 @@ def test_image_and_video_batch_matches_transformers(hf_untied):
     print(f"image+video: max|dlogit| {err:.2e}, mean KL {kl:.2e}")
     assert err <= 1e-4
     assert kl < 1e-6
+
+
+def test_stacked_per_image_buffers_equal_one_packed_buffer():
+    """vmap over per-image buffers (one full-attention problem per image) == one shared buffer."""
+    cfg = get_preset("tiny")
+    model = init_model(cfg)
+    grids = [np.array([[1, 6, 6]]), np.array([[1, 4, 8]])]
+    pvs = [ref.pixels(g, seed=i) for i, g in enumerate(grids)]
+    slots = 128
+    per = [vision_layout.pack_vision_inputs(p, g, cfg.vision, slots)
+           for p, g in zip(pvs, grids, strict=True)]
+    stacked = jax.tree.map(lambda *x: jnp.asarray(np.stack(x)), *per)
+    packed = jax.tree.map(jnp.asarray, vision_layout.pack_vision_inputs(
+        np.concatenate(pvs), np.concatenate(grids), cfg.vision, slots))
+    run = nnx.jit(lambda m, s, p: (jax.vmap(m.visual)(s), m.visual(p)))
+    a, b = run(model, stacked, packed)
+    n0, n1 = 9, 8
+    np.testing.assert_allclose(np.asarray(a[0, :n0]), np.asarray(b[:n0]), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(a[1, :n1]), np.asarray(b[n0:n0 + n1]), atol=1e-6)
