@@ -5,11 +5,15 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import nnx
 from transformers import Qwen2_5_VLConfig
 
 from rewardmap_jax.model import config as C
+from rewardmap_jax.model import vision_layout
+from rewardmap_jax.model.kv_cache import KVCache
 from rewardmap_jax.model.qwen2_5_vl import abstract_model, param_count
 
 # Logical axis names documented in docs/model.md for the sharding rules.
@@ -106,3 +110,25 @@ def test_every_param_has_logical_axes():
         specs = nnx.get_partition_spec(state)
     assert all(isinstance(s, jax.sharding.PartitionSpec) for s in jax.tree.leaves(
         specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)))
+
+
+@pytest.mark.parametrize("name", ["qwen2_5_vl_3b", "qwen2_5_vl_7b"])
+def test_real_presets_trace_prefill_with_image_and_cache(name):
+    """Shape-only prefill of a real-size model (no allocation): 64-patch windows, head_dim 80."""
+    cfg = C.get_preset(name, compute_dtype="bfloat16", param_dtype="bfloat16")
+    graphdef, state = nnx.split(abstract_model(cfg))
+    grids = np.array([[1, 20, 28]])  # 560 patches, 140 tokens, 3x4 windows of 4x4 tokens
+    ids = np.full((2, 160), 5)
+    ids[0, 1], ids[0, 2:142], ids[0, 142] = (cfg.vision_start_token_id, cfg.image_token_id,
+                                             cfg.vision_end_token_id)
+    vi = vision_layout.pack_vision_inputs(np.zeros((560, 1176), np.float32), grids, cfg.vision)
+    assert vi.pixels.shape == (16 * 64, 1176)  # 12 windows -> bucket of 16
+    cache = jax.eval_shape(lambda: KVCache.init(cfg, 2, 200))
+    logits, new = jax.eval_shape(
+        lambda s, c: nnx.merge(graphdef, s)(
+            jnp.asarray(ids, jnp.int32), jnp.zeros((3, 2, 160), jnp.int32),
+            jnp.ones((2, 160), bool), jax.tree.map(jnp.asarray, vi), c),
+        state, cache)
+    assert logits.shape == (2, 160, cfg.text.vocab_size) and logits.dtype == jnp.float32
+    assert new.k[0].shape == (2, 200, cfg.text.num_key_value_heads, 128)
+    assert new.k[0].dtype == jnp.bfloat16 and len(new.k) == cfg.text.num_hidden_layers
