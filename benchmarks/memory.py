@@ -1,0 +1,380 @@
+"""Peak memory of one GRPO training step on a ~4k-token multimodal sequence, per remat policy.
+
+    python benchmarks/memory.py                  # tiny-wide, remat none/full/dots, 4k tokens
+    python benchmarks/memory.py --layers 2,4 --calibrate   # + per-layer activation calibration
+    python benchmarks/memory.py --estimate-only --k-none 1.0 --k-full 1.0   # 3B/7B tables only
+
+The step is the trainer's own `rl.steps.make_grpo_step` (vision tower, decoder forward, chunked
+completion log-probs, GRPO loss with KL and entropy, grad, clip + AdamW update) on a `tiny-wide`
+Qwen2.5-VL: the tiny preset's structure made wider (text hidden 768, head_dim 128, GQA 6/2,
+vision hidden 192). Every configuration is compiled and run in its own subprocess and reports:
+
+* XLA's compiled memory analysis: argument, output, alias and temp bytes; `peak_est` =
+  argument + output + temp - alias (what the executable needs live at its worst);
+* the process RSS high-water mark over the step minus the RSS just before it (`/proc` VmHWM
+  after `clear_refs`), a cross-check of temp + output (arguments are resident before the call).
+
+`--calibrate` also compiles each policy at every `--layers` count with a short sequence, so the
+per-layer *activation* bytes are isolated from per-layer parameter/gradient bytes:
+act/layer = [temp(L2, S) - temp(L1, S) - (temp(L2, s) - temp(L1, s))] / (L2 - L1), and compared
+with the analytic formula `layer_act_elems` (calibration factor k = measured / formula).
+The 3B/7B per-device estimates (`estimate`) use those factors; docs/memory.md explains them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rewardmap_jax.config_utils import get_config
+from rewardmap_jax.model import rope_index, vision_layout
+from rewardmap_jax.model.config import ModelConfig, TextConfig, VisionConfig, get_preset
+from rewardmap_jax.model.qwen2_5_vl import init_model, param_count
+from rewardmap_jax.rl import grpo, optim, steps
+
+MiB = 2**20
+GiB = 2**30
+_REPO = Path(__file__).resolve().parents[1]
+_CONFIG_FILE = _REPO / "configs" / "curriculum.py"
+# Real-model parameter totals (reference/qwen2_5_vl.md appendix; asserted against eval_shape).
+PARAMS = {"qwen2_5_vl_3b": 3_754_622_976, "qwen2_5_vl_7b": 8_292_166_656}
+# Device slices for the per-device tables: (name, devices in the FSDP axis, HBM GiB per device).
+SLICES = (("8x H100/A100-80GB", 8, 80), ("TPU v5p-8 (4 chips)", 4, 95),
+          ("TPU v4-32 (16 chips)", 16, 32))
+# XLA's CPU pipeline expands jax.checkpoint's optimization barriers early ("cse_barrier_expander")
+# and CSE then merges the recomputation with the forward pass: remat saves nothing on CPU. Keeping
+# the barriers and scheduling for memory makes the CPU executable remat like an accelerator's.
+REMAT_XLA_FLAGS = ("--xla_disable_hlo_passes=cse_barrier_expander "
+                   "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED")
+
+
+# ---------------------------------------------------------------------------------------------
+# The tiny-wide model and one multimodal sequence
+# ---------------------------------------------------------------------------------------------
+
+
+def tiny_wide(args: argparse.Namespace, layers: int, remat: str) -> ModelConfig:
+    """The tiny preset's token ids and structure, widened (head_dim 128 and M-RoPE [16,24,24] as
+    the real models)."""
+    base = get_preset("tiny")
+    vd = args.vision_depth
+    full = tuple(i for i in range(vd) if i % 4 == 3) or (vd - 1,)  # real: every 8th block
+    vision = VisionConfig(depth=vd, hidden_size=args.vision_hidden,
+                          intermediate_size=args.vision_hidden * 8 // 3,
+                          num_heads=args.vision_hidden // 64, out_hidden_size=args.hidden,
+                          window_size=112, fullatt_block_indexes=full)
+    text = TextConfig(vocab_size=args.vocab, hidden_size=args.hidden,
+                      intermediate_size=args.hidden * 8 // 3, num_hidden_layers=layers,
+                      num_attention_heads=args.hidden // 128, num_key_value_heads=2,
+                      mrope_section=(16, 24, 24), max_position_embeddings=32768)
+    return dataclasses.replace(base, vision=vision, text=text, remat=remat,
+                               param_dtype=args.dtype, compute_dtype=args.dtype,
+                               attn_chunk=args.attn_chunk)
+
+
+def build_batch(cfg: ModelConfig, side: int, prompt_len: int, completion_len: int, reps: int,
+                seed: int = 0) -> dict[str, Any]:
+    """SeqBatch (see rl/steps.py) of one prompt: text, a (1, side, side)-patch image, text;
+    `reps` completions of `completion_len` tokens; the step is the trainer's own."""
+    rs = np.random.RandomState(seed)
+    grid = np.array([[1, side, side]])
+    n_img = vision_layout.num_vision_tokens(grid, cfg.vision)
+    n_text = prompt_len - n_img - 2
+    if n_text < 2:
+        raise ValueError(f"prompt_len {prompt_len} too short for {n_img} image tokens + 4 text")
+    text = rs.randint(0, 1000, size=n_text)
+    head = n_text // 8
+    ids = np.concatenate([text[:head], [cfg.vision_start_token_id], [cfg.image_token_id] * n_img,
+                          [cfg.vision_end_token_id], text[head:]]).astype(np.int32)[None]
+    mask = np.ones_like(ids, bool)
+    pos, deltas = rope_index.get_rope_index(ids, cfg, mask, grid)
+    pv = rs.randn(side * side, cfg.vision.patch_dim).astype(np.float32)
+    vision = vision_layout.pack_vision_inputs(pv, grid, cfg.vision)
+    n = reps
+    batch = {
+        "prompt_ids": ids, "prompt_mask": mask, "positions": pos, "rope_deltas": deltas,
+        "vision": vision, "vis_offsets": np.zeros((1,), np.int32),
+        "completion": rs.randint(0, 1000, size=(n, completion_len)).astype(np.int32),
+        "completion_mask": np.ones((n, completion_len), bool),
+        "old_logps": np.full((n, completion_len), -7.0, np.float32),
+        "ref_logps": np.full((n, completion_len), -7.0, np.float32),
+        "advantages": np.linspace(-1.0, 1.0, n).astype(np.float32) if n > 1 else np.ones(1, "f4"),
+    }
+    return jax.tree.map(jnp.asarray, batch)
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return -1
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Compiles (and with spec['run'] runs) one GRPO step; memory figures in bytes."""
+    args = argparse.Namespace(**spec["args"])
+    cfg = tiny_wide(args, spec["layers"], spec["remat"])
+    c = get_config(_CONFIG_FILE, "qwen2_5_vl_7b")  # official RL / optimizer settings
+    model = init_model(cfg)
+    graphdef, params = nnx.split(model, nnx.Param)
+    tx = optim.make_optimizer(c.optim, 1)
+    opt_state = tx.init(params)
+    batch = build_batch(cfg, spec["side"], spec["prompt_len"], spec["completion_len"], args.reps)
+    step = steps.make_grpo_step(graphdef, tx, grpo.GRPOLossConfig.from_config(c.rl), args.reps,
+                                chunk=int(c.rl.logprob_chunk))
+    if args.donate:  # the trainer's step does not donate; this shows what donation would save
+        step = jax.jit(step.__wrapped__, donate_argnums=(0, 1))
+    t0 = time.perf_counter()
+    compiled = step.lower(params, opt_state, batch).compile()
+    ma = compiled.memory_analysis()
+    nbytes = lambda t: int(sum(x.nbytes for x in jax.tree.leaves(t)))
+    out = {
+        "xla": spec["xla"], "remat": spec["remat"], "layers": spec["layers"],
+        "tokens": spec["prompt_len"] + spec["completion_len"], "patches": spec["side"] ** 2,
+        "params": param_count(model),
+        "compile_s": round(time.perf_counter() - t0, 1),
+        "param_bytes": nbytes(params), "opt_bytes": nbytes(opt_state), "batch_bytes": nbytes(batch),
+        "arg": ma.argument_size_in_bytes, "out": ma.output_size_in_bytes,
+        "alias": ma.alias_size_in_bytes, "temp": ma.temp_size_in_bytes,
+    }
+    out["peak_est"] = out["arg"] + out["out"] + out["temp"] - out["alias"]
+    if spec["run"]:
+        jax.block_until_ready((params, opt_state, batch))
+        try:  # reset the RSS high-water mark so compilation's peak is not counted
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+        rss0 = _rss_kib("VmRSS")
+        t0 = time.perf_counter()
+        res = compiled(params, opt_state, batch)
+        metrics = jax.device_get(res[2])
+        out["run_s"] = round(time.perf_counter() - t0, 1)
+        out["rss_delta"] = (_rss_kib("VmHWM") - rss0) * 1024
+        out["loss_finite"] = bool(np.isfinite(metrics["loss"]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Analytic model (elements; multiply by bytes per element)
+# ---------------------------------------------------------------------------------------------
+
+
+def layer_act_elems(d: int, inter: int, kv: int, remat: str) -> int:
+    """Activation elements one decoder layer keeps per token for the backward pass.
+
+    none: x, norm1(x), q (rotated), the chunked-attention copy of q, attention out, x + attn,
+      norm2, each D; rotated k and v, kv each; gate, up, silu(gate), their product, I each.
+    full: only the layer input x (D); everything else is recomputed in the backward pass.
+    dots: the matmul outputs q, k, v, o_proj, gate, up, down (non-batch dots) are saved.
+    """
+    if remat == "full":
+        return d
+    if remat == "dots":
+        return 3 * d + 2 * kv + 2 * inter
+    return 7 * d + 2 * kv + 4 * inter
+
+
+def calibrate(rows: list[dict[str, Any]], dtype_bytes: int, args: argparse.Namespace
+              ) -> dict[str, dict[str, float]]:
+    """Per-layer activation bytes from the (layers x length) grid and k = measured / formula."""
+    out = {}
+    by = {(r["remat"], r["layers"], r["tokens"]): r["temp"] for r in rows
+          if r["xla"] == rows[0]["xla"]}
+    lays = sorted({r["layers"] for r in rows})
+    toks = sorted({r["tokens"] for r in rows})
+    if len(lays) < 2 or len(toks) < 2:
+        return out
+    (l1, l2), (s, big) = (lays[0], lays[-1]), (toks[0], toks[-1])
+    kv = 2 * 128 * 2  # k and v of 2 kv heads of 128
+    for remat in sorted({r["remat"] for r in rows}):
+        try:
+            d_big = by[(remat, l2, big)] - by[(remat, l1, big)]
+            d_small = by[(remat, l2, s)] - by[(remat, l1, s)]
+        except KeyError:
+            continue
+        per_layer = (d_big - d_small) / (l2 - l1)
+        formula = (big - s) * layer_act_elems(args.hidden, args.hidden * 8 // 3, kv // 2, remat)
+        formula *= dtype_bytes * args.reps
+        out[remat] = {"act_per_layer_MiB": per_layer / MiB, "formula_MiB": formula / MiB,
+                      "k": per_layer / formula}
+    return out
+
+
+def estimate(name: str, k: dict[str, float], prompt: int = 20000, response: int = 2048,
+             gens: int = 4, seqs_per_device: int = 1, act_bytes: int = 2) -> dict[str, Any]:
+    """Per-sequence / per-model memory terms (bytes) for a real preset at the official lengths."""
+    cfg = get_preset(name)
+    t, v = cfg.text, cfg.vision
+    s = prompt + response
+    kvd = t.num_key_value_heads * t.head_dim
+    patches = 4 * (prompt - 500)  # ~500 text tokens; the rest are image tokens of 4 patches
+    p = PARAMS[name]
+    chunk_q, chunk_lp = cfg.attn_chunk, 256
+    terms = {
+        "params_bf16": 2 * p, "params_fp32": 4 * p, "adam_bf16": 4 * p, "adam_fp32": 8 * p,
+        "ref_bf16": 2 * p, "grads_bf16": 2 * p, "grads_fp32": 4 * p,
+        # one sequence, all decoder layers, saved residuals only (remat full), calibrated
+        "act_text_full": k["full"] * t.num_hidden_layers * s * t.hidden_size * act_bytes,
+        "act_text_none": k["none"] * t.num_hidden_layers * s * act_bytes
+        * layer_act_elems(t.hidden_size, t.intermediate_size, kvd, "none"),
+        # one layer recomputed during its backward pass (remat full), transient
+        "act_layer_recompute": k["none"] * s * act_bytes
+        * layer_act_elems(t.hidden_size, t.intermediate_size, kvd, "none"),
+        "act_vision_full": k["full"] * v.depth * patches * v.hidden_size * act_bytes,
+        "act_vision_none": k["none"] * v.depth * patches * act_bytes
+        * layer_act_elems(v.hidden_size, v.intermediate_size, v.hidden_size, "none"),
+        # fp32 attention logits + probabilities of one query chunk (fwd and its bwd recompute)
+        "attn_chunk": 2 * t.num_attention_heads * chunk_q * s * 4,
+        # fp32 logits, softmax and d-logits of one log-prob chunk of the completion
+        "logits_chunk": 3 * chunk_lp * t.vocab_size * 4,
+        # sampler KV cache: G rows of (prompt + response) slots per prompt, bf16
+        "kv_cache_prompt": gens * s * t.num_hidden_layers * 2 * kvd * 2,
+    }
+    terms["seqs_per_device"] = seqs_per_device
+    return terms
+
+
+def device_table(k: dict[str, float], prompts: int = 16, gens: int = 4) -> list[str]:
+    """Markdown rows: per-device GiB for 3B/7B x slices under FSDP over the whole slice.
+
+    b = 1 is the official micro batch (one sequence per device); the trainer today puts a whole
+    prompt mini-batch (`prompts` x G sequences) into one value_and_grad, b = prompts * G / n.
+    """
+    rows = ["| model | slice (n) | params+ref+grads+Adam, bf16 / n | same, fp32 master+Adam / n "
+            "| act. remat full, b=1 | act. no remat, b=1 | act. remat full, b=64/n "
+            "| KV cache (2 prompts x G) | total: bf16 state + max(act. full b=1, KV) | HBM |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name in PARAMS:
+        e = estimate(name, k)
+        for sl, n, hbm in SLICES:
+            static = (e["params_bf16"] + e["ref_bf16"] + e["grads_bf16"] + e["adam_bf16"]) / n
+            mixed = (e["params_fp32"] + e["ref_bf16"] + e["grads_fp32"] + e["adam_fp32"]) / n
+            transient = e["act_layer_recompute"] + e["attn_chunk"] + e["logits_chunk"]
+            # the vision tower runs once per prompt: 1/G of its activations per sequence
+            per_seq = e["act_text_full"] + e["act_vision_full"] / gens
+            act_full = per_seq + transient
+            act_none = e["act_text_none"] + e["act_vision_none"] / gens
+            b = prompts * gens / n
+            act_trainer = b * per_seq + transient
+            kv = max(1.0, prompts / n) * e["kv_cache_prompt"]
+            total = static + max(act_full, kv)  # rollout and update phases do not overlap
+            g = lambda x: f"{x / GiB:.1f}"
+            rows.append(f"| {name} | {sl} ({n}) | {g(static)} | {g(mixed)} | {g(act_full)} | "
+                        f"{g(act_none)} | {g(act_trainer)} (b={b:g}) | {g(kv)} | {g(total)} "
+                        f"| {hbm} |")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hidden", type=int, default=768, help="text hidden (multiple of 128)")
+    ap.add_argument("--layers", default="4", help="decoder layer counts, comma separated")
+    ap.add_argument("--vision-hidden", type=int, default=192, help="multiple of 64")
+    ap.add_argument("--vision-depth", type=int, default=4)
+    ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--side", type=int, default=64, help="image side in patches (64 = 4096)")
+    ap.add_argument("--tokens", type=int, default=4096, help="prompt + completion tokens")
+    ap.add_argument("--completion", type=int, default=1024, help="completion tokens")
+    ap.add_argument("--reps", type=int, default=1, help="completions per prompt (rows)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    ap.add_argument("--attn-chunk", type=int, default=512)
+    ap.add_argument("--remat", default="none,full,dots")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="also compile a short sequence at every --layers count (compile only)")
+    ap.add_argument("--no-run", action="store_true", help="compile only (no RSS cross-check)")
+    ap.add_argument("--donate", action="store_true", help="donate params and optimizer state")
+    ap.add_argument("--pipeline", default="both", choices=("both", "remat", "stock"),
+                    help="XLA CPU pipeline: 'remat' keeps checkpoint barriers (REMAT_XLA_FLAGS), "
+                    "'stock' is the default one; 'both' adds stock rows, compile only")
+    ap.add_argument("--estimate-only", action="store_true")
+    ap.add_argument("--k-none", type=float, default=1.0, help="calibration for --estimate-only")
+    ap.add_argument("--k-full", type=float, default=1.0, help="calibration for --estimate-only")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    return ap
+
+
+def _specs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    layers = [int(x) for x in args.layers.split(",")]
+    for x in layers:
+        if x < 1:
+            raise SystemExit(f"--layers: {x} is not a positive layer count")
+    if args.hidden % 128 or args.vision_hidden % 64:
+        raise SystemExit("--hidden must be a multiple of 128 and --vision-hidden of 64")
+    if args.completion >= args.tokens:
+        raise SystemExit(f"--completion {args.completion} must be < --tokens {args.tokens}")
+    shared = {k: v for k, v in vars(args).items() if k != "worker"}
+    main = "stock" if args.pipeline == "stock" else "remat"
+    full = {"args": shared, "side": args.side, "prompt_len": args.tokens - args.completion,
+            "completion_len": args.completion}
+    out = []
+    for remat in args.remat.split(","):
+        for lay in layers:
+            run = not args.no_run and lay == max(layers)
+            out.append({**full, "xla": main, "remat": remat, "layers": lay, "run": run})
+            if args.calibrate:  # short sequence, tiny image: per-layer non-activation bytes
+                out.append({"args": shared, "xla": main, "remat": remat, "layers": lay,
+                            "side": 8, "prompt_len": 96, "completion_len": 32, "run": False})
+        if args.pipeline == "both":
+            out.append({**full, "xla": "stock", "remat": remat, "layers": max(layers),
+                        "run": False})
+    return out
+
+
+def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    env = dict(os.environ, PYTHONPATH=f"{_REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    flags = env.get("XLA_FLAGS", "")
+    env["XLA_FLAGS"] = f"{flags} {REMAT_XLA_FLAGS}" if spec["xla"] == "remat" else flags
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise SystemExit(f"worker {spec['remat']}/{spec['layers']} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    if args.worker:
+        print(json.dumps(measure(json.loads(args.worker))))
+        return
+    if args.estimate_only:
+        print("\n".join(device_table({"none": args.k_none, "full": args.k_full})))
+        return
+    rows = [_run_worker(s) for s in _specs(args)]
+    print("| XLA CPU | remat | layers | tokens | patches | XLA temp | arg | out | alias "
+          "| peak est. | RSS delta | compile s | step s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        mb = lambda key, r=r: f"{r[key] / MiB:,.0f}" if key in r else "-"
+        print(f"| {r['xla']} | {r['remat']} | {r['layers']} | {r['tokens']} | {r['patches']} | "
+              f"{mb('temp')} | {mb('arg')} | {mb('out')} | {mb('alias')} | {mb('peak_est')} | "
+              f"{mb('rss_delta')} | {r['compile_s']} | {r.get('run_s', '-')} |")
+    print("(MiB)")
+    cal = calibrate(rows, jnp.dtype(args.dtype).itemsize, args)
+    for remat, c in cal.items():
+        print(f"calibration {remat}: measured {c['act_per_layer_MiB']:.1f} MiB/layer, formula "
+              f"{c['formula_MiB']:.1f} MiB/layer, k = {c['k']:.2f}")
+    print(json.dumps({"rows": rows, "calibration": cal}))
+    if {"none", "full"} <= set(cal):
+        print("\n".join(device_table({m: cal[m]["k"] for m in ("none", "full")})))
+
+
+if __name__ == "__main__":
+    main()
