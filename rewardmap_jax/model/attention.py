@@ -4,6 +4,10 @@ Queries are processed in chunks of `chunk` (a `lax.map` over chunks, the body un
 `jax.checkpoint`), so neither the forward nor the backward pass ever holds more than
 (B, heads, chunk, S) logits: no (S, S) array exists for long prompts or 16k-patch images.
 Each chunk calls `jax.nn.dot_product_attention` (implementation "xla" or "cudnn").
+
+`attend_shared_prefix` is the group-shared ("cascade") variant used to decode G samples per
+prompt: B*G query rows attend over a B-row prompt prefix (read once per prompt, never copied G
+times) plus their own keys, under one softmax over both parts.
 """
 
 from __future__ import annotations
@@ -54,27 +58,101 @@ def attend(
     """
     if impl == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
         impl = "xla"  # cuDNN flash attention has no fp32 kernel (fp32 runs are parity runs)
+    causal = q_pos is not None
+    if not causal:
+        q_pos = jnp.zeros(q_seg.shape, jnp.int32)  # placeholder, unused below
+
+    def dense(qc, sc, pc):
+        return _attend_dense(qc, k, v, sc, kv_seg, pc if causal else None, kv_pos, impl)
+
+    return _map_query_chunks(dense, chunk, q, (q_seg, -2), (q_pos, 0))
+
+
+def _map_query_chunks(fn, chunk: int, q: jax.Array, *per_query: tuple[jax.Array, int]):
+    """fn(q, *per_query) over query chunks of `chunk` (lax.map, body rematerialised).
+
+    q (B, T, ...); per_query: (array (B, T, ...), pad fill) pairs split alongside q. Returns
+    fn's (B, T, ...) output; a single call when T <= chunk.
+    """
     b, t = q.shape[:2]
+    arrays = [a for a, _ in per_query]
     if t <= chunk:
-        return _attend_dense(q, k, v, q_seg, kv_seg, q_pos, kv_pos, impl)
+        return fn(q, *arrays)
     n_chunks = -(-t // chunk)
     pad = n_chunks * chunk - t
-    causal = q_pos is not None
 
     def split(x, fill):
         x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
-        x = x.reshape(b, n_chunks, chunk, *x.shape[2:])
-        return jnp.moveaxis(x, 1, 0)
+        return jnp.moveaxis(x.reshape(b, n_chunks, chunk, *x.shape[2:]), 1, 0)
 
-    qs = split(q, 0)
-    segs = split(q_seg, -2)
-    poss = split(q_pos, 0) if causal else jnp.zeros((n_chunks,), jnp.int32)
-
-    @jax.checkpoint
-    def body(args):
-        qc, sc, pc = args
-        return _attend_dense(qc, k, v, sc, kv_seg, pc if causal else None, kv_pos, impl)
-
-    out = jax.lax.map(body, (qs, segs, poss))  # (n_chunks, B, chunk, N, H)
-    out = jnp.moveaxis(out, 0, 1).reshape(b, n_chunks * chunk, *q.shape[2:])
+    xs = (split(q, 0), *(split(a, fill) for a, fill in per_query))
+    out = jax.lax.map(jax.checkpoint(lambda args: fn(*args)), xs)  # (n_chunks, B, chunk, ...)
+    out = jnp.moveaxis(out, 0, 1).reshape(b, n_chunks * chunk, *out.shape[3:])
     return out[:, :t]
+
+
+def attend_shared_prefix(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    kv_seg: jax.Array,
+    q_pos: jax.Array,
+    kv_pos: jax.Array,
+    prefix_k: jax.Array,
+    prefix_v: jax.Array,
+    prefix_valid: jax.Array,
+    *,
+    chunk: int = 512,
+) -> jax.Array:
+    """Causal attention of B*G query rows over a shared B-row prefix plus their own keys.
+
+    Row r = b * G + g (prompt-major) sees every valid slot of prefix row b (the prefix precedes
+    all of the row's own keys) and its own keys with kv_seg >= 0 and kv_pos <= q_pos. One
+    softmax spans both parts, so the result equals `attend` over
+    concat([repeat(prefix, G), own keys]) — without materialising the G copies: each prompt's
+    keys are read once per step for its G samples. Logits and softmax in fp32, probabilities cast
+    to the value dtype, as `jax.nn.dot_product_attention` ("xla") does.
+
+    Args:
+      q: (B*G, T, N, H); k, v: (B*G, S, K, H) the rows' own keys (N % K == 0).
+      kv_seg: (B*G, S) int32, negative = never attended; q_pos (B*G, T), kv_pos (B*G, S) int32
+        slot indices on one axis (causal mask among the rows' own keys).
+      prefix_k, prefix_v: (B, P, K, H); prefix_valid: (B, P) bool.
+      chunk: query-chunk length (memory O(chunk * (P + S)) per row).
+    Returns:
+      (B*G, T, N, H) in q.dtype.
+    """
+    n, _, nh, hd = q.shape
+    b, p, nkv, _ = prefix_k.shape
+    if n % b or nh % nkv or k.shape[0] != n or prefix_valid.shape != (b, p):
+        raise ValueError(
+            f"attend_shared_prefix: q {q.shape} rows must be a multiple of prefix rows "
+            f"{prefix_k.shape}, own keys {k.shape} one row per query row, prefix_valid "
+            f"{prefix_valid.shape} == {(b, p)}"
+        )
+    g, rep = n // b, nh // nkv
+    f32 = jnp.promote_types(q.dtype, jnp.float32)
+    scale = jnp.asarray(hd**-0.5, f32)
+    neg = jnp.asarray(-0.7 * jnp.finfo(f32).max, f32)  # as jax.nn.dot_product_attention
+    own_visible = kv_seg >= 0  # (n, S)
+
+    def dense(qc, pc):
+        tc = qc.shape[1]
+        # Query head j reads kv head j // rep (HF repeat_kv and jax GQA order).
+        qg = qc.reshape(b, g, tc, nkv, rep, hd)
+        s_pre = jnp.einsum("bgtkrh,bpkh->bgtkrp", qg, prefix_k, preferred_element_type=f32)
+        s_pre = jnp.where(prefix_valid[:, None, None, None, None, :], s_pre * scale, neg)
+        s_own = jnp.einsum("ntkrh,nskh->ntkrs", qc.reshape(n, tc, nkv, rep, hd), k,
+                           preferred_element_type=f32)
+        m_own = own_visible[:, None, :] & (kv_pos[:, None, :] <= pc[:, :, None])  # (n, tc, S)
+        s_own = jnp.where(m_own[:, :, None, None, :], s_own * scale, neg)
+        probs = jax.nn.softmax(
+            jnp.concatenate([s_pre.reshape(n, tc, nkv, rep, p), s_own], axis=-1), axis=-1)
+        probs = probs.astype(v.dtype)
+        p_pre = probs[..., :p].reshape(b, g, tc, nkv, rep, p)
+        o = jnp.einsum("bgtkrp,bpkh->bgtkrh", p_pre, prefix_v, preferred_element_type=f32)
+        o = o.reshape(n, tc, nkv, rep, hd) + jnp.einsum(
+            "ntkrs,nskh->ntkrh", probs[..., p:], v, preferred_element_type=f32)
+        return o.reshape(n, tc, nh, hd).astype(q.dtype)
+
+    return _map_query_chunks(dense, chunk, q, (q_pos, 0))

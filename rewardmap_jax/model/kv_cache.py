@@ -3,6 +3,11 @@
 All rows of a batch share one write index (prompts are left-padded to a common length), so a
 slot index is the same absolute position for every row; `valid` marks slots that hold real tokens
 (False for left padding and for slots not written yet).
+
+`SharedKVCache` is the group-shared variant for sampling G completions per prompt: the prompts'
+cache (B rows, written once by the prefill) plus a per-sample cache (B*G rows) whose slots follow
+the prompt's. The decoder attends over both with one softmax (`attention.attend_shared_prefix`),
+so the prompt's keys are neither copied G times nor read G times per step.
 """
 
 from __future__ import annotations
@@ -49,6 +54,54 @@ class KVCache:
         return self.replace(
             k=tuple(map(rep, self.k)), v=tuple(map(rep, self.v)), valid=rep(self.valid)
         )
+
+
+@struct.dataclass
+class SharedKVCache:
+    """A B-row prompt cache shared by G samples per prompt, plus B*G rows of per-sample slots.
+
+    prefix: `KVCache` with B rows and P slots (the prompts; read-only once shared).
+    suffix: `KVCache` with B*G rows (row b * G + g = sample g of prompt b) and S slots. Suffix
+      slot j is absolute slot P + j: every valid prefix slot precedes it, so a query attends to
+      all of its prompt plus its own suffix slots <= itself, exactly as in a B*G-row cache of
+      P + S slots holding G copies of each prompt (`prefix.repeat(G)` followed by the suffix).
+    The model takes it wherever it takes a `KVCache`; inputs then have B*G rows.
+    """
+
+    prefix: KVCache
+    suffix: KVCache
+
+    @classmethod
+    def share(cls, prefix: KVCache, num_generations: int, max_len: int) -> SharedKVCache:
+        """Empty per-sample slots (`max_len` each, prefix dtype) for G samples per prefix row."""
+        if num_generations < 1 or max_len < 1:
+            raise ValueError(
+                f"SharedKVCache.share: num_generations {num_generations} and max_len {max_len} "
+                "must be >= 1"
+            )
+        rows = prefix.valid.shape[0] * num_generations
+        shape = (rows, max_len, *prefix.k[0].shape[2:])
+        zeros = lambda: tuple(jnp.zeros(shape, x.dtype) for x in prefix.k)
+        suffix = KVCache(k=zeros(), v=zeros(), valid=jnp.zeros((rows, max_len), bool),
+                         index=jnp.zeros((), jnp.int32))
+        return cls(prefix=prefix, suffix=suffix)
+
+    @property
+    def num_generations(self) -> int:
+        return self.suffix.valid.shape[0] // self.prefix.valid.shape[0]
+
+    @property
+    def index(self) -> jax.Array:
+        """() int32 next absolute slot (prefix slots + suffix slots written)."""
+        return self.prefix.max_len + self.suffix.index
+
+    def unshare(self) -> KVCache:
+        """The equivalent plain cache: B*G rows, P + S slots (prefix repeated G times)."""
+        rep = self.prefix.repeat(self.num_generations)
+        cat = lambda a, b: jnp.concatenate([a, b.astype(a.dtype)], axis=1)
+        return KVCache(k=tuple(map(cat, rep.k, self.suffix.k)),
+                       v=tuple(map(cat, rep.v, self.suffix.v)),
+                       valid=cat(rep.valid, self.suffix.valid), index=self.index)
 
 
 def write(buf: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:

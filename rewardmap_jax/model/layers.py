@@ -3,13 +3,28 @@
 Every parameter carries `out_sharding` metadata: a tuple of logical axis names (one per dim),
 created with `eager_sharding=False` so construction needs no mesh. `sharding.py` maps the names to
 mesh axes (`nnx.get_partition_spec` under logical-axis rules). Names used: see docs/model.md.
+
+Activations are constrained by logical names too (`constrain`), but only inside
+`activation_sharding(mesh, rules)` (flax logical-axis rules + `jax.set_mesh`); elsewhere it is a
+no-op, so the model runs unchanged without a mesh.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.core import spmd as flax_spmd
+
+from rewardmap_jax.model.sharding import logical_to_spec
+
+# Logical names of the decoder's residual stream (B, L, D): rows over the batch mesh axes. The
+# hidden dim is left to XLA (it follows the FSDP-sharded weights inside each matmul).
+RESIDUAL_AXES = ("batch", None, None)
 
 # HF `_init_weights`: normal(0, initializer_range=0.02) for Linear/Embedding, zeros for biases.
 INIT_STD = 0.02
@@ -100,6 +115,37 @@ def rotate_half(x: jax.Array) -> jax.Array:
     """cat(-x2, x1) over the last axis (the HF rotate-half convention)."""
     h = x.shape[-1] // 2
     return jnp.concatenate([-x[..., h:], x[..., :h]], axis=-1)
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """`with_sharding_constraint` on activation `x` by logical axis `names` (one per dim).
+
+    Active only when flax logical-axis rules are set (`nnx.logical_axis_rules`) AND a mesh is
+    set (`jax.set_mesh`), e.g. via `activation_sharding`; otherwise `x` is returned unchanged.
+    Rules map as in `sharding.logical_to_spec`: a dim not divisible by its mesh axes stays
+    replicated (e.g. a batch of 1), each mesh axis is used once per array.
+    """
+    rules = flax_spmd.get_logical_axis_rules()
+    mesh = jax.sharding.get_abstract_mesh()
+    if not rules or mesh.empty:
+        return x
+    spec = logical_to_spec(names, dict(rules), x.shape, mesh, where=f"activation {x.shape}")
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
+@contextlib.contextmanager
+def activation_sharding(
+    mesh: jax.sharding.Mesh, rules: Mapping[str, Any] | Sequence[tuple[str, Any]]
+) -> Iterator[None]:
+    """Context under which the model constrains its activations on `mesh` (`constrain`).
+
+    Trace (first call of a jitted step) inside it: `rules` are the logical -> mesh axis rules
+    (`cfg.mesh.rules` pairs or `sharding.rules_from_config`), and need a `batch` entry.
+    """
+    pairs = tuple(rules.items()) if isinstance(rules, Mapping) else tuple(
+        (name, tuple(a) if isinstance(a, list) else a) for name, a in rules)
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(pairs):
+        yield
 
 
 def remat_policy(name: str):

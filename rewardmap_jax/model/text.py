@@ -1,15 +1,45 @@
-"""Qwen2 decoder with M-RoPE, GQA (q/k/v bias), SwiGLU, optional KV cache (HF parity, spec §3)."""
+"""Qwen2 decoder with M-RoPE, GQA (q/k/v bias), SwiGLU, optional KV cache (HF parity, spec §3).
+
+The cache is a `KVCache` (one row per sequence) or a `SharedKVCache` (B prompt rows shared by
+B*G sample rows; attention over both parts under one softmax). Either way each layer sees an
+`_AttnContext`: the masking inputs shared by all layers, plus the shared prefix when there is one.
+"""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from rewardmap_jax.model import kv_cache as kvc
-from rewardmap_jax.model.attention import attend
+from rewardmap_jax.model.attention import attend, attend_shared_prefix
 from rewardmap_jax.model.config import ModelConfig
-from rewardmap_jax.model.layers import Linear, RMSNorm, param, remat_policy, rotate_half
+from rewardmap_jax.model.layers import (
+    RESIDUAL_AXES,
+    Linear,
+    RMSNorm,
+    constrain,
+    param,
+    remat_policy,
+    rotate_half,
+)
+
+
+class _AttnContext(NamedTuple):
+    """Per-call masking inputs (the same for every layer).
+
+    kv_seg (B', S) int32 (-1 = never attended), q_pos (B', T), kv_pos (B', S) slot indices,
+    index () the write slot of this call's keys; prefix_valid (B, P) bool when the cache is a
+    `SharedKVCache` (B' = B*G rows attend over a shared B-row prefix), else None.
+    """
+
+    kv_seg: jax.Array
+    q_pos: jax.Array
+    kv_pos: jax.Array
+    index: jax.Array
+    prefix_valid: jax.Array | None = None
 
 
 def mrope_cos_sin(positions: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
@@ -42,8 +72,9 @@ class TextAttention(nnx.Module):
         self.v_proj = Linear(t.hidden_size, nkv * hd, axes=("embed", "kv_heads"), bias=True, **kw)
         self.o_proj = Linear(nh * hd, t.hidden_size, axes=("heads", "embed"), bias=False, **kw)
 
-    def __call__(self, x, cos, sin, kv, kv_seg, q_pos, kv_pos, index):
-        """x (B, T, D). kv: None or this layer's cached (k, v) (B, S_max, K, H).
+    def __call__(self, x, cos, sin, kv, ctx: _AttnContext, prefix_kv=None):
+        """x (B, T, D). kv: None or this layer's cached (k, v) (B, S_max, K, H); prefix_kv: this
+        layer's shared prefix (k, v) (B/G, P, K, H) with `ctx.prefix_valid`, or None.
         Returns (out (B, T, D), (k, v) to keep: the updated cache, or this call's k/v)."""
         t = self.cfg.text
         b, n = x.shape[:2]
@@ -54,11 +85,15 @@ class TextAttention(nnx.Module):
         q = q * c + rotate_half(q) * s
         k = k * c + rotate_half(k) * s
         if kv is not None:
-            k = kvc.write(kv[0], k, index)
-            v = kvc.write(kv[1], v, index)
-        q_seg = jnp.zeros((b, n), jnp.int32)
-        o = attend(q, k, v, q_seg, kv_seg, q_pos, kv_pos,
-                   impl=self.cfg.attn_impl, chunk=self.cfg.attn_chunk)
+            k = kvc.write(kv[0], k, ctx.index)
+            v = kvc.write(kv[1], v, ctx.index)
+        if prefix_kv is not None:
+            o = attend_shared_prefix(q, k, v, ctx.kv_seg, ctx.q_pos, ctx.kv_pos, *prefix_kv,
+                                     ctx.prefix_valid, chunk=self.cfg.attn_chunk)
+        else:
+            q_seg = jnp.zeros((b, n), jnp.int32)
+            o = attend(q, k, v, q_seg, ctx.kv_seg, ctx.q_pos, ctx.kv_pos,
+                       impl=self.cfg.attn_impl, chunk=self.cfg.attn_chunk)
         return self.o_proj(o.reshape(b, n, -1)), (k, v)
 
 
@@ -83,10 +118,10 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(t.hidden_size, **nk)
         self.mlp = TextMLP(cfg, rngs)
 
-    def __call__(self, x, cos, sin, kv, kv_seg, q_pos, kv_pos, index):
-        a, kv = self.self_attn(self.input_layernorm(x), cos, sin, kv, kv_seg, q_pos, kv_pos, index)
-        x = x + a
-        x = x + self.mlp(self.post_attention_layernorm(x))
+    def __call__(self, x, cos, sin, kv, ctx: _AttnContext, prefix_kv=None):
+        a, kv = self.self_attn(self.input_layernorm(x), cos, sin, kv, ctx, prefix_kv)
+        x = constrain(x + a, RESIDUAL_AXES)
+        x = constrain(x + self.mlp(self.post_attention_layernorm(x)), RESIDUAL_AXES)
         return x, kv
 
 
@@ -111,37 +146,52 @@ class TextModel(nnx.Module):
         x: jax.Array,
         positions: jax.Array,
         attention_mask: jax.Array,
-        cache: kvc.KVCache | None,
-    ) -> tuple[jax.Array, kvc.KVCache | None]:
+        cache: kvc.KVCache | kvc.SharedKVCache | None,
+    ) -> tuple[jax.Array, kvc.KVCache | kvc.SharedKVCache | None]:
         """x (B, T, D) input embeddings; positions (3, B, T); attention_mask (B, T) bool.
-        Returns final-normed hidden states (B, T, D) and the updated cache (or None)."""
+
+        With a `SharedKVCache`, B = prefix rows * G and the T tokens are written to the
+        per-sample slots. Returns final-normed hidden states (B, T, D) and the updated cache.
+        """
         b, n = x.shape[:2]
+        x = constrain(x, RESIDUAL_AXES)
         cos, sin = mrope_cos_sin(positions, self.cfg)
         mask = attention_mask.astype(bool)
-        if cache is None:
+        shared = isinstance(cache, kvc.SharedKVCache)
+        own = cache.suffix if shared else cache
+        if shared and b != own.valid.shape[0]:
+            raise ValueError(
+                f"SharedKVCache has {own.valid.shape[0]} sample rows "
+                f"({cache.prefix.valid.shape[0]} prompts x {cache.num_generations}) but the "
+                f"input has {b} rows"
+            )
+        if own is None:
             index = jnp.zeros((), jnp.int32)
             q_pos = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
             kv_pos, valid = q_pos, mask
         else:
-            index = cache.index
-            s_max = cache.max_len
+            index = own.index
             q_pos = jnp.broadcast_to(index + jnp.arange(n, dtype=jnp.int32), (b, n))
-            kv_pos = jnp.broadcast_to(jnp.arange(s_max, dtype=jnp.int32), (b, s_max))
-            valid = kvc.write(cache.valid, mask, index)
+            kv_pos = jnp.broadcast_to(jnp.arange(own.max_len, dtype=jnp.int32), (b, own.max_len))
+            valid = kvc.write(own.valid, mask, index)
         kv_seg = jnp.where(valid, 0, -1).astype(jnp.int32)
+        ctx = _AttnContext(kv_seg, q_pos, kv_pos, index,
+                           cache.prefix.valid if shared else None)
 
-        def run(layer, x, kv):
-            return layer(x, cos, sin, kv, kv_seg, q_pos, kv_pos, index)
+        def run(layer, x, kv, prefix_kv):
+            return layer(x, cos, sin, kv, ctx, prefix_kv)
 
         if self.cfg.remat != "none":
             run = nnx.remat(run, policy=remat_policy(self.cfg.remat))
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
-            kv = None if cache is None else (cache.k[i], cache.v[i])
-            x, (k, v) = run(layer, x, kv)
+            kv = None if own is None else (own.k[i], own.v[i])
+            prefix_kv = (cache.prefix.k[i], cache.prefix.v[i]) if shared else None
+            x, (k, v) = run(layer, x, kv, prefix_kv)
             new_k.append(k)
             new_v.append(v)
-        x = self.norm(x)
-        if cache is None:
+        x = constrain(self.norm(x), RESIDUAL_AXES)
+        if own is None:
             return x, None
-        return x, cache.replace(k=tuple(new_k), v=tuple(new_v), valid=valid, index=index + n)
+        own = own.replace(k=tuple(new_k), v=tuple(new_v), valid=valid, index=index + n)
+        return x, cache.replace(suffix=own) if shared else own

@@ -3,9 +3,10 @@
 One jitted program per shape bucket (`_rollout`), in two phases:
 
 * prefill (B prompts): encodes the images and the prompts once, writing a preallocated KV cache;
-  the G samples of prompt b (rows `b * G + g`) then share it: by default through a group-shared
-  prefix cache (`rl/prefix_decode.py`: B*L prompt slots plus B*G*T suffix slots, no copies), or
-  with `QWEN2_5_VL_REPEAT` by repeating the cache rows G times (B*G*(L+T) slots).
+  the G samples of prompt b (rows `b * G + g`) then share it: by default through the model's
+  group-shared cache (`model.kv_cache.SharedKVCache`: B*L prompt slots plus B*G*T per-sample
+  slots, no copies; the decoder attends over both under one softmax), or with
+  `QWEN2_5_VL_REPEAT` by repeating the cache rows G times (B*G*(L+T) slots).
 * decode (B*G rows): the whole loop is one `lax.while_loop`; it exits early once every row has
   stopped. The first token is drawn from the prefill logits, so at most T - 1 model steps run.
   The loop state is created inside the program, so XLA updates it in place (nothing to donate,
@@ -35,8 +36,8 @@ from flax import nnx, struct
 from jax import lax
 
 from rewardmap_jax.model.config import ModelConfig
-from rewardmap_jax.model.kv_cache import KVCache
-from rewardmap_jax.rl import prefix_decode, sampling
+from rewardmap_jax.model.kv_cache import KVCache, SharedKVCache
+from rewardmap_jax.rl import sampling
 
 # Trace counters (incremented only when jax traces, i.e. compiles, a function): tests and logs use
 # them to check that a run compiles once per shape bucket.
@@ -57,11 +58,12 @@ class ModelAdapter:
     init_cache: (model, batch, max_len) -> empty KV cache pytree.
     vocab_size: (model) -> V, the logits width.
     batch_axis: which axis of every non-scalar cache leaf is the batch axis.
-    share / decode: optional group-shared prefix mode. When set, the prefill cache has only the
-      L prompt slots, `share(model, cache, G, T)` turns it into the decode state of B*G rows
-      (without copying the prompt part G times), and `decode(model, tokens (N,1),
-      positions (3,N,1), state) -> (logits (N,V), state)` runs one step. When unset, the
-      prefill cache has L + T slots and its rows are repeated G times.
+    share: optional group-shared prefix mode. When set, the prefill cache has only the L prompt
+      slots and `share(model, cache, G, T)` turns it into the decode state of B*G rows (without
+      copying the prompt part G times). When unset, the prefill cache has L + T slots and its
+      rows are repeated G times.
+    decode: optional `decode(model, tokens (N,1), positions (3,N,1), state) -> (logits (N,V),
+      state)` for one decode step; unset, decode steps call `forward` on the decode state.
     """
 
     forward: Callable[..., tuple[jax.Array, Any]]
@@ -153,14 +155,17 @@ def _qwen_vocab(model) -> int:
     return model.cfg.text.vocab_size
 
 
+def _qwen_share(model, cache: KVCache, num_generations: int, max_new: int) -> SharedKVCache:
+    return SharedKVCache.share(cache, num_generations, max_new)
+
+
 # rewardmap_jax.model.qwen2_5_vl.Qwen2_5_VL, prompt cache shared by the G samples of a prompt
-# (rl/prefix_decode.py): the default.
+# (`SharedKVCache`, decoded by the model's own cached call): the default.
 QWEN2_5_VL = ModelAdapter(
     forward=_qwen_forward,
     init_cache=_qwen_init_cache,
     vocab_size=_qwen_vocab,
-    share=prefix_decode.share,
-    decode=prefix_decode.decode_step,
+    share=_qwen_share,
 )
 # Same model, G full copies of the prompt cache, decode through the model's own cached call.
 QWEN2_5_VL_REPEAT = ModelAdapter(

@@ -220,6 +220,6 @@ def test_shared_mode_holds_one_prompt_cache_per_prompt(models):
     logits, shared = state(sampler.QWEN2_5_VL)
     assert logits.shape == (b * g, cfg.text.vocab_size)
     assert shared.prefix.k[0].shape == (b, length, kv, hd)
-    assert shared.k[0].shape == (b * g, t, kv, hd)
+    assert shared.suffix.k[0].shape == (b * g, t, kv, hd)
     _, repeated = state(sampler.QWEN2_5_VL_REPEAT)
     assert repeated.k[0].shape == (b * g, length + t, kv, hd)
