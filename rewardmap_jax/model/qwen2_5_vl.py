@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rewardmap_jax.model import head
 from rewardmap_jax.model.config import ModelConfig
 from rewardmap_jax.model.kv_cache import KVCache
 from rewardmap_jax.model.layers import KeySeq, Linear
@@ -90,27 +91,9 @@ class Qwen2_5_VL(nnx.Module):
 
         hidden (B, L, D), targets (B, L) int32 -> (logp (B, L) float32, entropy (B, L) float32).
         Only (B, chunk, V) logits exist at a time (the chunk body is rematerialised for grads).
+        `head.token_logprobs` with this model's `logits` as the head (temperature 1).
         """
-        b, n, d = hidden.shape
-        nc = -(-n // chunk)
-        pad = nc * chunk - n
-        h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(b, nc, chunk, d)
-        tg = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, nc, chunk)
-        kernel = self.head_kernel()
-
-        @jax.checkpoint
-        def body(args):
-            hc, tc = args
-            lg = jnp.dot(hc.astype(kernel.dtype), kernel).astype(jnp.float32)
-            lse = jax.nn.logsumexp(lg, axis=-1)
-            logp = jnp.take_along_axis(lg, tc[..., None], axis=-1)[..., 0] - lse
-            p = jax.nn.softmax(lg, axis=-1)
-            ent = lse - jnp.sum(p * lg, axis=-1)
-            return logp, ent
-
-        logp, ent = jax.lax.map(body, (jnp.moveaxis(h, 1, 0), jnp.moveaxis(tg, 1, 0)))
-        fix = lambda a: jnp.moveaxis(a, 0, 1).reshape(b, nc * chunk)[:, :n]
-        return fix(logp), fix(ent)
+        return head.token_logprobs(hidden, targets, self.logits, chunk_size=chunk)
 
     # -- full call ---------------------------------------------------------------------------
 

@@ -95,3 +95,22 @@ def test_completion_slice_and_nnx_head_gradients():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="prompt_len"):
         completion_logprobs(jnp.zeros((3, 8, 16)), ids[:, p:], p, lambda h: h)
+
+
+def test_one_implementation_shared_with_the_model():
+    """rl.logprobs.token_logprobs and Qwen2_5_VL.token_logprobs are the same code path
+    (model/head.py); the model method equals it with the model's head at temperature 1."""
+    from rewardmap_jax.model import head
+    from rewardmap_jax.model.config import tiny
+    from rewardmap_jax.model.qwen2_5_vl import init_model
+
+    assert token_logprobs is head.token_logprobs
+    model = init_model(tiny(), seed=1)
+    rng = np.random.default_rng(2)
+    hidden = jnp.asarray(rng.normal(size=(2, 7, tiny().text.hidden_size)), jnp.float32)
+    tgt = jnp.asarray(rng.integers(0, tiny().text.vocab_size, (2, 7)))
+    lp_m, ent_m = model.token_logprobs(hidden, tgt, chunk=3)
+    lp_r, ent_r = token_logprobs(hidden, tgt, model.logits, chunk_size=5)
+    np.testing.assert_allclose(lp_m, lp_r, atol=1e-6)
+    np.testing.assert_allclose(ent_m, ent_r, atol=1e-6)
+    assert lp_m.shape == ent_m.shape == (2, 7) and lp_m.dtype == jnp.float32
