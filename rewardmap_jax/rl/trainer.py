@@ -216,7 +216,7 @@ class Trainer:
         latest = ckpt.latest_step()
         step = latest or 0
         self._init_phase("sft" if step < self.sft_steps else "rl")
-        self.opt_state = self.tx.init(self.params)
+        self.opt_state = self._init_opt_state()
         self.sft_it = self.sft_data.iterator() if self.sft_data else None
         self.rl_it = self.rl_data.iterator()
         if latest is None:
@@ -236,10 +236,19 @@ class Trainer:
         log.info("resumed from step %d (phase %s)", restored.step, self.phase)
         return restored.step
 
+    def _init_opt_state(self) -> Any:
+        """A fresh optimizer state laid out on the mesh like the params (scalars replicated),
+        as the update step returns it: otherwise the 2nd step would compile again."""
+        state = self.tx.init(self.params)
+        rules = sharding.rules_from_config(self.config.mesh)
+        shardings = sharding.state_shardings(state, self.mesh, rules,
+                                             tuple(self.config.mesh.get("path_rules", ())))
+        return sharding.shard_state(state, shardings)
+
     def _switch_to_rl(self) -> None:
         """Freezes the reference policy and starts the GRPO optimizer."""
         self._init_phase("rl")
-        self.opt_state = self.tx.init(self.params)
+        self.opt_state = self._init_opt_state()
         if self._needs_ref():
             self.ref_params = jax.tree.map(jnp.copy, self.params)
 
