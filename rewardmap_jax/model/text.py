@@ -139,7 +139,10 @@ class TextModel(nnx.Module):
 
     def embed(self, input_ids: jax.Array) -> jax.Array:
         """(B, L) int32 -> (B, L, D) compute dtype."""
-        return jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.cfg.dtype)
+        # Gather from a table whole along `embed`: an FSDP-sharded hidden dim would come out of
+        # the gather sharded on the same mesh axes as the batch wants (a full reshard).
+        table = constrain(self.embed_tokens[...], ("vocab", None))
+        return jnp.take(table, input_ids, axis=0).astype(self.cfg.dtype)
 
     def __call__(
         self,
