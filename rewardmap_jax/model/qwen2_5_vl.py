@@ -25,7 +25,7 @@ from flax import nnx
 from rewardmap_jax.model import head
 from rewardmap_jax.model.config import ModelConfig
 from rewardmap_jax.model.kv_cache import KVCache
-from rewardmap_jax.model.layers import KeySeq, Linear
+from rewardmap_jax.model.layers import KeySeq, Linear, constrain
 from rewardmap_jax.model.text import TextModel
 from rewardmap_jax.model.vision import VisionTower
 from rewardmap_jax.model.vision_layout import VisionInputs
@@ -56,7 +56,9 @@ class Qwen2_5_VL(nnx.Module):
         x = self.language_model.embed(input_ids)
         if vision is None:
             return x
-        feats = self.visual(vision).astype(x.dtype)  # (M, D)
+        # Whole along D (like the text embedding table): FSDP-sharded features would reach the
+        # batch-sharded residual stream through a full reshard (model/layers.py `constrain`).
+        feats = constrain(self.visual(vision).astype(x.dtype), (None, None))  # (M, D)
         is_vis = (input_ids == self.cfg.image_token_id) | (input_ids == self.cfg.video_token_id)
         flat = is_vis.reshape(-1)
         idx = jnp.clip(jnp.cumsum(flat) - 1, 0, feats.shape[0] - 1)

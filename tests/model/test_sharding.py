@@ -184,3 +184,39 @@ def test_real_tiny_qwen2_5_vl_sharded_step_matches_single_device(capfd):
     assert 0.25 <= ratio <= 0.3, ratio
     spec = sharded["language_model"]["layers"][0]["mlp"]["up_proj"]["kernel"].sharding.spec
     assert spec == P("fsdp", "tensor")
+
+
+def _qwen_vision_forward(model, ids):
+    """(hidden, head) of the real Qwen2.5-VL with one 2x2-patch image (1 token) per row at
+    column 1: the vision tower's features enter the residual stream."""
+    from rewardmap_jax.model.vision_layout import pack_vision_inputs
+    from tests.model.hf_reference import pixels
+
+    b, n = ids.shape
+    cfg = model.cfg
+    ids = ids.at[:, 1].set(cfg.image_token_id)
+    grids = np.tile(np.array([[1, 2, 2]]), (b, 1))
+    vision = jax.tree.map(jax.numpy.asarray,
+                          pack_vision_inputs(pixels(grids), grids, cfg.vision))
+    pos = jax.numpy.broadcast_to(jax.numpy.arange(n, dtype=np.int32), (3, b, n))
+    hidden, _ = model.hidden_states(ids, pos, jax.numpy.ones((b, n), bool), vision)
+    return hidden, model.logits
+
+
+@pytest.mark.slow
+def test_real_tiny_with_images_sharded_step_no_involuntary_reshard(capfd):
+    """Vision features reach the batch-sharded residual stream without a full reshard
+    (on (2, 2, 2) the tower's FSDP-sharded output dim used to meet the batch constraint)."""
+    from rewardmap_jax.model.config import tiny
+    from rewardmap_jax.model.layers import activation_sharding
+    from rewardmap_jax.model.qwen2_5_vl import init_model
+
+    kw = dict(steps=1, make_model=lambda: init_model(tiny()), forward=_qwen_vision_forward,
+              vocab=tiny().text.vocab_size, lr=get_config("tiny").optim.lr)
+    _, _, loss1 = _train(sh.make_mesh(_mesh_cfg(1, 1, 1), jax.devices()[:1]), **kw)
+    mesh = sh.make_mesh(_mesh_cfg(2, 2, 2))
+    capfd.readouterr()
+    with activation_sharding(mesh, RULES):
+        _, _, loss8 = _train(mesh, **kw)
+    assert "Involuntary full rematerialization" not in capfd.readouterr().err
+    assert loss8 == pytest.approx(loss1, rel=1e-5)
