@@ -89,7 +89,7 @@ def sequence_logprobs(
 def _apply(tx: optax.GradientTransformation, params, opt_state, grads, loss):
     grads = optim.poison_if_nonfinite(grads, loss)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, optax.global_norm(grads)
+    return optax.apply_updates(params, updates), opt_state, optax.tree.norm(grads)
 
 
 def make_sft_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
