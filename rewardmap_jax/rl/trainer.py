@@ -220,6 +220,8 @@ class Trainer:
         self.sft_it = self.sft_data.iterator() if self.sft_data else None
         self.rl_it = self.rl_data.iterator()
         if latest is None:
+            if self.phase == "rl" and self._needs_ref():  # no warm start: RL from step 0
+                self.ref_params = jax.tree.map(jnp.copy, self.params)
             return 0
         abstract = self._state()
         if self.phase == "rl" and self._needs_ref():
@@ -409,8 +411,6 @@ class Trainer:
         primary = jax.process_index() == 0
         preempted = False
         while step < self.total:
-            if step == self.sft_steps and self.phase == "sft":
-                self._switch_to_rl()  # only when sft.steps == 0: RL from the initial model
             if step == self.sft_steps and cfg.eval.at_sft_end and not self._has_report(
                     "warm_start"):
                 self._eval(writer, step, "warm_start", int(cfg.eval.questions_per_task))

@@ -117,3 +117,28 @@ def test_bandit_reward_rises(tmp_path):
     # One compilation of the update and of the sampler for 50 steps of fixed shapes.
     assert steps.TRACE_COUNTS["grpo_step"] - before[0].get("grpo_step", 0) == 1
     assert sampler.TRACE_COUNTS["rollout"] - before[1].get("rollout", 0) == 1
+
+
+@pytest.mark.slow
+def test_minibatches_epochs_and_dynamic_sampling(tmp_path):
+    """ppo_epochs x mini-batches (learner-recomputed behaviour log-probs) and DAPO dynamic
+    sampling run end to end; the first update's learner/behaviour mismatch is exactly 0."""
+    c = get_config()
+    c.sft.steps = 0
+    c.train.rl_steps = 2
+    c.curriculum.stages = ({"name": "s", "steps": 8, "weights": {"TorF1": 1.0}},)
+    c.data.batch_size = 2
+    c.rl.num_generations = 2
+    c.rl.mini_batch_size = 1  # 2 updates per epoch, one prompt group each
+    c.rl.ppo_epochs = 2
+    c.rl.max_new_tokens = 1
+    c.rl.dynamic_sampling = True
+    c.rl.dynamic_sampling_max_rounds = 3
+    c.reward.fn = f"{HERE / 'bandit_reward.py'}:prefer_space"
+    trainer.run(c, str(tmp_path))
+    rows = [r for r in read_metrics(tmp_path) if "reward/mean" in r]
+    assert len(rows) == 2
+    for r in rows:
+        assert 1 <= r["dynamic_sampling/rounds"] <= 3
+        assert r["logp_diff_max"] == 0.0  # old logps are the learner's own before the update
+        assert np.isfinite(r["loss"]) and r["grad_norm"] >= 0
