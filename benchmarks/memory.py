@@ -213,68 +213,69 @@ def calibrate(rows: list[dict[str, Any]], dtype_bytes: int, args: argparse.Names
     return out
 
 
-def estimate(name: str, k: dict[str, float], prompt: int = 20000, response: int = 2048,
-             gens: int = 4, seqs_per_device: int = 1, act_bytes: int = 2) -> dict[str, Any]:
-    """Per-sequence / per-model memory terms (bytes) for a real preset at the official lengths."""
+OFFICIAL = {"prompt": 20000, "response": 2048, "gens": 4, "prompts_per_update": 16}
+TEXT_TOKENS = 500  # prompt tokens that are not image tokens (system + question + template)
+
+
+def estimate(name: str, k: dict[str, float], n: int, b: float, act_bytes: int = 2
+             ) -> dict[str, float]:
+    """Per-device bytes of each memory term for a real preset at the official lengths.
+
+    n: devices in the FSDP axis; b: sequences (prompt + response) per device in one
+    value_and_grad. Activation terms use the calibration factors k["none"], k["full"].
+    """
     cfg = get_preset(name)
     t, v = cfg.text, cfg.vision
-    s = prompt + response
+    g = OFFICIAL["gens"]
+    s = OFFICIAL["prompt"] + OFFICIAL["response"]
     kvd = t.num_key_value_heads * t.head_dim
-    patches = 4 * (prompt - 500)  # ~500 text tokens; the rest are image tokens of 4 patches
+    patches = v.merge_unit * (OFFICIAL["prompt"] - TEXT_TOKENS)  # one image per prompt
     p = PARAMS[name]
-    chunk_q, chunk_lp = cfg.attn_chunk, 256
-    terms = {
-        "params_bf16": 2 * p, "params_fp32": 4 * p, "adam_bf16": 4 * p, "adam_fp32": 8 * p,
-        "ref_bf16": 2 * p, "grads_bf16": 2 * p, "grads_fp32": 4 * p,
-        # one sequence, all decoder layers, saved residuals only (remat full), calibrated
-        "act_text_full": k["full"] * t.num_hidden_layers * s * t.hidden_size * act_bytes,
-        "act_text_none": k["none"] * t.num_hidden_layers * s * act_bytes
-        * layer_act_elems(t.hidden_size, t.intermediate_size, kvd, "none"),
-        # one layer recomputed during its backward pass (remat full), transient
-        "act_layer_recompute": k["none"] * s * act_bytes
-        * layer_act_elems(t.hidden_size, t.intermediate_size, kvd, "none"),
-        "act_vision_full": k["full"] * v.depth * patches * v.hidden_size * act_bytes,
-        "act_vision_none": k["none"] * v.depth * patches * act_bytes
-        * layer_act_elems(v.hidden_size, v.intermediate_size, v.hidden_size, "none"),
-        # fp32 attention logits + probabilities of one query chunk (fwd and its bwd recompute)
-        "attn_chunk": 2 * t.num_attention_heads * chunk_q * s * 4,
-        # fp32 logits, softmax and d-logits of one log-prob chunk of the completion
-        "logits_chunk": 3 * chunk_lp * t.vocab_size * 4,
-        # sampler KV cache: G rows of (prompt + response) slots per prompt, bf16
-        "kv_cache_prompt": gens * s * t.num_hidden_layers * 2 * kvd * 2,
+    prompts = max(1.0, b / g)  # images encoded per device (once per prompt, shared by G rows)
+    t_none = layer_act_elems(t.hidden_size, t.intermediate_size, kvd, "none")
+    v_none = layer_act_elems(v.hidden_size, v.intermediate_size, v.hidden_size, "none")
+    out = {
+        "state_bf16": 10 * p / n,  # params 2 + grads 2 + Adam mu, nu 2 + 2 + reference 2
+        "state_mixed": 18 * p / n,  # fp32 params 4 + grads 4 + Adam 8, bf16 reference 2
+        "act_full": k["full"] * act_bytes * (b * t.num_hidden_layers * s * t.hidden_size
+                                             + prompts * v.depth * patches * v.hidden_size),
+        "act_none": k["none"] * act_bytes * (b * t.num_hidden_layers * s * t_none
+                                             + prompts * v.depth * patches * v_none),
+        # remat full: the layer being recomputed in the backward pass (text or vision block)
+        "recompute": k["none"] * act_bytes * max(b * s * t_none, prompts * patches * v_none),
+        # fp32 logits + probabilities of one attention query chunk (text or vision full attn)
+        "attn_chunk": 2 * 4 * cfg.attn_chunk * max(b * t.num_attention_heads * s,
+                                                   prompts * v.num_heads * patches),
+        # fp32 logits, softmax and their cotangent for one 256-position log-prob chunk
+        "logits_chunk": b * 3 * 256 * t.vocab_size * 4,
+        # sampler: prompts of this device x G rows x (prompt + response) slots, k and v, bf16
+        "kv_cache": max(1.0, OFFICIAL["prompts_per_update"] / n) * g * s
+        * t.num_hidden_layers * 2 * kvd * act_bytes,
     }
-    terms["seqs_per_device"] = seqs_per_device
-    return terms
+    out["peak_full"] = out["act_full"] + out["recompute"] + out["attn_chunk"] + out["logits_chunk"]
+    out["peak_none"] = out["act_none"] + out["logits_chunk"]
+    return out
 
 
-def device_table(k: dict[str, float], prompts: int = 16, gens: int = 4) -> list[str]:
-    """Markdown rows: per-device GiB for 3B/7B x slices under FSDP over the whole slice.
-
-    b = 1 is the official micro batch (one sequence per device); the trainer today puts a whole
-    prompt mini-batch (`prompts` x G sequences) into one value_and_grad, b = prompts * G / n.
-    """
-    rows = ["| model | slice (n) | params+ref+grads+Adam, bf16 / n | same, fp32 master+Adam / n "
-            "| act. remat full, b=1 | act. no remat, b=1 | act. remat full, b=64/n "
-            "| KV cache (16/n prompts x G) | total: bf16 state + max(act. full b=1, KV) | HBM |",
+def device_table(k: dict[str, float]) -> list[str]:
+    """Markdown rows: per-device GiB for 3B/7B x slices, b = 1 (official micro batch) and
+    b = 64 / n (the trainer today: a whole 16-prompt x G=4 mini-batch in one value_and_grad)."""
+    rows = ["| model | slice (n) | state bf16 | state fp32 master | update, remat full, b=1 "
+            "| update, no remat, b=1 | update, remat full, b=64/n | rollout KV cache "
+            "| total, bf16 state, remat full, b=1 | HBM / device |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    gib = lambda x: f"{x / GiB:.1f}"
     for name in PARAMS:
-        e = estimate(name, k)
         for sl, n, hbm in SLICES:
-            static = (e["params_bf16"] + e["ref_bf16"] + e["grads_bf16"] + e["adam_bf16"]) / n
-            mixed = (e["params_fp32"] + e["ref_bf16"] + e["grads_fp32"] + e["adam_fp32"]) / n
-            transient = e["act_layer_recompute"] + e["attn_chunk"] + e["logits_chunk"]
-            # the vision tower runs once per prompt: 1/G of its activations per sequence
-            per_seq = e["act_text_full"] + e["act_vision_full"] / gens
-            act_full = per_seq + transient
-            act_none = e["act_text_none"] + e["act_vision_none"] / gens
-            b = prompts * gens / n
-            act_trainer = b * per_seq + transient
-            kv = max(1.0, prompts / n) * e["kv_cache_prompt"]
-            total = static + max(act_full, kv)  # rollout and update phases do not overlap
-            g = lambda x: f"{x / GiB:.1f}"
-            rows.append(f"| {name} | {sl} ({n}) | {g(static)} | {g(mixed)} | {g(act_full)} | "
-                        f"{g(act_none)} | {g(act_trainer)} (b={b:g}) | {g(kv)} | {g(total)} "
-                        f"| {hbm} |")
+            e1 = estimate(name, k, n, 1)
+            bt = OFFICIAL["prompts_per_update"] * OFFICIAL["gens"] / n
+            et = estimate(name, k, n, bt)
+            # rollout (KV cache) and update (activations) are not live at the same time
+            total = e1["state_bf16"] + max(e1["peak_full"], e1["kv_cache"])
+            rows.append(f"| {name} | {sl} ({n}) | {gib(e1['state_bf16'])} | "
+                        f"{gib(e1['state_mixed'])} | {gib(e1['peak_full'])} | "
+                        f"{gib(e1['peak_none'])} | {gib(et['peak_full'])} (b={bt:g}) | "
+                        f"{gib(e1['kv_cache'])} | {gib(total)} | {hbm} |")
     return rows
 
 
