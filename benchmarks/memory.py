@@ -248,8 +248,12 @@ def estimate(name: str, k: dict[str, float], n: int, b: float, act_bytes: int = 
                                                    prompts * v.num_heads * patches),
         # fp32 logits, softmax and their cotangent for one 256-position log-prob chunk
         "logits_chunk": b * 3 * 256 * t.vocab_size * 4,
-        # sampler: prompts of this device x G rows x (prompt + response) slots, k and v, bf16
-        "kv_cache": max(1.0, OFFICIAL["prompts_per_update"] / n) * g * s
+        # sampler (default group-shared cache): per prompt L prompt slots + G x T sample slots,
+        # k and v, bf16; `kv_cache_repeat` = the QWEN2_5_VL_REPEAT mode, G x (L + T) slots
+        "kv_cache": max(1.0, OFFICIAL["prompts_per_update"] / n)
+        * (OFFICIAL["prompt"] + g * OFFICIAL["response"]) * t.num_hidden_layers * 2 * kvd
+        * act_bytes,
+        "kv_cache_repeat": max(1.0, OFFICIAL["prompts_per_update"] / n) * g * s
         * t.num_hidden_layers * 2 * kvd * act_bytes,
     }
     out["peak_full"] = out["act_full"] + out["recompute"] + out["attn_chunk"] + out["logits_chunk"]
@@ -264,6 +268,7 @@ def device_table(k: dict[str, float]) -> list[str]:
             "| update, no remat, b=1 | update, remat full, b=64/n | rollout KV cache "
             "| total, bf16 state, remat full, b=1 | HBM / device |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    # rollout KV column: group-shared cache (default sampler), repeat mode in parentheses
     gib = lambda x: f"{x / GiB:.1f}"
     for name in PARAMS:
         for sl, n, hbm in SLICES:
@@ -275,7 +280,8 @@ def device_table(k: dict[str, float]) -> list[str]:
             rows.append(f"| {name} | {sl} ({n}) | {gib(e1['state_bf16'])} | "
                         f"{gib(e1['state_mixed'])} | {gib(e1['peak_full'])} | "
                         f"{gib(e1['peak_none'])} | {gib(et['peak_full'])} (b={bt:g}) | "
-                        f"{gib(e1['kv_cache'])} | {gib(total)} | {hbm} |")
+                        f"{gib(e1['kv_cache'])} ({gib(e1['kv_cache_repeat'])}) | {gib(total)} "
+                        f"| {hbm} |")
     return rows
 
 
