@@ -71,6 +71,7 @@ def tiny_wide(args: argparse.Namespace, layers: int, remat: str) -> ModelConfig:
     the real models)."""
     base = get_preset("tiny")
     vd = args.vision_depth
+    heads = args.hidden // 128
     full = tuple(i for i in range(vd) if i % 4 == 3) or (vd - 1,)  # real: every 8th block
     vision = VisionConfig(depth=vd, hidden_size=args.vision_hidden,
                           intermediate_size=args.vision_hidden * 8 // 3,
@@ -78,7 +79,7 @@ def tiny_wide(args: argparse.Namespace, layers: int, remat: str) -> ModelConfig:
                           window_size=112, fullatt_block_indexes=full)
     text = TextConfig(vocab_size=args.vocab, hidden_size=args.hidden,
                       intermediate_size=args.hidden * 8 // 3, num_hidden_layers=layers,
-                      num_attention_heads=args.hidden // 128, num_key_value_heads=2,
+                      num_attention_heads=heads, num_key_value_heads=2 if heads % 2 == 0 else 1,
                       mrope_section=(16, 24, 24), max_position_embeddings=32768)
     return dataclasses.replace(base, vision=vision, text=text, remat=remat,
                                param_dtype=args.dtype, compute_dtype=args.dtype,
@@ -137,6 +138,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
                                 chunk=int(c.rl.logprob_chunk))
     if args.donate:  # the trainer's step does not donate; this shows what donation would save
         step = jax.jit(step.__wrapped__, donate_argnums=(0, 1))
+        # optax may hand out one zeros buffer for several leaves; a buffer is donated only once
+        params, opt_state = jax.tree.map(jnp.copy, (params, opt_state))
     t0 = time.perf_counter()
     compiled = step.lower(params, opt_state, batch).compile()
     ma = compiled.memory_analysis()
@@ -198,7 +201,8 @@ def calibrate(rows: list[dict[str, Any]], dtype_bytes: int, args: argparse.Names
     if len(lays) < 2 or len(toks) < 2:
         return out
     (l1, l2), (s, big) = (lays[0], lays[-1]), (toks[0], toks[-1])
-    kv = 2 * 128 * 2  # k and v of 2 kv heads of 128
+    t = tiny_wide(args, 1, "none").text
+    kvd = t.num_key_value_heads * t.head_dim
     for remat in sorted({r["remat"] for r in rows}):
         try:
             d_big = by[(remat, l2, big)] - by[(remat, l1, big)]
@@ -206,7 +210,7 @@ def calibrate(rows: list[dict[str, Any]], dtype_bytes: int, args: argparse.Names
         except KeyError:
             continue
         per_layer = (d_big - d_small) / (l2 - l1)
-        formula = (big - s) * layer_act_elems(args.hidden, args.hidden * 8 // 3, kv // 2, remat)
+        formula = (big - s) * layer_act_elems(t.hidden_size, t.intermediate_size, kvd, remat)
         formula *= dtype_bytes * args.reps
         out[remat] = {"act_per_layer_MiB": per_layer / MiB, "formula_MiB": formula / MiB,
                       "k": per_layer / formula}
@@ -326,6 +330,14 @@ def _specs(args: argparse.Namespace) -> list[dict[str, Any]]:
             raise SystemExit(f"--layers: {x} is not a positive layer count")
     if args.hidden % 128 or args.vision_hidden % 64:
         raise SystemExit("--hidden must be a multiple of 128 and --vision-hidden of 64")
+    bad = [r for r in args.remat.split(",") if r not in ("none", "full", "dots")]
+    if bad:
+        raise SystemExit(f"--remat: unknown policies {bad}; choose from none, full, dots")
+    if args.side < 2 or args.side % 2:
+        raise SystemExit(f"--side {args.side} must be an even number of patches >= 2")
+    if args.tokens - args.completion < args.side**2 // 4 + 4:
+        raise SystemExit(f"--tokens - --completion = {args.tokens - args.completion} prompt "
+                         f"tokens cannot hold {args.side**2 // 4} image tokens + text")
     if args.completion >= args.tokens:
         raise SystemExit(f"--completion {args.completion} must be < --tokens {args.tokens}")
     shared = {k: v for k, v in vars(args).items() if k != "worker"}
