@@ -333,7 +333,7 @@ def _tiny_training(c: mlc.ConfigDict) -> None:
     c.rl.max_new_tokens = 32  # VQA answers are 4-5 tokens; one-line plans fit
     c.optim.lr = 1e-4
     c.checkpoint.every_steps = 200
-    c.eval.batch_size = 256
+    c.eval.batch_size = 64  # 64 x 36 patch rows = the largest tiny patch bucket (2304)
     c.eval.max_new_tokens = 32
     c.eval.questions_per_task = 1024
     c.eval.every_steps = 0

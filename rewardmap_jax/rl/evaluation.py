@@ -57,7 +57,15 @@ def generate_answers(model: Any, config: Any, sources: Mapping[str, Any], tokeni
     records: list[Record] = []
     texts: list[str] = []
     key = jax.random.key(0)
-    for batch in _pipeline(config, sources, int(ev.batch_size)).iterator():
+    it = _pipeline(config, sources, int(ev.batch_size)).iterator()
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            break
+        except ValueError as e:
+            raise ValueError(f"held-out evaluation batch (eval.batch_size={ev.batch_size}): {e}; "
+                             "or lower eval.batch_size") from e
         prompts = ro.prepare_prompts(batch, cfg)
         out = ro.sample(model, prompts, sp, key)
         texts += ro.decode_completions(tokenizer, np.asarray(out.tokens),
