@@ -21,6 +21,9 @@ from rewardmap_jax.mapworld.records import TASK_TYPES, Record
 
 def _config(**data):
     c = get_config("tiny")
+    # These tests are about the official one-pass schedule, not the tiny demo's stages.
+    c.curriculum.preset = "official"
+    c.curriculum.stages = ()
     c.data.mapworld_questions_per_task = 8
     c.data.shard = "none"
     for k, v in data.items():

@@ -20,6 +20,9 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 def _config(**data):
     c = get_config("tiny")
+    # These tests are about the official one-pass schedule, not the tiny demo's stages.
+    c.curriculum.preset = "official"
+    c.curriculum.stages = ()
     c.data.shard = "none"
     c.data.source = "reasonmap"
     c.data.batch_size = 4
