@@ -280,7 +280,10 @@ class Trainer:
         return batch, prompts, res
 
     def _dynamic_sampling(self, key, first):
-        """DAPO: replace groups whose G rewards are all equal by groups from further batches."""
+        """DAPO: replace groups whose G rewards are all equal by groups from further batches.
+
+        Extra rounds draw further curriculum batches, so a run with dynamic sampling needs a
+        curriculum longer than `train.rl_steps` batches (or `curriculum.repeat`)."""
         rl = self.config.rl
         rounds = [first]
         b = first[0]["input_ids"].shape[0]
@@ -290,7 +293,10 @@ class Trainer:
                     for x in rounds]
             if sum(int(k.sum()) for k in keep) >= b or r == max_rounds:
                 break
-            rounds.append(self._sample_round(jax.random.fold_in(key, r)))
+            try:
+                rounds.append(self._sample_round(jax.random.fold_in(key, r)))
+            except StopIteration:  # the curriculum is used up: train on what we have
+                break
         picks = [(i, j) for i, k in enumerate(keep) for j in np.flatnonzero(k)]
         filtered = [(i, j) for i, k in enumerate(keep) for j in np.flatnonzero(~k)]
         picks = (picks + filtered)[:b]
@@ -315,7 +321,14 @@ class Trainer:
         rl = self.config.rl
         key = jax.random.fold_in(self.base_key, step)
         t0 = time.perf_counter()
-        batch, prompts, res = self._sample_round(key)
+        try:
+            batch, prompts, res = self._sample_round(key)
+        except StopIteration:
+            raise ConfigError(
+                f"the RL curriculum ran out of batches at step {step} (train.rl_steps="
+                f"{self.rl_steps}); with rl.dynamic_sampling every step may draw up to "
+                "rl.dynamic_sampling_max_rounds batches: lengthen the curriculum or set "
+                "curriculum.repeat") from None
         extra: dict[str, Any] = {}
         if rl.dynamic_sampling:
             batch, prompts, res, extra = self._dynamic_sampling(key, (batch, prompts, res))
