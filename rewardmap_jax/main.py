@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import logging as std_logging
 import os
 import sys
 from collections.abc import Sequence
@@ -40,6 +41,20 @@ PREVIEW_SUBDIR = "preview"
 PREVIEW_QUESTIONS = 12
 
 _FLAGS: dict[str, Any] = {}
+
+
+class _OwnInfoOnly(std_logging.Filter):
+    """Keeps INFO records of this package and drops other libraries' INFO chatter (Orbax logs
+    tens of lines per checkpoint), so the console shows the progress bar and our messages.
+    Warnings and errors always pass; `--verbosity=1` shows everything."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or "rewardmap_jax" in record.pathname
+
+
+def _quiet_third_party_info() -> None:
+    if logging.get_verbosity() < 1:
+        logging.get_absl_handler().addFilter(_OwnInfoOnly())
 
 
 def _define_flags(argv: Sequence[str]) -> None:
@@ -196,6 +211,7 @@ def run(config: mlc.ConfigDict, workdir: str | Path) -> int:
 def main(argv: Sequence[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected positional arguments: {list(argv[1:])}")
+    _quiet_third_party_info()
     config = _FLAGS["config"].value
     try:
         preset = config.get("preset", "run")
