@@ -26,6 +26,7 @@ def get_config(arg: str | None = None):
     c.rl.num_generations = 2
     c.rl.mini_batch_size = 2
     c.rl.max_new_tokens = 6
+    c.rl.dynamic_sampling = False  # one curriculum batch per step (the tiny preset uses DS)
     c.eval.at_sft_end = False
     c.eval.final = False
     c.eval.every_steps = 0
