@@ -9,15 +9,12 @@ saves the resolved config to WORKDIR/config.{json,yaml}, then runs
 `rewardmap_jax.rl.trainer.run(config, workdir)`, which resumes from the latest checkpoint in
 WORKDIR. Unknown keys and values of the wrong type stop the run before any compute.
 
-Exit codes: 0 done; 1 bad flags or config; 3 training is not available in this checkout (the
-trainer module is missing): a preview of the map world is written instead, and nothing trains.
+Exit codes: 0 done; 1 bad flags or config.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import json
 import logging as std_logging
 import os
 import sys
@@ -34,11 +31,8 @@ from rewardmap_jax import config_utils
 # `--help` prints this docstring: append the config file's own (presets and run commands).
 __doc__ = f"{__doc__}\n{config_utils.config_doc()}"
 
-TRAINER_MODULE = "rewardmap_jax.rl.trainer"
-DISTRIBUTED_MODULE = "rewardmap_jax.distributed"
-EXIT_NO_TRAINER = 3
-PREVIEW_SUBDIR = "preview"
-PREVIEW_QUESTIONS = 12
+
+TRAINER_MODULE = "rewardmap_jax.rl.trainer"  # tests substitute a fake trainer
 
 _FLAGS: dict[str, Any] = {}
 
@@ -84,15 +78,6 @@ def _unknown_key_message(argv: Sequence[str], error: Exception) -> str:
     )
 
 
-def _optional_module(name: str) -> Any | None:
-    """The module if it exists in this checkout (errors inside it are not hidden)."""
-    try:
-        found = importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        found = False
-    return importlib.import_module(name) if found else None
-
-
 def _env_int(name: str) -> int | None:
     value = os.environ.get(name)
     if value is None:
@@ -114,7 +99,8 @@ def initialize_distributed(config: mlc.ConfigDict) -> None:
     """
     import jax
 
-    dist = _optional_module(DISTRIBUTED_MODULE)
+    from rewardmap_jax import distributed
+
     addr = os.environ.get("JAX_COORDINATOR_ADDRESS")
     nproc, pid = _env_int("JAX_NUM_PROCESSES"), _env_int("JAX_PROCESS_ID")
     if addr and nproc is not None and pid is not None:
@@ -124,41 +110,11 @@ def initialize_distributed(config: mlc.ConfigDict) -> None:
             "num_processes": nproc,
             "process_id": pid,
         }
-        if dist is not None:
-            dist.initialize_distributed(explicit)
-        else:
-            jax.distributed.initialize(addr, num_processes=nproc, process_id=pid)
+        distributed.initialize_distributed(explicit)
     elif os.environ.get("REWARDMAP_DISTRIBUTED") == "1":
         jax.distributed.initialize()
-    elif dist is not None:
-        dist.initialize_distributed(config.get("mesh", {}))
-
-
-def preview_mapworld(config: mlc.ConfigDict, workdir: Path, n: int = PREVIEW_QUESTIONS) -> Path:
-    """Writes sample map-world maps and questions (no model) to WORKDIR/preview/.
-
-    `index.html` shows each map with its question and reference answer; `questions.jsonl`
-    lists them. Returns the preview directory.
-    """
-    from rewardmap_jax import gallery
-    from rewardmap_jax.mapworld.generator import generate_records
-    from rewardmap_jax.mapworld.questions import answer_text
-
-    world = config.data.get("mapworld_world", "tiny") if "data" in config else "tiny"
-    records = generate_records(world, "train", n)
-    out = workdir / PREVIEW_SUBDIR
-    (out / "maps").mkdir(parents=True, exist_ok=True)
-    items = []
-    with (out / "questions.jsonl").open("w") as f:
-        for i, r in enumerate(records):
-            r.figure.save(out / "maps" / f"{i:03d}.png")
-            row = {k: v for k, v in r.to_row().items() if k not in ("figure", "json", "routes")}
-            row["reference_answer"] = answer_text(r)
-            f.write(json.dumps(row) + "\n")
-            items.append(gallery.item_from_record(r, [], []))
-    page = gallery.render_gallery(items, title=f"Map-world preview ({world}): no model, no rewards")
-    (out / "index.html").write_text(page, encoding="utf-8")
-    return out
+    else:
+        distributed.initialize_distributed(config.get("mesh", {}))
 
 
 def run(config: mlc.ConfigDict, workdir: str | Path) -> int:
@@ -193,19 +149,8 @@ def run(config: mlc.ConfigDict, workdir: str | Path) -> int:
 
         # No host starts before the workdir and its config exist.
         multihost_utils.sync_global_devices("rewardmap_jax.main: workdir ready")
-    trainer = _optional_module(TRAINER_MODULE)
-    if trainer is not None:
-        trainer.run(config, str(workdir))
-        return 0
-    msg = (
-        f"training is not available yet: {TRAINER_MODULE} does not exist in this checkout. "
-        "Nothing was trained."
-    )
-    if primary:
-        out = preview_mapworld(config, workdir)
-        msg += f" Wrote a map-world preview (maps, questions, reference answers) to {out}."
-        logging.warning(msg)
-    return EXIT_NO_TRAINER
+    importlib.import_module(TRAINER_MODULE).run(config, str(workdir))
+    return 0
 
 
 def main(argv: Sequence[str]) -> int:

@@ -1,4 +1,4 @@
-"""The main CLI (flags, config errors, saving, dispatch, preview), config helpers, launcher."""
+"""The main CLI (flags, config errors, saving, dispatch), config helpers, launcher."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import yaml
 
 from configs import curriculum
 from rewardmap_jax import config_utils
-from rewardmap_jax import main as main_mod
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,39 +101,6 @@ def test_help_lists_presets(tmp_path):
         assert preset in text
     assert "--config.rl.num_generations=8" in text  # the config docstring's examples
     assert "--workdir" in text
-
-
-def test_without_trainer_main_writes_an_honest_preview(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(main_mod, "TRAINER_MODULE", "rewardmap_jax.rl.no_such_trainer")
-    config = curriculum.get_config("tiny")
-    assert main_mod.run(config, tmp_path) == main_mod.EXIT_NO_TRAINER
-    assert "training is not available yet" in caplog.text and "Nothing was trained" in caplog.text
-    preview = tmp_path / "preview"
-    rows = [json.loads(x) for x in (preview / "questions.jsonl").read_text().splitlines()]
-    assert len(rows) == main_mod.PREVIEW_QUESTIONS
-    assert {r["type"] for r in rows} == set(curriculum_task_types())
-    assert all(r["reference_answer"] for r in rows)
-    assert len(list((preview / "maps").glob("*.png"))) == len(rows)
-    page = (preview / "index.html").read_text()
-    assert page.count("data:image/png;base64,") == len(rows)
-    assert "no model, no rewards" in page
-    assert (tmp_path / "config.json").exists()
-    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.jsonl").exists()
-
-
-def curriculum_task_types() -> tuple[str, ...]:
-    from rewardmap_jax.mapworld.records import TASK_TYPES
-
-    return TASK_TYPES
-
-
-def test_missing_optional_module_vs_broken_module(tmp_path, monkeypatch):
-    assert main_mod._optional_module("rewardmap_jax.no_such_module") is None
-    assert main_mod._optional_module("no_such_package.trainer") is None
-    (tmp_path / "broken_trainer_mod.py").write_text("raise RuntimeError('bug inside')\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(RuntimeError, match="bug inside"):  # real errors are never hidden
-        main_mod._optional_module("broken_trainer_mod")
 
 
 def test_config_helpers(tmp_path):
