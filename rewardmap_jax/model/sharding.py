@@ -140,7 +140,8 @@ def _logical_names(v: nnx.Variable) -> tuple | None:
     return None
 
 
-def _path_str(path: tuple) -> str:
+def path_str(path: tuple) -> str:
+    """'/'-joined key path of a pytree leaf (e.g. 'visual/blocks/0/attn/qkv/kernel')."""
     parts = []
     for k in path:
         for attr in ("key", "name", "idx"):
@@ -175,7 +176,7 @@ def state_specs(
         shape = getattr(value, "shape", None)
         if shape is None:
             return x.replace(None) if _is_var(x) else None
-        where = _path_str(path)
+        where = path_str(path)
         names = _logical_names(x) if _is_var(x) else None
         if names is None:
             names = next((n for p, n in compiled if p.search(where)), None)

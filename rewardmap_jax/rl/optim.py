@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from rewardmap_jax.model.sharding import path_str
+
 Array = jax.Array
 PyTree = Any
 
@@ -58,19 +60,6 @@ def make_schedule(ocfg: Any, total_steps: int) -> optax.Schedule:
             end_value=lr * float(ocfg.min_lr_ratio),
         )
     raise ValueError(f"unknown optim.schedule {ocfg.schedule!r}; choose one of {SCHEDULES}")
-
-
-def path_str(path: tuple) -> str:
-    """'/'-joined key path of a pytree leaf (e.g. 'visual/blocks/0/attn/qkv/kernel')."""
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
 
 
 def param_labels(params: PyTree, frozen_regex: str) -> PyTree:

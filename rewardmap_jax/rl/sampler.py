@@ -35,6 +35,7 @@ import numpy as np
 from flax import nnx, struct
 from jax import lax
 
+from rewardmap_jax.data.prompts import pick_bucket  # noqa: F401  (re-exported: bucketing API)
 from rewardmap_jax.model.config import ModelConfig
 from rewardmap_jax.model.kv_cache import KVCache, SharedKVCache
 from rewardmap_jax.rl import sampling
@@ -371,14 +372,6 @@ def _check_prompts(ids: jax.Array, mask: jax.Array, pos: jax.Array) -> None:
 # ---------------------------------------------------------------------------------------------
 # Host-side bucketing
 # ---------------------------------------------------------------------------------------------
-
-
-def pick_bucket(n: int, buckets: Sequence[int]) -> int:
-    """Smallest bucket >= n (buckets ascending); raises if n exceeds the largest bucket."""
-    for b in sorted(buckets):
-        if n <= b:
-            return b
-    raise ValueError(f"length {n} exceeds the largest bucket {max(buckets)}; add a bigger bucket")
 
 
 def left_pad(
