@@ -170,6 +170,7 @@ def _sft_config() -> mlc.ConfigDict:
     s.schedule = "warmup_cosine"
     s.warmup_steps = 100
     s.min_lr_ratio = 0.1
+    s.grad_accum = 1  # micro-batches per update (divides batch_size; same update as one pass)
     # (task type, mixture weight) pairs of the supervised mixture
     s.tasks = (("TorF1", 1.0), ("TorF2", 1.0), ("Counting1", 1.0), ("Counting2", 1.0),
                ("Counting3", 1.0), ("planning", 1.0))

@@ -39,17 +39,35 @@ def eval_sources(world: Any, split: str, per_task: int, tasks: Sequence[str]
     return {t: MapWorldSource(world, split, t, per_task) for t in tasks}
 
 
+def config_errors(config: Any, patch_size: int) -> list[str]:
+    """Evaluation settings that cannot work, each naming its keys ([] when consistent): an eval
+    batch whose images cannot fit the largest patch bucket even at `data.min_pixels` each."""
+    ev, d = config.eval, config.data
+    bs = int(ev.batch_size)
+    if bs < 1:
+        return [f"eval.batch_size ({bs}) must be >= 1"]
+    least = -(-int(d.min_pixels) // (patch_size * patch_size))  # patch rows of one image, >=
+    cap = max(int(x) for x in d.patch_buckets)
+    if bs * least > cap:
+        return [f"eval.batch_size ({bs}) x at least {least} patch rows per image "
+                f"(data.min_pixels {d.min_pixels}) exceeds the largest data.patch_buckets "
+                f"entry ({cap}); lower eval.batch_size"]
+    return []
+
+
 def _pipeline(config: Any, sources: Mapping[str, Any], batch_size: int) -> DataPipeline:
+    # drop_remainder=False: the last partial batch is padded with `valid` = 0 copies, so every
+    # question is evaluated exactly once whatever eval.batch_size (one sampler compilation).
     schedule = Schedule((Stage("eval", {t: 1.0 for t in sources}),))
     return DataPipeline.from_config(config, sources=dict(sources), schedule=schedule,
                                     batch_size=batch_size, repeat=False, seed=int(config.seed),
-                                    shard_index=0, shard_count=1)
+                                    shard_index=0, shard_count=1, drop_remainder=False)
 
 
 def generate_answers(model: Any, config: Any, sources: Mapping[str, Any], tokenizer: Any,
                      max_questions: int = 0) -> tuple[list[Record], list[str]]:
-    """Greedy completions for every question of `sources` (a multiple of eval.batch_size;
-    the last partial batch is dropped by the pipeline)."""
+    """Greedy completions for every question of `sources`, each exactly once (the padding
+    copies of the last partial batch are dropped); the first `max_questions` when > 0."""
     ev = config.eval
     cfg = model.cfg
     sp = sampler.params_from_config(config.rl, cfg, num_generations=1, temperature=0.0,
@@ -68,11 +86,13 @@ def generate_answers(model: Any, config: Any, sources: Mapping[str, Any], tokeni
                              "or lower eval.batch_size") from e
         prompts = ro.prepare_prompts(batch, cfg)
         out = ro.sample(model, prompts, sp, key)
-        texts += ro.decode_completions(tokenizer, np.asarray(out.tokens),
-                                       np.asarray(out.lengths), sp.stop_ids)
-        records += batch["records"]
+        done = ro.decode_completions(tokenizer, np.asarray(out.tokens),
+                                     np.asarray(out.lengths), sp.stop_ids)
+        keep = np.flatnonzero(np.asarray(batch["valid"]))
+        texts += [done[i] for i in keep]
+        records += [batch["records"][i] for i in keep]
         if max_questions and len(records) >= max_questions:
-            break
+            return records[:max_questions], texts[:max_questions]
     return records, texts
 
 

@@ -38,31 +38,38 @@ Array = jax.Array
 TRACE_COUNTS: collections.Counter[str] = collections.Counter()
 
 
-def embed(model: Any, ids: Array, vision: Any, vis_offsets: Array, reps: int) -> Array:
+def _maybe_frozen(feats: Array, frozen: bool) -> Array:
+    return jax.lax.stop_gradient(feats) if frozen else feats
+
+
+def embed(model: Any, ids: Array, vision: Any, vis_offsets: Array, reps: int,
+          freeze_vision: bool = False) -> Array:
     """Token embeddings (N, S, D) of N = B * reps rows with each prompt's image features.
 
     The vision tower runs once on the B prompts' images; row r = b * reps + g takes the k-th
     feature of prompt b at its k-th image pad (every copy of a prompt has the same pads).
     `vision` is either one packed buffer (leaves (P, ...)) or per-image buffers stacked
     (leaves (B, P_1, ...), all images with the same grid), which the tower runs image by image.
+    `freeze_vision`: no gradient into the tower (its activations need not be kept for backward).
     """
     x = model.language_model.embed(ids)
     cfg = model.cfg
     is_vis = (ids == cfg.image_token_id) | (ids == cfg.video_token_id)
     rank = jnp.cumsum(is_vis, axis=1) - 1
     if vision.pixels.ndim == 3:  # stacked per-image buffers
-        feats = jax.vmap(model.visual)(vision).astype(x.dtype)  # (B, M_1, D)
+        feats = _maybe_frozen(jax.vmap(model.visual)(vision).astype(x.dtype), freeze_vision)
         b_idx = jnp.repeat(jnp.arange(feats.shape[0]), reps)[:, None]
         vis = feats[b_idx, jnp.clip(rank, 0, feats.shape[1] - 1)]
     else:
-        feats = model.visual(vision).astype(x.dtype)  # (M, D), prompts in order
+        feats = _maybe_frozen(model.visual(vision).astype(x.dtype), freeze_vision)  # (M, D)
         idx = jnp.clip(jnp.repeat(vis_offsets, reps)[:, None] + rank, 0, feats.shape[0] - 1)
         vis = jnp.take(feats, idx, axis=0)
     return jnp.where(is_vis[..., None], vis, x)
 
 
 def sequence_logprobs(
-    model: Any, batch: dict[str, Any], reps: int, chunk: int, with_entropy: bool = True
+    model: Any, batch: dict[str, Any], reps: int, chunk: int, with_entropy: bool = True,
+    freeze_vision: bool = False,
 ) -> tuple[Array, Array | None]:
     """Log-probs (N, T) fp32 (and entropies) of `completion` after the prompts.
 
@@ -80,7 +87,7 @@ def sequence_logprobs(
     ids = jnp.concatenate([ids_p, comp], axis=1)
     mask = jnp.concatenate([mask_p, batch["completion_mask"].astype(bool)], axis=1)
     pos = jnp.concatenate([pos_p, jnp.broadcast_to(pos_c[None], (3, n, t))], axis=2)
-    x = embed(model, ids, batch["vision"], batch["vis_offsets"], reps)
+    x = embed(model, ids, batch["vision"], batch["vis_offsets"], reps, freeze_vision)
     hidden, _ = model.language_model(x, pos, mask, None)
     return completion_logprobs(hidden, comp, length, model.logits, chunk_size=chunk,
                                with_entropy=with_entropy)
@@ -92,30 +99,106 @@ def _apply(tx: optax.GradientTransformation, params, opt_state, grads, loss):
     return optax.apply_updates(params, updates), opt_state, optax.tree.norm(grads)
 
 
-def make_sft_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
-                  loss_agg: str = "token-mean", chunk: int = 256) -> Callable:
-    """`step(params, opt_state, batch) -> (params, opt_state, metrics)`: cross-entropy on the
-    answer tokens (`completion` = target ids incl. `<|im_end|>`, `completion_mask`)."""
+# Completion-row keys (N = B * reps rows); everything else in a SeqBatch is per prompt.
+_ROW_KEYS = ("completion", "completion_mask", "old_logps", "ref_logps", "advantages")
 
-    def loss_fn(params, batch):
-        model = nnx.merge(graphdef, params)
-        logps, _ = sequence_logprobs(model, batch, 1, chunk, with_entropy=False)
-        mask = batch["completion_mask"]
-        loss, m = sft.sft_loss(logps, mask, loss_agg=loss_agg)
-        # Whole-answer exact match under teacher forcing: every answer token has p > 0.5.
-        ok = jnp.all((logps > jnp.log(0.5)) | ~mask.astype(bool), axis=1)
-        m["answer_match"] = ok.mean(dtype=jnp.float32)
-        return loss, m
+
+def _by_prompt(batch: dict[str, Any], reps: int) -> dict[str, Any]:
+    """The batch with the prompt axis leading on every leaf, so `optim.accumulate_gradients`
+    can slice micro-batches of whole prompt groups (rows (B, reps, ...), positions (B, 3, L))."""
+    if batch["vision"].pixels.ndim != 3:
+        raise ValueError("grad_accum > 1 needs one image buffer per prompt (every image with "
+                         "the same patch grid); this batch has one packed buffer")
+    out = {k: v for k, v in batch.items() if k not in ("positions", "vis_offsets")}
+    out["positions"] = jnp.moveaxis(batch["positions"], 1, 0)
+    for k in _ROW_KEYS:
+        if k in batch:
+            out[k] = batch[k].reshape(-1, reps, *batch[k].shape[1:])
+    return out
+
+
+def _from_prompt(mb: dict[str, Any], reps: int) -> dict[str, Any]:
+    out = dict(mb)
+    out["positions"] = jnp.moveaxis(mb["positions"], 0, 1)
+    out["vis_offsets"] = jnp.zeros(mb["prompt_ids"].shape[:1], jnp.int32)  # unused (stacked)
+    for k in _ROW_KEYS:
+        if k in mb:
+            out[k] = mb[k].reshape(-1, *mb[k].shape[2:])
+    return out
+
+
+def _combine(aux: dict[str, Array]) -> dict[str, Array]:
+    """Per-micro-batch metrics (leading axis) -> one value: losses (already over the global
+    denominator) and token counts add up, maxima/alarms take the max, the rest the mean (exact
+    for means over equal-size micro-batches, an approximation for token-weighted means)."""
+    out = {}
+    for k, v in aux.items():
+        if k in ("loss", "pg_loss", "kl", "entropy", "tokens"):
+            out[k] = v.sum(0)
+        elif k.endswith("_max") or k == "logp_alarm":
+            out[k] = v.max(0)
+        elif k.endswith("_min"):
+            out[k] = v.min(0)
+        else:
+            out[k] = v.mean(0)
+    return out
+
+
+def _global_denom(mask: Array, agg: str, norm_len: int) -> Array:
+    return grpo.aggregate_parts(jnp.zeros(mask.shape, jnp.float32), mask, agg, norm_len)[1]
+
+
+def _accumulated_step(loss_fn: Callable, tx: optax.GradientTransformation, reps: int,
+                      grad_accum: int, denom_fn: Callable, name: str) -> Callable:
+    """jit(step(params, opt_state, batch)): `loss_fn(params, batch, denom)` summed over
+    `grad_accum` micro-batches of whole prompt groups with the full batch's denominator, so
+    the update equals the full-batch one (optim.accumulate_gradients)."""
 
     @jax.jit
     def step(params, opt_state, batch):
-        TRACE_COUNTS["sft_step"] += 1
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+        TRACE_COUNTS[name] += 1
+        denom = denom_fn(batch)
+        if grad_accum == 1:
+            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                params, batch, denom)
+        else:
+            if batch["prompt_ids"].shape[0] % grad_accum:
+                raise ValueError(f"{batch['prompt_ids'].shape[0]} prompts per update are not "
+                                 f"divisible by grad_accum {grad_accum}")
+            (loss, aux), grads = optim.accumulate_gradients(
+                lambda p, mb: loss_fn(p, _from_prompt(mb, reps), denom), params,
+                _by_prompt(batch, reps), grad_accum)
+            metrics = _combine(aux)
         params, opt_state, gnorm = _apply(tx, params, opt_state, grads, loss)
         metrics["grad_norm"] = gnorm
         return params, opt_state, metrics
 
     return step
+
+
+def make_sft_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
+                  loss_agg: str = "token-mean", chunk: int = 256, grad_accum: int = 1,
+                  freeze_vision: bool = False) -> Callable:
+    """`step(params, opt_state, batch) -> (params, opt_state, metrics)`: cross-entropy on the
+    answer tokens (`completion` = target ids incl. `<|im_end|>`, `completion_mask`).
+
+    `grad_accum` micro-batches (rows of the batch) per update, same update as one pass;
+    `freeze_vision` stops the gradient at the vision features."""
+
+    def loss_fn(params, batch, denom):
+        model = nnx.merge(graphdef, params)
+        logps, _ = sequence_logprobs(model, batch, 1, chunk, with_entropy=False,
+                                     freeze_vision=freeze_vision)
+        mask = batch["completion_mask"]
+        loss, m = sft.sft_loss(logps, mask, loss_agg=loss_agg, denom=denom)
+        # Whole-answer exact match under teacher forcing: every answer token has p > 0.5.
+        ok = jnp.all((logps > jnp.log(0.5)) | ~mask.astype(bool), axis=1)
+        m["answer_match"] = ok.mean(dtype=jnp.float32)
+        return loss, m
+
+    return _accumulated_step(
+        loss_fn, tx, 1, grad_accum,
+        lambda b: _global_denom(b["completion_mask"], loss_agg, 0), "sft_step")
 
 
 def make_logprob_fn(graphdef: nnx.GraphDef, reps: int, chunk: int = 256) -> Callable:
@@ -133,31 +216,60 @@ def make_logprob_fn(graphdef: nnx.GraphDef, reps: int, chunk: int = 256) -> Call
 
 def make_grpo_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                    cfg: grpo.GRPOLossConfig, reps: int, *, chunk: int = 256,
-                   mismatch_threshold: float = 0.05) -> Callable:
+                   mismatch_threshold: float = 0.05, grad_accum: int = 1,
+                   freeze_vision: bool = False) -> Callable:
     """`step(params, opt_state, batch) -> (params, opt_state, metrics)`: one GRPO update.
 
     `batch` holds `old_logps` (the sampler's when one update per batch), `ref_logps` (zeros
     when kl_coef == 0), `advantages`. Also reports how far the learner's log-probs before the
     update are from `old_logps` (`logp_diff_mean`, ...; meaningful on the first update only).
+    `grad_accum` micro-batches of whole prompt groups per update (the same update as one pass:
+    every micro-batch loss is over the full batch's denominator); `freeze_vision` stops the
+    gradient at the vision features (the tower's activations are not kept for backward).
     """
 
-    def loss_fn(params, batch):
+    def loss_fn(params, batch, denom):
         model = nnx.merge(graphdef, params)
         logps, ent = sequence_logprobs(model, batch, reps, chunk,
-                                       with_entropy=cfg.entropy_coef != 0)
+                                       with_entropy=cfg.entropy_coef != 0,
+                                       freeze_vision=freeze_vision)
         mask = batch["completion_mask"]
         loss, m = grpo.grpo_loss(logps, batch["old_logps"], batch["ref_logps"],
-                                 batch["advantages"], mask, cfg, entropy=ent)
+                                 batch["advantages"], mask, cfg, entropy=ent, denom=denom)
         m.update(grpo.logp_consistency(batch["old_logps"], jax.lax.stop_gradient(logps), mask,
                                        mismatch_threshold))
         return loss, m
 
-    @jax.jit
-    def step(params, opt_state, batch):
-        TRACE_COUNTS["grpo_step"] += 1
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
-        params, opt_state, gnorm = _apply(tx, params, opt_state, grads, loss)
-        metrics["grad_norm"] = gnorm
-        return params, opt_state, metrics
+    return _accumulated_step(
+        loss_fn, tx, reps, grad_accum,
+        lambda b: _global_denom(b["completion_mask"], cfg.loss_agg, cfg.norm_len), "grpo_step")
 
-    return step
+
+def config_errors(config: Any) -> list[str]:
+    """Update-step settings that cannot work, each naming its keys ([] when consistent):
+    grad_accum must divide the prompts of one update; a warmup_cosine warmup must be shorter
+    than the phase's optimizer updates."""
+    errs = []
+    rl, sft_c = config.rl, config.sft
+    b = int(config.data.batch_size)
+    mb = min(int(rl.mini_batch_size), b)
+    acc = int(rl.grad_accum)
+    if acc < 1 or mb % acc:
+        errs.append(f"rl.grad_accum ({acc}) must divide the prompts per update "
+                    f"min(rl.mini_batch_size, data.batch_size) = {mb}")
+    sacc = int(sft_c.get("grad_accum", 1))
+    if int(sft_c.steps) and (sacc < 1 or int(sft_c.batch_size) % sacc):
+        errs.append(f"sft.grad_accum ({sacc}) must divide sft.batch_size ({sft_c.batch_size})")
+    if (int(sft_c.steps) and sft_c.schedule == "warmup_cosine"
+            and int(sft_c.warmup_steps) >= int(sft_c.steps)):
+        errs.append(f"sft.warmup_steps ({sft_c.warmup_steps}) must be < sft.steps "
+                    f"({sft_c.steps}) with sft.schedule='warmup_cosine'")
+    rl_steps = int(config.train.rl_steps)
+    o = config.optim
+    if rl_steps and o.schedule == "warmup_cosine" and mb and b % mb == 0:
+        updates = rl_steps * (b // mb) * int(rl.ppo_epochs)
+        if int(o.warmup_steps) >= updates:
+            errs.append(f"optim.warmup_steps ({o.warmup_steps}) must be < the GRPO optimizer "
+                        f"updates train.rl_steps x data.batch_size / rl.mini_batch_size x "
+                        f"rl.ppo_epochs = {updates} with optim.schedule='warmup_cosine'")
+    return errs

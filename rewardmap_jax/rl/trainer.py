@@ -129,6 +129,16 @@ def rl_pipeline(config: mlc.ConfigDict) -> DataPipeline:
     return DataPipeline.from_config(config, **kw)
 
 
+def check_config(config: mlc.ConfigDict) -> None:
+    """Consistency of keys that would otherwise fail deep inside a compiled step or the
+    optimizer; raises `ConfigError` naming the keys."""
+    c = config
+    errors = steps.config_errors(c) + evaluation.config_errors(
+        c, model_config(c).vision.patch_size)
+    if errors:
+        raise ConfigError("; ".join(errors))
+
+
 def _device(tree: Any) -> Any:
     return jax.tree.map(jnp.asarray, tree)
 
@@ -150,9 +160,7 @@ class Trainer:
     def __init__(self, config: mlc.ConfigDict, workdir: str | Path) -> None:
         self.config, self.workdir = config, Path(workdir)
         rl = config.rl
-        if int(rl.grad_accum) != 1:
-            raise ConfigError("rl.grad_accum != 1 is not supported by the trainer; lower "
-                              "rl.mini_batch_size instead (prompts per optimizer update)")
+        check_config(config)
         self.mesh = sharding.make_mesh(config.mesh)
         self.model = build_model(config, self.mesh)
         self.graphdef, self.params = nnx.split(self.model, nnx.Param)
@@ -176,6 +184,7 @@ class Trainer:
         self.loss_cfg = grpo.GRPOLossConfig.from_config(rl)
         self.sp = sampler.params_from_config(rl, self.mcfg)
         self.base_key = jax.random.key(int(config.seed))
+        self.freeze_vision = bool(config.optim.freeze_vision)
         self.ref_params = None
         self.reports: list[dict[str, Any]] = []
 
@@ -185,14 +194,17 @@ class Trainer:
         chunk = int(self.config.rl.logprob_chunk)
         if phase == "sft":
             self.tx = _optimizer(self.config, "sft", self.sft_steps)
-            self.step_fn = steps.make_sft_step(self.graphdef, self.tx, chunk=chunk)
+            self.step_fn = steps.make_sft_step(
+                self.graphdef, self.tx, chunk=chunk, freeze_vision=self.freeze_vision,
+                grad_accum=int(self.config.sft.get("grad_accum", 1)))
         else:
             rl = self.config.rl
             updates = self.rl_steps * self.minibatches * int(rl.ppo_epochs)
             self.tx = _optimizer(self.config, "rl", updates)
             self.step_fn = steps.make_grpo_step(
                 self.graphdef, self.tx, self.loss_cfg, self.g, chunk=chunk,
-                mismatch_threshold=float(rl.logp_mismatch_alarm))
+                mismatch_threshold=float(rl.logp_mismatch_alarm), grad_accum=int(rl.grad_accum),
+                freeze_vision=self.freeze_vision)
             self.logp_fn = steps.make_logprob_fn(self.graphdef, self.g, chunk=chunk)
         self.phase = phase
 
