@@ -186,3 +186,18 @@ def reward_metrics(scores: dict[str, np.ndarray], records: Sequence[Record]) -> 
                 m[f"accuracy/{t}"] = float(acc[sel].mean())
         m["accuracy/mean"] = float(acc.mean())
     return m
+
+
+def select_rows(results: Sequence[RolloutResult], rows: Sequence[tuple[int, int]]
+                ) -> RolloutResult:
+    """Row `r` of `results[i]` for each `(i, r)` in `rows` (dynamic sampling's batch); the
+    advantage metrics are the first result's, the times the sums."""
+    first = results[0]
+    cat = lambda f: np.stack([getattr(results[i], f)[r] for i, r in rows])  # noqa: E731
+    return RolloutResult(
+        tokens=cat("tokens"), mask=cat("mask"), logps=cat("logps"), lengths=cat("lengths"),
+        texts=[results[i].texts[r] for i, r in rows],
+        records=[results[i].records[r] for i, r in rows],
+        scores={k: np.stack([results[i].scores[k][r] for i, r in rows]) for k in first.scores},
+        advantages=cat("advantages"), adv_metrics=first.adv_metrics,
+        times={k: sum(x.times[k] for x in results) for k in first.times})

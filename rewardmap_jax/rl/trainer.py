@@ -186,6 +186,7 @@ class Trainer:
         self.base_key = jax.random.key(int(config.seed))
         self.freeze_vision = bool(config.optim.freeze_vision)
         self.ref_params = None
+        self._done = 0  # the last completed step (for the failure message)
         self.reports: list[dict[str, Any]] = []
 
     # -- phases --------------------------------------------------------------------------------
@@ -313,17 +314,8 @@ class Trainer:
         filtered = [(i, j) for i, k in enumerate(keep) for j in np.flatnonzero(~k)]
         picks = (picks + filtered)[:b]
         batch = ro.select_examples([x[0] for x in rounds], picks, self.mcfg.pad_token_id)
-        res_list = [x[2] for x in rounds]
         rows = [(i, j * self.g + g) for i, j in picks for g in range(self.g)]
-        cat = lambda f: np.stack([getattr(res_list[i], f)[r] for i, r in rows])  # noqa: E731
-        res = ro.RolloutResult(
-            tokens=cat("tokens"), mask=cat("mask"), logps=cat("logps"), lengths=cat("lengths"),
-            texts=[res_list[i].texts[r] for i, r in rows],
-            records=[res_list[i].records[r] for i, r in rows],
-            scores={k: np.stack([res_list[i].scores[k][r] for i, r in rows])
-                    for k in first[2].scores},
-            advantages=cat("advantages"), adv_metrics=first[2].adv_metrics,
-            times={k: sum(x[2].times[k] for x in rounds) for k in first[2].times})
+        res = ro.select_rows([x[2] for x in rounds], rows)
         kept = int(sum(int(k.sum()) for k in keep))
         extra = {"dynamic_sampling/rounds": len(rounds), "dynamic_sampling/kept_groups": kept,
                  "dynamic_sampling/zero_var_frac": 1 - min(kept, b) / b}
@@ -430,11 +422,41 @@ class Trainer:
     def train(self) -> None:
         cfg = self.config
         ckpt = ck.CheckpointManager.from_config(self.workdir, cfg.checkpoint)
-        step = self._restore_or_init(ckpt)
-        writer = metrics_writer.MetricsWriter.from_config(
-            self.workdir, cfg.log, total_steps=self.total, initial_step=step)
+        writer = None
+        step = 0
+        try:
+            step = self._restore_or_init(ckpt)
+            writer = metrics_writer.MetricsWriter.from_config(
+                self.workdir, cfg.log, total_steps=self.total, initial_step=step)
+            step, preempted = self._loop(ckpt, writer, step)
+        except Exception as e:
+            if not isinstance(e, ConfigError):  # main prints those itself
+                log.error("training failed after step %d: %s: %s", self._done,
+                          type(e).__name__, e)
+            raise
+        finally:
+            # An in-flight async save must finish (or fail) now, not at interpreter shutdown:
+            # the run then leaves a complete checkpoint or none, and one error.
+            _close_quietly(writer, ckpt)
+        primary = jax.process_index() == 0
+        if primary and not preempted and cfg.log.plot_at_end:
+            try:
+                plots.plot_run(self.workdir)
+            except ValueError as e:  # no reward/accuracy metrics (e.g. an SFT-only run)
+                log.warning("no plot: %s", e)
+        if primary:
+            (self.workdir / "train_summary.json").write_text(json.dumps(
+                {"step": step, "total": self.total, "preempted": preempted,
+                 "compiles": compile_count(), "trace_counts": {
+                     **sampler.TRACE_COUNTS, **steps.TRACE_COUNTS, **reward_lib.TRACE_COUNT},
+                 "reports": self.reports}, indent=1))
+
+    def _loop(self, ckpt: ck.CheckpointManager, writer, step: int) -> tuple[int, bool]:
+        """Steps from `step` to the end (or a preemption); returns (last step, preempted)."""
+        cfg = self.config
         primary = jax.process_index() == 0
         preempted = False
+        self._done = step
         while step < self.total:
             if step == self.sft_steps and cfg.eval.at_sft_end and not self._has_report(
                     "warm_start"):
@@ -461,23 +483,12 @@ class Trainer:
                 ckpt.save(step, self._state(), data_state=self._data_state(),
                           metadata={"phase": self.phase, "reports": self.reports,
                                     "stage": str(m.get("stage_name", self.phase))})
+            self._done = step
             if ckpt.preempted and step < self.total:
                 log.warning("preempted: checkpoint at step %d saved, exiting", step)
                 preempted = True
                 break
-        writer.close()
-        ckpt.close()
-        if primary and not preempted and cfg.log.plot_at_end:
-            try:
-                plots.plot_run(self.workdir)
-            except ValueError as e:  # no reward/accuracy metrics (e.g. an SFT-only run)
-                log.warning("no plot: %s", e)
-        if primary:
-            (self.workdir / "train_summary.json").write_text(json.dumps(
-                {"step": step, "total": self.total, "preempted": preempted,
-                 "compiles": compile_count(), "trace_counts": {
-                     **sampler.TRACE_COUNTS, **steps.TRACE_COUNTS, **reward_lib.TRACE_COUNT},
-                 "reports": self.reports}, indent=1))
+        return step, preempted
 
     def _has_report(self, tag: str) -> bool:
         return any(r["tag"] == tag for r in self.reports)
@@ -485,6 +496,43 @@ class Trainer:
     def _eval(self, writer, step: int, tag: str, per_task: int) -> None:
         rep = self.evaluate(step, tag, per_task)
         writer.write(step, evaluation.eval_metrics(rep))
+
+
+def _close_quietly(writer: Any, ckpt: ck.CheckpointManager) -> None:
+    """Closes the metrics writer and the checkpoint manager (waiting for a pending save); a
+    failure here is logged, not raised, so it never hides the error that ended the run."""
+    for name, obj in (("metrics writer", writer), ("checkpoint manager", ckpt)):
+        if obj is None:
+            continue
+        try:
+            obj.close()
+        except Exception as e:  # noqa: BLE001
+            log.error("closing the %s failed: %s: %s", name, type(e).__name__, e)
+
+
+def generate_completions(config: mlc.ConfigDict, sources: dict[str, Any], *,
+                         workdir: str | None = None, hf_dir: str | None = None,
+                         step: int | None = None) -> tuple[list, list[str]]:
+    """Hook of `rewardmap_jax.evaluate`: greedy completions (`config.eval` settings) of every
+    question of `sources`, each once, from the params of checkpoint `step` (default: the
+    latest) in `workdir`, or from the Hugging Face directory `hf_dir`. Returns (records,
+    completions) in the same order."""
+    config = mlc.ConfigDict(config.to_dict())  # a run's config.json is locked
+    if hf_dir:
+        config.model.hf_dir = str(hf_dir)
+    model = build_model(config, sharding.make_mesh(config.mesh))
+    if not hf_dir:
+        if not workdir:
+            raise ValueError("generate_completions needs workdir or hf_dir")
+        graphdef, params = nnx.split(model, nnx.Param)
+        with ck.CheckpointManager(workdir, async_save=False, handle_preemption=False) as mgr:
+            got = mgr.restore({"params": ck.abstract_like(params)}, step, data_state=False)
+        if got is None:
+            raise FileNotFoundError(f"no complete checkpoint in {workdir}")
+        log.info("evaluating checkpoint step %d of %s", got.step, workdir)
+        model = nnx.merge(graphdef, got.state["params"])
+    tokenizer = FastTokenizer(config.data.get("tokenizer") or config.model.get("hf_dir") or TINY)
+    return evaluation.generate_answers(model, config, sources, tokenizer)
 
 
 def run(config: mlc.ConfigDict, workdir: str) -> None:

@@ -1,0 +1,125 @@
+"""Trainer runs: config errors before compute, a failing run closes its checkpoints, uneven
+held-out batches, and the evaluate CLI on a trained workdir."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from flax import nnx
+
+from rewardmap_jax import checkpoint as ck
+from rewardmap_jax import config_utils
+from rewardmap_jax.config_utils import ConfigError
+from rewardmap_jax.data.fast_tokenizer import FastTokenizer
+from rewardmap_jax.data.tokenizer import TINY
+from rewardmap_jax.mapworld.records import TASK_TYPES
+from rewardmap_jax.rl import evaluation, trainer
+from tests.rl.small_config import get_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("sft.warmup_steps", 2, r"sft.warmup_steps \(2\) must be < sft.steps \(2\)"),
+    ("rl.grad_accum", 3, r"rl.grad_accum \(3\) must divide"),
+    ("sft.grad_accum", 3, r"sft.grad_accum \(3\) must divide sft.batch_size \(4\)"),
+    ("eval.batch_size", 200, r"eval.batch_size \(200\) x at least 16 patch rows"),
+])
+def test_config_errors_name_keys(key, value, match):
+    c = get_config()
+    section, name = key.split(".")
+    c[section][name] = value
+    with pytest.raises(ConfigError, match=match):
+        trainer.check_config(c)
+
+
+def test_rl_warmup_error_and_consistent_config():
+    c = get_config()
+    trainer.check_config(c)  # the small config itself is consistent
+    c.optim.schedule = "warmup_cosine"
+    c.optim.warmup_steps = 4  # 4 steps x 1 mini-batch x 1 epoch = 4 updates
+    with pytest.raises(ConfigError, match=r"optim.warmup_steps \(4\) must be < .* = 4"):
+        trainer.check_config(c)
+    c.optim.warmup_steps = 3
+    trainer.check_config(c)
+
+
+def test_uneven_eval_batches_cover_every_question_once():
+    """5 questions of 2 task types (10) in batches of 4: 4 + 4 + 2 real rows, each once."""
+    c = get_config()
+    c.eval.batch_size = 4
+    c.eval.max_new_tokens = 2
+    tasks = ("TorF1", "Counting3")
+    sources = trainer.mapworld_sources(trainer._world(c), c.eval.split, 5, tasks)
+    model = trainer.Qwen2_5_VL(trainer.model_config(c), nnx.Rngs(params=0))
+    records, texts = evaluation.generate_answers(model, c, sources, FastTokenizer(TINY))
+    uids = sorted(r.uid for r in records)
+    want = sorted(s[i].uid for s in sources.values() for i in range(len(s)))
+    assert uids == want and len(texts) == 10
+    records3, _ = evaluation.generate_answers(model, c, sources, FastTokenizer(TINY),
+                                              max_questions=3)
+    assert len(records3) == 3
+
+
+@pytest.fixture(scope="module")
+def failed_run(tmp_path_factory):
+    """A run (async saves) whose 2nd GRPO step raises: returns (workdir, error, log text)."""
+    workdir = tmp_path_factory.mktemp("failed")
+    c = get_config()
+    c.sft.steps = 0
+    c.train.rl_steps = 3
+    c.checkpoint.async_save = True
+    config_utils.save_config(c, workdir)  # as main does: the evaluate CLI reads it
+    t = trainer.Trainer(c, workdir)
+    real = t.rl_step
+
+    def flaky(step):
+        if step == 1:
+            raise RuntimeError("boom in the update")
+        return real(step)
+
+    t.rl_step = flaky
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda rec: seen.append(rec.getMessage())
+    trainer.log.addHandler(handler)
+    try:
+        with pytest.raises(RuntimeError, match="boom") as err:
+            t.train()
+    finally:
+        trainer.log.removeHandler(handler)
+    return workdir, err.value, seen
+
+
+def test_failed_run_leaves_a_complete_checkpoint(failed_run):
+    workdir, _, seen = failed_run
+    assert [m for m in seen if "failed" in m] == [
+        "training failed after step 1: RuntimeError: boom in the update"]
+    ckdir = ck.checkpoint_dir(workdir)
+    assert sorted(os.listdir(ckdir)) == ["1"]  # the step-1 save finished; no temporary dir
+    assert ck.latest_step(workdir) == 1
+    with ck.CheckpointManager(workdir, async_save=False, handle_preemption=False) as mgr:
+        step, params = mgr.restore_numpy("params")
+    assert step == 1 and params
+
+
+def test_evaluate_cli_on_trained_workdir(failed_run):
+    workdir, _, _ = failed_run
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [sys.executable, "-m", "rewardmap_jax.evaluate", "--workdir", str(workdir),
+         "--per_type", "2", "--data", "mapworld:tiny"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout[out.stdout.index("{"):])
+    assert summary
+    report = json.loads((workdir / "eval" / "eval_latest.json").read_text())
+    uids = [x["uid"] for x in report["completions"]]
+    assert len(uids) == len(set(uids)) == 2 * len(TASK_TYPES)  # every question once
+    assert (workdir / "eval" / "eval_latest.md").read_text().strip()
