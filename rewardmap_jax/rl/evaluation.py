@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from rewardmap_jax import gallery
 from rewardmap_jax.data.curriculum import Schedule, Stage
 from rewardmap_jax.data.pipeline import DataPipeline
 from rewardmap_jax.data.sources import MapWorldSource
@@ -94,6 +95,21 @@ def generate_answers(model: Any, config: Any, sources: Mapping[str, Any], tokeni
         if max_questions and len(records) >= max_questions:
             return records[:max_questions], texts[:max_questions]
     return records, texts
+
+
+def gallery_items(records: Sequence[Record], texts: Sequence[str],
+                  scores: Mapping[str, np.ndarray], sources: Mapping[str, Any],
+                  tasks: Sequence[str], n: int) -> list[Any]:
+    """About `n` gallery items (`rewardmap_jax.gallery`): the first questions of every task
+    type, with their figures and reward components."""
+    items = []
+    for t in tasks:
+        idx = [i for i, r in enumerate(records) if r.type == t][: max(1, n // len(tasks))]
+        for i in idx:
+            src = sources[t][int(records[i].uid.split("/")[2])]
+            items.append(gallery.item_from_record(
+                src, [texts[i]], [{k: float(v[i]) for k, v in scores.items()}]))
+    return items
 
 
 def _se_mean(x: np.ndarray) -> tuple[float, float]:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rewardmap_jax import gallery
 from rewardmap_jax.mapworld.records import TASK_TYPES, Record
 from rewardmap_jax.model import rope_index
 from rewardmap_jax.model.config import ModelConfig
@@ -201,3 +202,47 @@ def select_rows(results: Sequence[RolloutResult], rows: Sequence[tuple[int, int]
         scores={k: np.stack([results[i].scores[k][r] for i, r in rows]) for k in first.scores},
         advantages=cat("advantages"), adv_metrics=first.adv_metrics,
         times={k: sum(x.times[k] for x in results) for k in first.times})
+
+
+def gallery_items(res: RolloutResult, g: int, n: int) -> list[Any]:
+    """Gallery items (`rewardmap_jax.gallery`) of the first `n` prompt groups of a rollout."""
+    items = []
+    for j in range(min(n, len(res.records) // g)):
+        rows = range(j * g, (j + 1) * g)
+        items.append(gallery.item_from_record(
+            res.records[j * g], [res.texts[i] for i in rows],
+            [{k: float(v[i]) for k, v in res.scores.items()} for i in rows]))
+    return items
+
+
+def dynamic_sampling(first: tuple[dict[str, Any], dict[str, Any], RolloutResult],
+                     draw: Any, g: int, max_rounds: int, mcfg: ModelConfig
+                     ) -> tuple[dict[str, Any], dict[str, Any], RolloutResult, dict[str, Any]]:
+    """DAPO: replace groups whose G rewards are all equal by groups from further rounds.
+
+    `first` = (pipeline batch, prompts, rollout) of the step's batch; `draw(r)` samples round
+    r >= 1 the same way (StopIteration when the curriculum is used up: train on what we have).
+    Returns the (batch, prompts, rollout) of B groups (kept groups first, then filtered ones
+    to fill up) and metrics."""
+    rounds = [first]
+    b = first[0]["input_ids"].shape[0]
+    max_rounds = max(1, max_rounds)
+    for r in range(1, max_rounds + 1):
+        keep = [np.asarray(grpo.dynamic_sampling_keep(x[2].scores["overall"], g)[0])
+                for x in rounds]
+        if sum(int(k.sum()) for k in keep) >= b or r == max_rounds:
+            break
+        try:
+            rounds.append(draw(r))
+        except StopIteration:
+            break
+    picks = [(i, j) for i, k in enumerate(keep) for j in np.flatnonzero(k)]
+    filtered = [(i, j) for i, k in enumerate(keep) for j in np.flatnonzero(~k)]
+    picks = (picks + filtered)[:b]
+    batch = select_examples([x[0] for x in rounds], picks, mcfg.pad_token_id)
+    rows = [(i, j * g + k) for i, j in picks for k in range(g)]
+    res = select_rows([x[2] for x in rounds], rows)
+    kept = int(sum(int(k.sum()) for k in keep))
+    extra = {"dynamic_sampling/rounds": len(rounds), "dynamic_sampling/kept_groups": kept,
+             "dynamic_sampling/zero_var_frac": 1 - min(kept, b) / b}
+    return batch, prepare_prompts(batch, mcfg), res, extra

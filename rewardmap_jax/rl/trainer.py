@@ -293,33 +293,11 @@ class Trainer:
         return batch, prompts, res
 
     def _dynamic_sampling(self, key, first):
-        """DAPO: replace groups whose G rewards are all equal by groups from further batches.
-
-        Extra rounds draw further curriculum batches, so a run with dynamic sampling needs a
-        curriculum longer than `train.rl_steps` batches (or `curriculum.repeat`)."""
-        rl = self.config.rl
-        rounds = [first]
-        b = first[0]["input_ids"].shape[0]
-        max_rounds = max(1, int(rl.dynamic_sampling_max_rounds))
-        for r in range(1, max_rounds + 1):
-            keep = [np.asarray(grpo.dynamic_sampling_keep(x[2].scores["overall"], self.g)[0])
-                    for x in rounds]
-            if sum(int(k.sum()) for k in keep) >= b or r == max_rounds:
-                break
-            try:
-                rounds.append(self._sample_round(jax.random.fold_in(key, r)))
-            except StopIteration:  # the curriculum is used up: train on what we have
-                break
-        picks = [(i, j) for i, k in enumerate(keep) for j in np.flatnonzero(k)]
-        filtered = [(i, j) for i, k in enumerate(keep) for j in np.flatnonzero(~k)]
-        picks = (picks + filtered)[:b]
-        batch = ro.select_examples([x[0] for x in rounds], picks, self.mcfg.pad_token_id)
-        rows = [(i, j * self.g + g) for i, j in picks for g in range(self.g)]
-        res = ro.select_rows([x[2] for x in rounds], rows)
-        kept = int(sum(int(k.sum()) for k in keep))
-        extra = {"dynamic_sampling/rounds": len(rounds), "dynamic_sampling/kept_groups": kept,
-                 "dynamic_sampling/zero_var_frac": 1 - min(kept, b) / b}
-        return batch, ro.prepare_prompts(batch, self.mcfg), res, extra
+        """DAPO (`rollout.dynamic_sampling`); extra rounds draw further curriculum batches, so
+        a run with it needs a curriculum longer than `train.rl_steps` batches (or repeat)."""
+        return ro.dynamic_sampling(
+            first, lambda r: self._sample_round(jax.random.fold_in(key, r)), self.g,
+            int(self.config.rl.dynamic_sampling_max_rounds), self.mcfg)
 
     def rl_step(self, step: int) -> dict[str, Any]:
         rl = self.config.rl
@@ -390,15 +368,8 @@ class Trainer:
             model, self.config, sources, self.tokenizer, self.reward_fn, step=step, tag=tag,
             max_questions=int(ev.max_questions))
         if jax.process_index() == 0:
-            n = int(self.config.log.gallery_questions)
-            items = []
-            for t in tasks:  # a few questions of every task type, with their figures
-                idx = [i for i, r in enumerate(records) if r.type == t][: max(1, n // len(tasks))]
-                for i in idx:
-                    r = records[i]
-                    src = sources[t][int(r.uid.split("/")[2])]
-                    items.append(gallery.item_from_record(
-                        src, [texts[i]], [{k: float(v[i]) for k, v in scores.items()}]))
+            items = evaluation.gallery_items(records, texts, scores, sources, tasks,
+                                             int(self.config.log.gallery_questions))
             gallery.write_gallery(self.workdir, step, items, title=f"Held-out ({tag}) step {step}")
         slim = {k: v for k, v in report.items() if k != "samples"}
         self.reports = [r for r in self.reports if r["tag"] != tag] + [slim]
@@ -407,15 +378,8 @@ class Trainer:
         return report
 
     def _train_gallery(self, step: int) -> None:
-        res, n = self._last_rollout, int(self.config.log.gallery_questions)
-        items = []
-        for j in range(min(n, len(res.records) // self.g)):
-            rows = range(j * self.g, (j + 1) * self.g)
-            r = res.records[j * self.g]
-            items.append(gallery.item_from_record(
-                r, [res.texts[i] for i in rows],
-                [{k: float(v[i]) for k, v in res.scores.items()} for i in rows]))
-        gallery.write_gallery(self.workdir, step, items)
+        gallery.write_gallery(self.workdir, step, ro.gallery_items(
+            self._last_rollout, self.g, int(self.config.log.gallery_questions)))
 
     # -- driver ------------------------------------------------------------------------------------
 
