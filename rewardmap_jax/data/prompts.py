@@ -125,30 +125,29 @@ def pick_bucket(length: int, buckets: Sequence[int]) -> int:
     raise ValueError(f"length {length} exceeds the largest bucket {max(buckets)}")
 
 
-def left_pad(
-    seqs: Sequence[np.ndarray], length: int, pad_id: int
+def _pad(
+    seqs: Sequence[np.ndarray], length: int, pad_id: int, left: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Left-pads int sequences to `length`: (ids (B, length) int32, mask (B, length) int32)."""
     ids = np.full((len(seqs), length), pad_id, dtype=np.int32)
     mask = np.zeros((len(seqs), length), dtype=np.int32)
     for i, s in enumerate(seqs):
         if len(s) > length:
             raise ValueError(f"sequence {i} has {len(s)} tokens, more than {length}")
-        if len(s):
-            ids[i, length - len(s) :] = s
-            mask[i, length - len(s) :] = 1
+        cols = slice(length - len(s), length) if left else slice(0, len(s))
+        ids[i, cols] = s
+        mask[i, cols] = 1
     return ids, mask
+
+
+def left_pad(
+    seqs: Sequence[np.ndarray], length: int, pad_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pads int sequences to `length`: (ids (B, length) int32, mask (B, length) int32)."""
+    return _pad(seqs, length, pad_id, left=True)
 
 
 def right_pad(
     seqs: Sequence[np.ndarray], length: int, pad_id: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Right-pads int sequences to `length`: (ids (B, length) int32, mask (B, length) int32)."""
-    ids = np.full((len(seqs), length), pad_id, dtype=np.int32)
-    mask = np.zeros((len(seqs), length), dtype=np.int32)
-    for i, s in enumerate(seqs):
-        if len(s) > length:
-            raise ValueError(f"sequence {i} has {len(s)} tokens, more than {length}")
-        ids[i, : len(s)] = s
-        mask[i, : len(s)] = 1
-    return ids, mask
+    return _pad(seqs, length, pad_id, left=False)
