@@ -312,30 +312,33 @@ def _tiny_training(c: mlc.ConfigDict) -> None:
     """The CPU demo (shared/reference/tiny_world.md; measured numbers in docs/training.md).
 
     84 px maps with the named stations marked, the 0.69M-parameter tiny model: a supervised warm
-    start on short-answer tasks (Counting3 is learnt globally, Counting2 from the marker, TorF
-    mostly as format), then GRPO (8 prompts x G=4, lr 2e-4, DAPO dynamic sampling: the
-    warm-started model is confident and most groups have equal rewards) over a two-stage
-    curriculum ending with every task type (Counting1 and planning are not warm-started: they
-    exercise sampling, parsing and rewards).
+    start on short-answer tasks, stopped where Counting2 (from the marker) and Counting3 are
+    learnt and both TorF tasks are still at chance (held-out SFT curve in docs/training.md), then
+    GRPO (8 prompts x G=4, lr 2e-4, DAPO dynamic sampling: the warm-started model is confident
+    and most groups have equal rewards) over a two-stage curriculum ending with every task type
+    (Counting1 and planning are not warm-started: they exercise sampling, parsing and rewards).
     """
     c.train.highlight_stations = True
-    c.sft.steps = 1500  # Counting2 .97, Counting3 .88 held-out at 1500 (1,024 q each)
+    c.sft.steps = 700  # held-out: Counting2 .97, Counting3 .85, TorF1/TorF2 at chance
     c.sft.batch_size = 32
     c.sft.lr = 1e-3
     c.sft.warmup_steps = 100
     # Only short-answer tasks: one prompt bucket (96) and one answer bucket (8) -> one compile.
     c.sft.tasks = (("TorF1", 1.0), ("TorF2", 1.0), ("Counting2", 2.0), ("Counting3", 2.0))
-    c.train.rl_steps = 900
-    # Stage lengths count curriculum batches; dynamic sampling draws up to 3 per step.
+    c.train.rl_steps = 800
+    # Stage lengths count curriculum batches: dynamic sampling draws up to 6 per step (~3.7 on
+    # average in the perception stage, more once the policy is sure of itself). TorF leads the
+    # first stage (the official order starts with it): GRPO learns it there, and Counting3,
+    # which dips while TorF is being learnt, recovers before the end (docs/training.md).
     c.curriculum.stages = (
-        {"name": "perception", "steps": 250,
-         "weights": {"TorF1": 1.0, "TorF2": 1.0, "Counting2": 2.0, "Counting3": 2.0}},
-        {"name": "all_tasks", "steps": 2450,
+        {"name": "perception", "steps": 1200,
+         "weights": {"TorF1": 2.0, "TorF2": 2.0, "Counting2": 1.0, "Counting3": 1.0}},
+        {"name": "all_tasks", "steps": 8000,
          "weights": {"TorF1": 1.0, "TorF2": 1.0, "Counting1": 1.0, "Counting2": 2.0,
                      "Counting3": 2.0, "planning": 1.0}},
     )
     c.rl.dynamic_sampling = True
-    c.rl.dynamic_sampling_max_rounds = 3
+    c.rl.dynamic_sampling_max_rounds = 6
     c.rl.max_new_tokens = 32  # VQA answers are 4-5 tokens; one-line plans fit
     c.optim.lr = 2e-4
     c.checkpoint.every_steps = 200

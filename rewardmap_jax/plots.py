@@ -2,10 +2,12 @@
 
     python -m rewardmap_jax.plots --workdir runs/tiny            # -> runs/tiny/plots/curves.png
 
-Top panel: reward (`reward/*` keys); bottom panel: accuracy (`accuracy/*` keys). Raw values are
-drawn thin, a moving average thick; held-out evaluations (`eval/reward/mean`,
-`eval/accuracy/mean`) are black dots. Curriculum stages (the `stage` key, named by `stage_name`
-when logged) are shaded and labelled; steps with non-finite metrics get a red tick.
+Panels: the supervised warm start (`sft/loss`, `sft/answer_match`; only when logged), reward
+(`reward/*` keys) and accuracy (`accuracy/*` keys). Raw values are drawn thin, a moving average
+thick; held-out evaluations are black dots for the mean (`eval/reward/mean`,
+`eval/accuracy/mean`) and diamonds in each task's colour for `eval/accuracy/<task>`.
+Curriculum stages (the `stage` key, named by `stage_name` when logged) are shaded and labelled;
+steps with non-finite metrics get a red tick.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ PLOTS_SUBDIR = "plots"
 CURVES_FILE = "curves.png"
 REWARD_PREFIX = "reward/"
 ACCURACY_PREFIX = "accuracy/"
-EVAL_PREFIX = "eval/"  # held-out evaluations: `eval/reward/mean`, `eval/accuracy/mean`
+EVAL_PREFIX = "eval/"  # held-out evaluations: `eval/reward/mean`, `eval/accuracy/<task>`
+SFT_KEYS = ("sft/loss", "sft/answer_match")
 _STAGE_COLORS = ("#e8eef7", "#f6efe3", "#e9f3e6", "#f3e6ef", "#eeeeee", "#e6f2f3")
 
 
@@ -115,9 +118,21 @@ def plot_curves(
         )
     if smooth is None:
         smooth = max(1, len(records) // 40)
-    fig, axes = plt.subplots(2, 1, figsize=(11, 7.5), sharex=True, constrained_layout=True)
+    sft_keys = [k for k in SFT_KEYS if any(k in r for r in records)]
+    n = 3 if sft_keys else 2
+    fig, axes = plt.subplots(n, 1, figsize=(11, 3.6 * n + 0.3), sharex=True,
+                             constrained_layout=True, height_ratios=[0.6] * (n - 2) + [1, 1])
+    if sft_keys:
+        _plot_sft(axes[0], records, sft_keys, smooth)
+    axes = axes[n - 2:]
     segments = stage_segments(records)
     bad_steps = [r["step"] for r in records if r.get("nonfinite")]
+    # One colour per task across training curves and held-out markers.
+    tasks = sorted(({k.split("/", 1)[1] for k in acc_keys} | {
+        k[len(EVAL_PREFIX + ACCURACY_PREFIX):] for r in records for k in r
+        if k.startswith(EVAL_PREFIX + ACCURACY_PREFIX)}) - {"mean"})
+    task_color = dict(zip(tasks, plt.cm.tab10(np.arange(1, len(tasks) + 1) % 10), strict=True))
+    task_color["mean"] = plt.cm.tab10(0)
     panels = ((axes[0], reward_keys, "reward"), (axes[1], acc_keys, "accuracy"))
     for ax, keys, ylabel in panels:
         for i, (first, last, _, label) in enumerate(segments):
@@ -139,8 +154,16 @@ def plot_curves(
         if len(held_out[0]):
             ax.plot(*held_out, "o--", color="black", markersize=5, linewidth=1, zorder=5,
                     label="held-out eval")  # fmt: skip
+        if ylabel == "accuracy":
+            for t in tasks:
+                x, y = _series(records, f"{EVAL_PREFIX}{ACCURACY_PREFIX}{t}")
+                if len(x):
+                    ax.plot(x, y, "D", color=task_color[t], markersize=6, markeredgecolor="k",
+                            zorder=6, label=f"held-out {t}" if f"accuracy/{t}" not in keys
+                            else None)
         if keys:
-            colors = plt.cm.tab10(np.arange(len(keys)) % 10)
+            colors = (plt.cm.tab10(np.arange(len(keys)) % 10) if ylabel != "accuracy" else
+                      [task_color.get(k.split("/", 1)[1], "gray") for k in keys])
             for key, color in zip(keys, colors, strict=True):
                 x, y = _series(records, key)
                 if not len(x):
@@ -190,6 +213,27 @@ def plot_curves(
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
     return out_path
+
+
+def _plot_sft(ax: Any, records: Sequence[dict[str, Any]], keys: Sequence[str], smooth: int
+              ) -> None:
+    """The warm-start panel: SFT loss (left axis) and answer match (right axis, 0..1)."""
+    twin = None
+    for i, key in enumerate(keys):
+        x, y = _series(records, key)
+        target = ax if key.endswith("loss") else (twin or ax.twinx())
+        if target is not ax:
+            twin = target
+            target.set_ylim(-0.02, 1.02)
+            target.set_ylabel(key.split("/", 1)[1])
+        color = f"C{i + 3}"
+        target.plot(x, y, color=color, alpha=0.3, linewidth=0.8)
+        target.plot(x, moving_average(y, smooth), color=color, linewidth=2.0, label=key)
+    ax.set_ylabel("SFT loss")
+    ax.set_title("supervised warm start", fontsize=9, loc="left")
+    handles = [h for a in (ax, twin) if a is not None for h in a.get_legend_handles_labels()[0]]
+    ax.legend(handles=handles, loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
 
 
 def plot_run(workdir: str | Path, out: str | Path | None = None, smooth: int | None = None) -> Path:

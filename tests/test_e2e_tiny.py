@@ -60,6 +60,9 @@ def test_cli_writes_every_artefact(run_dir):
     reps = json.loads((run_dir / "eval" / "report.json").read_text())
     assert [r["tag"] for r in reps] == ["warm_start", "final"]
     assert reps[-1]["tasks"]["Counting3"]["n"] == 8
+    assert len(reps[0]["tasks"]["Counting3"]["per_question"]["uid"]) == 8
+    change = reps[-1]["change_vs_first"]
+    assert change["first"] == "warm_start" and change["tasks"]["Counting3"]["paired"]
     summary = json.loads((run_dir / "train_summary.json").read_text())
     # Fixed shapes: one compilation of each update step per prompt-length bucket in use.
     assert summary["trace_counts"]["grpo_step"] <= 2 and summary["trace_counts"]["sft_step"] == 1

@@ -95,6 +95,24 @@ def test_held_out_eval_points_are_drawn(tmp_path):
     assert dark_pixels(with_eval) > dark_pixels(without) + 100
 
 
+def test_warm_start_panel_and_per_task_held_out_markers(tmp_path):
+    rl = [{"step": s, "stage": 0, "reward/mean": 1.0, "accuracy/TorF1": 0.5} for s in range(6, 11)]
+    sft = [{"step": s, "sft/loss": 5.0 / s, "sft/answer_match": s / 5} for s in range(1, 6)]
+    two = plots.plot_curves(rl, tmp_path / "rl.png", smooth=1)
+    three = plots.plot_curves(sft + rl, tmp_path / "sft.png", smooth=1)
+    with Image.open(two) as a, Image.open(three) as b:
+        assert b.size[1] > a.size[1] * 1.2  # a third (warm start) panel
+    rl[0]["eval/accuracy/TorF1"] = 0.2
+    rl[-1]["eval/accuracy/TorF1"] = 0.9
+    marked = plots.plot_curves(rl, tmp_path / "marked.png", smooth=1)
+
+    def dark_pixels(path):
+        return int((np.asarray(Image.open(path).convert("L")) < 40).sum())
+
+    # The diamonds' black edges are the change.
+    assert dark_pixels(marked) > dark_pixels(two) + 30
+
+
 def _decode_images(page: str) -> list[Image.Image]:
     uris = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     return [Image.open(io.BytesIO(base64.b64decode(u))) for u in uris]

@@ -9,6 +9,11 @@ temperature 0). Accuracy is the RewardMap accuracy (the reward's `accuracy` comp
 official answer rules); `reward` is the total RewardMap reward. Standard errors: sqrt(p(1-p)/n)
 for accuracy, std/sqrt(n) for reward. `majority` is the rate of the most common ground-truth
 answer of a task in the evaluated questions (the chance level of a constant answer).
+
+Every report keeps each question's accuracy and reward (`per_question`, keyed by uid), so two
+evaluations of the same questions (warm start vs final) are compared *paired* (`compare`): the
+standard error of the per-question difference, not of two independent samples. Most answers do
+not change between the two models, so the paired SE is the right, and a much smaller, yardstick.
 """
 
 from __future__ import annotations
@@ -136,7 +141,11 @@ def summarize(records: Sequence[Record], texts: Sequence[str],
         tasks[t] = {"n": n, "accuracy": p, "accuracy_se": math.sqrt(p * (1 - p) / n),
                     "reward": r_mean, "reward_se": r_se, "majority": maj,
                     "format_ok": float(np.mean(scores["format_ok"][sel]))
-                    if "format_ok" in scores else None}
+                    if "format_ok" in scores else None,
+                    "per_question": {
+                        "uid": [r.uid for r, s in zip(records, sel, strict=True) if s],
+                        "accuracy": [float(x) for x in acc[sel]],
+                        "reward": [round(float(x), 4) for x in rew[sel]]}}
     p = float(acc.mean())
     r_mean, r_se = _se_mean(rew)
     return {"n": len(records), "accuracy": p, "accuracy_se": math.sqrt(p * (1 - p) / len(acc)),
@@ -157,6 +166,46 @@ def evaluate(model: Any, config: Any, sources: Mapping[str, Any], tokenizer: Any
                           "reward": float(scores["overall"][i])}
                          for i, (r, x) in enumerate(zip(records, texts, strict=True))]
     return report, records, texts, scores
+
+
+def compare(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per-task change from report `before` to `after`, paired over the questions both scored.
+
+    Returns {task: {"n", "accuracy_change", "accuracy_se", "accuracy_z", "reward_change",
+    "reward_se", "reward_z", "flips_up", "flips_down"}}: SE = std(after_i - before_i, ddof=1) /
+    sqrt(n) over the common uids (nan for n < 2; z = nan when the SE is 0 and nothing changed);
+    `flips_up`/`flips_down` count questions that went from wrong to right / right to wrong.
+    Tasks without `per_question` data (reports from older runs) fall back to independent SEs
+    (`paired` False)."""
+    out: dict[str, dict[str, Any]] = {}
+    for t, y in after["tasks"].items():
+        x = before["tasks"].get(t)
+        if x is None:
+            continue
+        px, py = x.get("per_question"), y.get("per_question")
+        row: dict[str, Any] = {}
+        if px and py:
+            ix = {u: i for i, u in enumerate(px["uid"])}
+            pairs = [(ix[u], j) for j, u in enumerate(py["uid"]) if u in ix]
+            a, b = (np.array([i for i, _ in pairs], int), np.array([j for _, j in pairs], int))
+            row.update(paired=True, n=len(pairs))
+            for k in ("accuracy", "reward"):
+                d = np.asarray(py[k], np.float64)[b] - np.asarray(px[k], np.float64)[a]
+                row[f"{k}_change"], row[f"{k}_se"] = _se_mean(d) if len(d) else (math.nan,) * 2
+            acc_x = np.asarray(px["accuracy"])[a] > 0.5
+            acc_y = np.asarray(py["accuracy"])[b] > 0.5
+            row["flips_up"] = int((~acc_x & acc_y).sum())
+            row["flips_down"] = int((acc_x & ~acc_y).sum())
+        else:
+            row.update(paired=False, n=min(x["n"], y["n"]))
+            for k in ("accuracy", "reward"):
+                row[f"{k}_change"] = y[k] - x[k]
+                row[f"{k}_se"] = math.hypot(x[f"{k}_se"], y[f"{k}_se"])
+        for k in ("accuracy", "reward"):
+            ch, se = row[f"{k}_change"], row[f"{k}_se"]
+            row[f"{k}_z"] = ch / se if se > 0 else (0.0 if ch == 0 else math.nan)
+        out[t] = row
+    return out
 
 
 def eval_metrics(report: Mapping[str, Any], prefix: str = "eval") -> dict[str, float]:
@@ -184,26 +233,37 @@ def markdown(reports: Sequence[Mapping[str, Any]]) -> str:
         lines.append("")
     if len(reports) >= 2:
         a, b = reports[0], reports[-1]
-        lines += [f"### {b['tag']} vs {a['tag']}", "",
-                  "| task | accuracy change (z) | reward change (z) |", "| --- | --- | --- |"]
-        for t in b["tasks"]:
-            if t not in a["tasks"]:
-                continue
-            x, y = a["tasks"][t], b["tasks"][t]
-            da, dr = y["accuracy"] - x["accuracy"], y["reward"] - x["reward"]
-            sa = math.hypot(x["accuracy_se"], y["accuracy_se"]) or float("nan")
-            sr = math.hypot(x["reward_se"], y["reward_se"]) or float("nan")
-            lines.append(f"| {t} | {da:+.3f} ({da / sa:+.1f}) | {dr:+.3f} ({dr / sr:+.1f}) |")
+        lines += [f"### {b['tag']} vs {a['tag']} (paired over the same questions)", "",
+                  "| task | n | accuracy change ± SE (z) | right->wrong / wrong->right |"
+                  " reward change ± SE (z) |", "| --- | --- | --- | --- | --- |"]
+        for t, c in compare(a, b).items():
+            flips = f"{c['flips_down']} / {c['flips_up']}" if c["paired"] else "- (unpaired)"
+            lines.append(
+                f"| {t} | {c['n']} | {c['accuracy_change']:+.3f} ± {c['accuracy_se']:.3f} "
+                f"({c['accuracy_z']:+.1f}) | {flips} | {c['reward_change']:+.3f} ± "
+                f"{c['reward_se']:.3f} ({c['reward_z']:+.1f}) |")
         lines.append("")
     return "\n".join(lines)
 
 
+def without_per_question(report: Mapping[str, Any]) -> dict[str, Any]:
+    """`report` without its per-question arrays and samples (for summaries meant for people)."""
+    out = {k: v for k, v in report.items() if k != "samples"}
+    out["tasks"] = {t: {k: v for k, v in x.items() if k != "per_question"}
+                    for t, x in report["tasks"].items()}
+    return out
+
+
 def write_report(reports: Sequence[Mapping[str, Any]], workdir: str | Path) -> Path:
-    """Writes `eval/report.json` (all reports, samples of the last) and `eval/report.md`."""
+    """Writes `eval/report.json` (all reports, samples of the last, the last one's paired
+    change against the first) and `eval/report.md`."""
     out = Path(workdir) / EVAL_SUBDIR
     out.mkdir(parents=True, exist_ok=True)
     slim = [{k: v for k, v in r.items() if k != "samples"} for r in reports[:-1]]
     slim.append(dict(reports[-1]))
+    if len(reports) >= 2:
+        slim[-1]["change_vs_first"] = {"first": reports[0]["tag"],
+                                       "tasks": compare(reports[0], reports[-1])}
     tmp = out / "report.json.tmp"
     tmp.write_text(json.dumps(slim, indent=1, sort_keys=True))
     tmp.replace(out / "report.json")

@@ -246,3 +246,28 @@ def dynamic_sampling(first: tuple[dict[str, Any], dict[str, Any], RolloutResult]
     extra = {"dynamic_sampling/rounds": len(rounds), "dynamic_sampling/kept_groups": kept,
              "dynamic_sampling/zero_var_frac": 1 - min(kept, b) / b}
     return batch, prepare_prompts(batch, mcfg), res, extra
+
+
+def seq_batch(prompts: dict[str, Any], completion: np.ndarray, mask: np.ndarray,
+              **extra: np.ndarray) -> dict[str, Any]:
+    """Device arrays of one `[prompt | completion]` batch for the jitted steps: the prompt
+    keys, `completion` [N, T] int32, `completion_mask` [N, T] bool and `extra` (e.g.
+    `advantages` [N], `old_logps` [N, T])."""
+    return jax.tree.map(jnp.asarray, {**{k: prompts[k] for k in PROMPT_KEYS},
+                                      "completion": completion, "completion_mask": mask, **extra})
+
+
+def update_batches(batch: dict[str, Any], prompts: dict[str, Any], res: RolloutResult, g: int,
+                   minibatches: int, mcfg: ModelConfig) -> list[dict[str, Any]]:
+    """The GRPO step's `minibatches` update batches of whole prompt groups (prompt j owns
+    completion rows j*g .. j*g+g-1), each with its advantages and behaviour log-probs."""
+    per = len(batch["records"]) // minibatches
+    out = []
+    for k in range(minibatches):
+        idx = list(range(k * per, (k + 1) * per))
+        rows = np.concatenate([np.arange(j * g, (j + 1) * g) for j in idx])
+        p = prompts if minibatches == 1 else prepare_prompts(
+            select_examples([batch], [(0, j) for j in idx], mcfg.pad_token_id), mcfg)
+        out.append(seq_batch(p, res.tokens[rows], res.mask[rows],
+                             advantages=res.advantages[rows], old_logps=res.logps[rows]))
+    return out

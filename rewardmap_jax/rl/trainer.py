@@ -139,15 +139,6 @@ def check_config(config: mlc.ConfigDict) -> None:
         raise ConfigError("; ".join(errors))
 
 
-def _device(tree: Any) -> Any:
-    return jax.tree.map(jnp.asarray, tree)
-
-
-def _seq_batch(prompts: dict[str, Any], completion: np.ndarray, mask: np.ndarray,
-               **extra: np.ndarray) -> dict[str, Any]:
-    return _device({**{k: prompts[k] for k in ro.PROMPT_KEYS}, "completion": completion,
-                    "completion_mask": mask, **extra})
-
 
 # ----------------------------------------------------------------------------------------------
 # The loop
@@ -273,7 +264,7 @@ class Trainer:
         t0 = time.perf_counter()
         batch = next(self.sft_it)
         prompts = ro.prepare_prompts(batch, self.mcfg)
-        dev = _seq_batch(prompts, batch["target_ids"], batch["target_mask"].astype(bool))
+        dev = ro.seq_batch(prompts, batch["target_ids"], batch["target_mask"].astype(bool))
         t1 = time.perf_counter()
         self.params, self.opt_state, m = self.step_fn(self.params, self.opt_state, dev)
         m = jax.device_get(m)
@@ -312,20 +303,14 @@ class Trainer:
                 "rl.dynamic_sampling_max_rounds batches: lengthen the curriculum or set "
                 "curriculum.repeat") from None
         extra: dict[str, Any] = {}
+        # Reward/accuracy curves come from the step's own curriculum batch: dynamic sampling
+        # keeps mixed groups, whose accuracy hovers near 1/2 whatever the policy's.
+        drawn = ro.reward_metrics(res.scores, res.records)
         if rl.dynamic_sampling:
             batch, prompts, res, extra = self._dynamic_sampling(key, (batch, prompts, res))
+            extra["dynamic_sampling/update_reward"] = float(np.mean(res.scores["overall"]))
         t1 = time.perf_counter()
-        n_prompts = len(batch["records"])
-        per = n_prompts // self.minibatches
-        mbs = []
-        for k in range(self.minibatches):
-            idx = list(range(k * per, (k + 1) * per))
-            rows = np.concatenate([np.arange(j * self.g, (j + 1) * self.g) for j in idx])
-            p = prompts if self.minibatches == 1 else ro.prepare_prompts(
-                ro.select_examples([batch], [(0, j) for j in idx], self.mcfg.pad_token_id),
-                self.mcfg)
-            mbs.append(_seq_batch(p, res.tokens[rows], res.mask[rows],
-                                  advantages=res.advantages[rows], old_logps=res.logps[rows]))
+        mbs = ro.update_batches(batch, prompts, res, self.g, self.minibatches, self.mcfg)
         for mb in mbs:
             if self._needs_ref():
                 mb["ref_logps"] = self.logp_fn(self.ref_params, mb)
@@ -344,7 +329,7 @@ class Trainer:
         # The sampler/learner mismatch is only meaningful before the first update.
         for k in ("logp_diff_mean", "logp_diff_max", "logp_corr", "logp_alarm"):
             out[k] = float(metrics[0][k])
-        out.update(ro.reward_metrics(res.scores, res.records))
+        out.update(drawn)
         out.update({f"adv/{k}": v for k, v in res.adv_metrics.items()}, **extra)
         stage = int(batch["stage"][0])
         tokens = int(batch["attention_mask"].sum()) * self.g + int(res.lengths.sum())
@@ -413,7 +398,8 @@ class Trainer:
                 {"step": step, "total": self.total, "preempted": preempted,
                  "compiles": compile_count(), "trace_counts": {
                      **sampler.TRACE_COUNTS, **steps.TRACE_COUNTS, **reward_lib.TRACE_COUNT},
-                 "reports": self.reports}, indent=1))
+                 "reports": [evaluation.without_per_question(r) for r in self.reports]},
+                indent=1))
 
     def _loop(self, ckpt: ck.CheckpointManager, writer, step: int) -> tuple[int, bool]:
         """Steps from `step` to the end (or a preemption); returns (last step, preempted)."""

@@ -35,12 +35,12 @@ def make_setup():
     comp = rng.integers(0, model.cfg.text.vocab_size, (4 * G, t)).astype(np.int32)
     lengths = np.array([6, 1, 3, 5, 2, 6, 4, 1])  # unequal: token-mean needs the global denom
     mask = np.arange(t)[None] < lengths[:, None]
-    rl_batch = trainer._seq_batch(prompts, comp, mask,
+    rl_batch = ro.seq_batch(prompts, comp, mask,
                                   advantages=rng.normal(size=4 * G).astype(np.float32))
     logp = steps.make_logprob_fn(graphdef, G)(params, rl_batch)
     rl_batch["old_logps"] = logp
     rl_batch["ref_logps"] = logp - 0.1
-    sft_batch = trainer._seq_batch(prompts, batch["target_ids"],
+    sft_batch = ro.seq_batch(prompts, batch["target_ids"],
                                    batch["target_mask"].astype(bool))
     return c, graphdef, params, rl_batch, sft_batch
 
