@@ -92,13 +92,16 @@ def export_checkpoint(
 
     step, model, config = restore_model(workdir, step)
     out_dir = Path(out_dir)
+    # The model's compute dtype: fp32 master weights of a bf16 model export as bf16, the dtype
+    # the Hugging Face checkpoints are published in.
+    dtype = dtype or config.model.compute_dtype
     files = hf_io.save_hf(model, str(out_dir), dtype=dtype, source_dir=_tokenizer_dir(config))
     summary = {
         "workdir": str(workdir),
         "step": step,
         "out": str(out_dir),
         "safetensors": files,
-        "dtype": dtype or config.model.param_dtype,
+        "dtype": dtype or config.model.compute_dtype,
     }
     (out_dir / "rewardmap_export.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -114,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
     parser.add_argument("--out", required=True, help="output Hugging Face directory")
     parser.add_argument(
-        "--dtype", choices=("float32", "bfloat16"), default=None, help="default: param dtype"
+        "--dtype", choices=("float32", "bfloat16"), default=None,
+        help="default: the run's model.compute_dtype"
     )
     args = parser.parse_args(argv)
     try:

@@ -129,3 +129,18 @@ def test_accumulation_of_bf16_params_is_fp32():
     _, g = optim.accumulate_gradients(loss_fn, w, batch, 2)
     assert g.dtype == jnp.float32
     np.testing.assert_allclose(g, [-4.0, -4.0])  # d/dw sum_rows (w0 + w1)^2 = 2 * 4 * (-0.5)
+
+
+def test_bf16_params_lose_small_adamw_updates():
+    """Why trainer.check_config refuses training bf16 params: one AdamW step at the official
+    lr 1e-6 changes every fp32 weight but only the few bf16 weights near zero (~2%)."""
+    w = jax.random.normal(jax.random.key(0), (100_000,)) * 0.02
+    g = jax.random.normal(jax.random.key(1), w.shape)
+    changed = {}
+    for dt in (jnp.float32, jnp.bfloat16):
+        p = w.astype(dt)
+        tx = optax.adamw(1e-6, weight_decay=0.01)
+        u, _ = tx.update(g.astype(dt), tx.init(p), p)
+        changed[dt] = float(jnp.mean(optax.apply_updates(p, u) != p))
+    assert changed[jnp.float32] == 1.0
+    assert changed[jnp.bfloat16] < 0.05

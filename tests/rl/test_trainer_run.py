@@ -39,6 +39,22 @@ def test_config_errors_name_keys(key, value, match):
         trainer.check_config(c)
 
 
+def test_low_precision_params_are_refused_unless_allowed():
+    c = get_config()
+    c.model.param_dtype = "bfloat16"
+    with pytest.raises(ConfigError, match=r"model.param_dtype=bfloat16 .* "
+                       r"optim.allow_low_precision_params=True"):
+        trainer.check_config(c)
+    c.optim.allow_low_precision_params = True
+    trainer.check_config(c)
+    # The real presets keep fp32 master weights and compute in bf16.
+    from configs.curriculum import get_config as preset
+
+    for name in ("qwen2_5_vl_3b", "qwen2_5_vl_7b"):
+        m = preset(name).model
+        assert (m.param_dtype, m.compute_dtype) == ("float32", "bfloat16")
+
+
 def test_rl_warmup_error_and_consistent_config():
     c = get_config()
     trainer.check_config(c)  # the small config itself is consistent
