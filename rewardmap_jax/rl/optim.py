@@ -91,8 +91,9 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
     """
 
     def init(params: PyTree) -> SkipNonFiniteState:
-        zero = jnp.zeros((), jnp.int32)
-        return SkipNonFiniteState(inner.init(params), zero, zero)
+        # Two buffers, not one shared zero: the update step donates the state.
+        return SkipNonFiniteState(inner.init(params), jnp.zeros((), jnp.int32),
+                                  jnp.zeros((), jnp.int32))
 
     def update(grads, state, params=None, **extra):
         finite = jnp.all(

@@ -22,6 +22,7 @@ SeqBatch keys (B prompts, N = B * G rows, L prompt bucket, T completion length, 
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -149,12 +150,17 @@ def _global_denom(mask: Array, agg: str, norm_len: int) -> Array:
 
 
 def _accumulated_step(loss_fn: Callable, tx: optax.GradientTransformation, reps: int,
-                      grad_accum: int, denom_fn: Callable, name: str) -> Callable:
+                      grad_accum: int, denom_fn: Callable, name: str,
+                      donate: bool = False) -> Callable:
     """jit(step(params, opt_state, batch)): `loss_fn(params, batch, denom)` summed over
     `grad_accum` micro-batches of whole prompt groups with the full batch's denominator, so
-    the update equals the full-batch one (optim.accumulate_gradients)."""
+    the update equals the full-batch one (optim.accumulate_gradients).
 
-    @jax.jit
+    `donate`: params and opt_state are donated, so XLA writes the new state into the old
+    buffers (without it the step holds two copies of params + Adam moments at its peak: 12P
+    bytes more for fp32 master weights). The caller's arrays are deleted by the call."""
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1) if donate else ())
     def step(params, opt_state, batch):
         TRACE_COUNTS[name] += 1
         denom = denom_fn(batch)
@@ -178,12 +184,13 @@ def _accumulated_step(loss_fn: Callable, tx: optax.GradientTransformation, reps:
 
 def make_sft_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
                   loss_agg: str = "token-mean", chunk: int = 256, grad_accum: int = 1,
-                  freeze_vision: bool = False) -> Callable:
+                  freeze_vision: bool = False, donate: bool = False) -> Callable:
     """`step(params, opt_state, batch) -> (params, opt_state, metrics)`: cross-entropy on the
     answer tokens (`completion` = target ids incl. `<|im_end|>`, `completion_mask`).
 
     `grad_accum` micro-batches (rows of the batch) per update, same update as one pass;
-    `freeze_vision` stops the gradient at the vision features."""
+    `freeze_vision` stops the gradient at the vision features; `donate` donates params and
+    opt_state (`_accumulated_step`)."""
 
     def loss_fn(params, batch, denom):
         model = nnx.merge(graphdef, params)
@@ -198,7 +205,7 @@ def make_sft_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
 
     return _accumulated_step(
         loss_fn, tx, 1, grad_accum,
-        lambda b: _global_denom(b["completion_mask"], loss_agg, 0), "sft_step")
+        lambda b: _global_denom(b["completion_mask"], loss_agg, 0), "sft_step", donate)
 
 
 def make_logprob_fn(graphdef: nnx.GraphDef, reps: int, chunk: int = 256) -> Callable:
@@ -217,7 +224,7 @@ def make_logprob_fn(graphdef: nnx.GraphDef, reps: int, chunk: int = 256) -> Call
 def make_grpo_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                    cfg: grpo.GRPOLossConfig, reps: int, *, chunk: int = 256,
                    mismatch_threshold: float = 0.05, grad_accum: int = 1,
-                   freeze_vision: bool = False) -> Callable:
+                   freeze_vision: bool = False, donate: bool = False) -> Callable:
     """`step(params, opt_state, batch) -> (params, opt_state, metrics)`: one GRPO update.
 
     `batch` holds `old_logps` (the sampler's when one update per batch), `ref_logps` (zeros
@@ -225,7 +232,8 @@ def make_grpo_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     update are from `old_logps` (`logp_diff_mean`, ...; meaningful on the first update only).
     `grad_accum` micro-batches of whole prompt groups per update (the same update as one pass:
     every micro-batch loss is over the full batch's denominator); `freeze_vision` stops the
-    gradient at the vision features (the tower's activations are not kept for backward).
+    gradient at the vision features (the tower's activations are not kept for backward);
+    `donate` donates params and opt_state (`_accumulated_step`).
     """
 
     def loss_fn(params, batch, denom):
@@ -242,7 +250,8 @@ def make_grpo_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 
     return _accumulated_step(
         loss_fn, tx, reps, grad_accum,
-        lambda b: _global_denom(b["completion_mask"], cfg.loss_agg, cfg.norm_len), "grpo_step")
+        lambda b: _global_denom(b["completion_mask"], cfg.loss_agg, cfg.norm_len), "grpo_step",
+        donate)
 
 
 def config_errors(config: Any) -> list[str]:

@@ -196,9 +196,10 @@ class Trainer:
         chunk = int(self.config.rl.logprob_chunk)
         if phase == "sft":
             self.tx = _optimizer(self.config, "sft", self.sft_steps)
+            # Donated state: nothing keeps old params (Orbax copies to host inside `save`).
             self.step_fn = steps.make_sft_step(
                 self.graphdef, self.tx, chunk=chunk, freeze_vision=self.freeze_vision,
-                grad_accum=int(self.config.sft.get("grad_accum", 1)))
+                grad_accum=int(self.config.sft.get("grad_accum", 1)), donate=True)
         else:
             rl = self.config.rl
             updates = self.rl_steps * self.minibatches * int(rl.ppo_epochs)
@@ -206,7 +207,7 @@ class Trainer:
             self.step_fn = steps.make_grpo_step(
                 self.graphdef, self.tx, self.loss_cfg, self.g, chunk=chunk,
                 mismatch_threshold=float(rl.logp_mismatch_alarm), grad_accum=int(rl.grad_accum),
-                freeze_vision=self.freeze_vision)
+                freeze_vision=self.freeze_vision, donate=True)
             self.logp_fn = steps.make_logprob_fn(self.graphdef, self.g, chunk=chunk)
         self.phase = phase
 

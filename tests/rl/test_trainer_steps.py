@@ -36,12 +36,11 @@ def make_setup():
     lengths = np.array([6, 1, 3, 5, 2, 6, 4, 1])  # unequal: token-mean needs the global denom
     mask = np.arange(t)[None] < lengths[:, None]
     rl_batch = ro.seq_batch(prompts, comp, mask,
-                                  advantages=rng.normal(size=4 * G).astype(np.float32))
+                            advantages=rng.normal(size=4 * G).astype(np.float32))
     logp = steps.make_logprob_fn(graphdef, G)(params, rl_batch)
     rl_batch["old_logps"] = logp
     rl_batch["ref_logps"] = logp - 0.1
-    sft_batch = ro.seq_batch(prompts, batch["target_ids"],
-                                   batch["target_mask"].astype(bool))
+    sft_batch = ro.seq_batch(prompts, batch["target_ids"], batch["target_mask"].astype(bool))
     return c, graphdef, params, rl_batch, sft_batch
 
 
@@ -134,3 +133,18 @@ def test_freeze_vision_stops_gradient_and_updates(setup):
         nnx.merge(graphdef, p), batch, G, 256, with_entropy=False)[0]
         * batch["completion_mask"]).sum())(params)
     assert max(float(jnp.max(jnp.abs(g))) for g in _split_vision(unfrozen)[0].values()) > 0
+
+
+def test_donated_steps_update_in_place_and_match(setup):
+    """`donate=True` (what the trainer uses) gives bit-identical results, and the caller's
+    params and optimizer state are consumed (XLA reused their buffers)."""
+    c, graphdef, params, rl_batch, sft_batch = setup
+    tx = optim.make_optimizer(c.optim, 10)
+    for make, batch in ((lambda **kw: _grpo(c, graphdef, tx, **kw)[1], rl_batch),
+                        (lambda **kw: steps.make_sft_step(graphdef, tx, **kw), sft_batch)):
+        want = make()(params, tx.init(params), batch)
+        p, s = jax.tree.map(jnp.copy, params), tx.init(params)
+        got = make(donate=True)(p, s, batch)
+        assert _max_diff(got[0], want[0]) == 0.0 and _max_diff(got[1], want[1]) == 0.0
+        assert all(x.is_deleted() for x in jax.tree.leaves(p))
+        assert all(x.is_deleted() for x in jax.tree.leaves(s))
