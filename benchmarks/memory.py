@@ -135,10 +135,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     opt_state = tx.init(params)
     batch = build_batch(cfg, spec["side"], spec["prompt_len"], spec["completion_len"], args.reps)
     step = steps.make_grpo_step(graphdef, tx, grpo.GRPOLossConfig.from_config(c.rl), args.reps,
-                                chunk=int(c.rl.logprob_chunk))
-    if args.donate:  # the trainer's step does not donate; this shows what donation would save
-        step = jax.jit(step.__wrapped__, donate_argnums=(0, 1))
-        # optax may hand out one zeros buffer for several leaves; a buffer is donated only once
+                                chunk=int(c.rl.logprob_chunk), donate=args.donate)
+    if args.donate:  # as the trainer's step; a buffer can be donated only once
         params, opt_state = jax.tree.map(jnp.copy, (params, opt_state))
     t0 = time.perf_counter()
     compiled = step.lower(params, opt_state, batch).compile()
@@ -312,7 +310,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--calibrate", action="store_true",
                     help="also compile a short sequence at every --layers count (compile only)")
     ap.add_argument("--no-run", action="store_true", help="compile only (no RSS cross-check)")
-    ap.add_argument("--donate", action="store_true", help="donate params and optimizer state")
+    ap.add_argument("--donate", action="store_true",
+                    help="donate params and optimizer state (as the trainer does)")
     ap.add_argument("--pipeline", default="both", choices=("both", "remat", "stock"),
                     help="XLA CPU pipeline: 'remat' keeps checkpoint barriers (REMAT_XLA_FLAGS), "
                     "'stock' is the default one; 'both' adds stock rows, compile only")
