@@ -40,6 +40,7 @@ def attend(
     *,
     impl: str = "xla",
     chunk: int = 512,
+    reach: int = 0,
 ) -> jax.Array:
     """Segment-masked (optionally causal) attention, scale head_dim^-0.5, fp32 softmax.
 
@@ -53,12 +54,20 @@ def attend(
       impl: "xla" or "cudnn" (`jax.nn.dot_product_attention` implementation; cudnn falls back
         to xla for fp32 inputs).
       chunk: query-chunk length.
+      reach: 0, or a bound such that every key a query can see lies within `reach` slots of it
+        (segments are contiguous runs no longer than `reach`, as in a packed vision buffer;
+        requires T == S, non-causal). Each query chunk then reads only its
+        `chunk + 2 * reach` neighbouring keys: work sum(P) * (chunk + 2 reach) instead of
+        sum(P)^2 for many images in one buffer. The result is the same as with reach = 0.
     Returns:
       (B, T, N, H) in q.dtype.
     """
     if impl == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
         impl = "xla"  # cuDNN flash attention has no fp32 kernel (fp32 runs are parity runs)
     causal = q_pos is not None
+    t, s = q.shape[1], k.shape[1]
+    if reach and not causal and t == s and t > chunk and chunk + 2 * reach < s:
+        return _attend_key_windows(q, k, v, q_seg, kv_seg, chunk, reach, impl)
     if not causal:
         q_pos = jnp.zeros(q_seg.shape, jnp.int32)  # placeholder, unused below
 
@@ -66,6 +75,30 @@ def attend(
         return _attend_dense(qc, k, v, sc, kv_seg, pc if causal else None, kv_pos, impl)
 
     return _map_query_chunks(dense, chunk, q, (q_seg, -2), (q_pos, 0))
+
+
+def _attend_key_windows(q, k, v, q_seg, kv_seg, chunk: int, reach: int, impl: str):
+    """`attend` (non-causal) where query chunk [a, a + chunk) reads keys [a - reach,
+    a + chunk + reach), shifted to stay inside [0, S): a fixed-size dynamic slice per chunk."""
+    b, t = q.shape[:2]
+    s = k.shape[1]
+    wk = chunk + 2 * reach
+    n = -(-t // chunk)
+    pad = n * chunk - t
+
+    def split(x, fill):
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
+        return jnp.moveaxis(x.reshape(b, n, chunk, *x.shape[2:]), 1, 0)
+
+    starts = jnp.clip(jnp.arange(n, dtype=jnp.int32) * chunk - reach, 0, s - wk)
+
+    def body(args):
+        qc, sc, start = args
+        window = lambda x: jax.lax.dynamic_slice_in_dim(x, start, wk, axis=1)  # noqa: E731
+        return _attend_dense(qc, window(k), window(v), sc, window(kv_seg), None, None, impl)
+
+    out = jax.lax.map(jax.checkpoint(body), (split(q, 0), split(q_seg, -2), starts))
+    return jnp.moveaxis(out, 0, 1).reshape(b, n * chunk, *out.shape[3:])[:, :t]
 
 
 def _map_query_chunks(fn, chunk: int, q: jax.Array, *per_query: tuple[jax.Array, int]):

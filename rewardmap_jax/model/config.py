@@ -124,6 +124,11 @@ class ModelConfig:
       attn_impl: "xla" (CPU/TPU/any) | "cudnn" (GPU flash kernel) for full and LM attention.
       attn_chunk: query-chunk length of full/LM attention; memory is O(chunk * keys), never
         O(keys^2) (the chunk body is rematerialised in the backward pass too).
+      vision_frame_span: 0, or a bound on the buffer slots one image frame spans (a multiple of
+        `vision.window_patches`). With a bound, the vision full-attention blocks of a packed
+        buffer of many images read only each query chunk's `attn_chunk + 2 * span` neighbouring
+        keys instead of all of them (work sum(P) * that, not sum(P)^2); `rl.rollout.
+        prepare_prompts` refuses a batch with a larger frame. Same result either way.
     """
 
     vision: VisionConfig = VisionConfig()
@@ -142,6 +147,7 @@ class ModelConfig:
     remat: RematPolicy = "none"
     attn_impl: AttnImpl = "xla"
     attn_chunk: int = 512
+    vision_frame_span: int = 0
 
     def __post_init__(self) -> None:
         self.vision.validate()
@@ -160,6 +166,10 @@ class ModelConfig:
             raise ValueError(f"attn_impl={self.attn_impl!r}; choose one of {_ATTN}")
         if self.attn_chunk < 1:
             raise ValueError(f"attn_chunk must be positive, got {self.attn_chunk}")
+        span, wp = self.vision_frame_span, self.vision.window_patches
+        if span < 0 or span % wp:
+            raise ValueError(f"vision_frame_span={span} must be 0 or a positive multiple of "
+                             f"vision.window_patches ({wp})")
 
     @property
     def dtype(self) -> jnp.dtype:

@@ -33,8 +33,9 @@ class VisionAttention(nnx.Module):
         self.proj = Linear(v.hidden_size, v.hidden_size, axes=("vision_heads", "vision_embed"),
                            **kw)
 
-    def __call__(self, x, cos, sin, seg, full: bool):
-        """x (P, D); cos/sin (P, head_dim) fp32; seg (P,) int32 frame ids (-1 = padding)."""
+    def __call__(self, x, cos, sin, seg, full: bool, reach: int = 0):
+        """x (P, D); cos/sin (P, head_dim) fp32; seg (P,) int32 frame ids (-1 = padding);
+        reach: static bound on a frame's slot span (`ModelConfig.vision_frame_span`, 0 = none)."""
         v = self.cfg.vision
         p = x.shape[0]
         qkv = self.qkv(x).reshape(p, 3, v.num_heads, v.head_dim)
@@ -45,7 +46,8 @@ class VisionAttention(nnx.Module):
         k = (k.astype(jnp.float32) * c + rotate_half(k.astype(jnp.float32)) * s).astype(k.dtype)
         impl, chunk = self.cfg.attn_impl, self.cfg.attn_chunk
         if full:
-            o = attend(q[None], k[None], val[None], seg[None], seg[None], impl=impl, chunk=chunk)
+            o = attend(q[None], k[None], val[None], seg[None], seg[None], impl=impl, chunk=chunk,
+                       reach=reach)
         else:
             w = v.window_patches
             nw = p // w
@@ -80,8 +82,8 @@ class VisionBlock(nnx.Module):
         self.norm2 = RMSNorm(v.hidden_size, **nk)
         self.mlp = VisionMLP(cfg, rngs)
 
-    def __call__(self, x, cos, sin, seg):
-        x = x + self.attn(self.norm1(x), cos, sin, seg, self.full)
+    def __call__(self, x, cos, sin, seg, reach: int = 0):
+        x = x + self.attn(self.norm1(x), cos, sin, seg, self.full, reach)
         return x + self.mlp(self.norm2(x))
 
 
@@ -123,7 +125,7 @@ class VisionTower(nnx.Module):
         x = self.patch_embed(vi.pixels)
 
         def run(block, x):
-            return block(x, cos, sin, seg)
+            return block(x, cos, sin, seg, self.cfg.vision_frame_span)
 
         if self.cfg.remat != "none":
             run = nnx.remat(run, policy=remat_policy(self.cfg.remat))

@@ -24,7 +24,7 @@ from rewardmap_jax import gallery
 from rewardmap_jax.mapworld.records import TASK_TYPES, Record
 from rewardmap_jax.model import rope_index
 from rewardmap_jax.model.config import ModelConfig
-from rewardmap_jax.model.vision_layout import pack_vision_inputs
+from rewardmap_jax.model.vision_layout import pack_vision_inputs, required_patches
 from rewardmap_jax.rl import grpo, sampler, steps
 
 PROMPT_KEYS = ("prompt_ids", "prompt_mask", "positions", "rope_deltas", "vision", "vis_offsets")
@@ -53,6 +53,12 @@ def prepare_prompts(batch: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
                                                                            strict=True)]
         vision = jax.tree.map(lambda *x: np.stack(x), *per)
     else:
+        span = cfg.vision_frame_span
+        frames = np.concatenate([np.ones((len(grids), 1), np.int64), grids[:, 1:]], axis=1)
+        if span and (most := max(required_patches(f[None], cfg.vision) for f in frames)) > span:
+            raise ValueError(f"an image of this batch spans {most} vision buffer slots, more "
+                             f"than model.vision_frame_span={span}: raise it (a multiple of "
+                             f"{cfg.vision.window_patches}) or set it to 0")
         vision = pack_vision_inputs(np.concatenate(rows), grids, cfg.vision)
     tokens = np.prod(grids, axis=1) // cfg.vision.merge_unit
     offsets = np.concatenate([[0], np.cumsum(tokens)[:-1]]).astype(np.int32)

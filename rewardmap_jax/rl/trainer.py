@@ -65,7 +65,9 @@ def compile_count() -> int:
 
 def model_config(config: mlc.ConfigDict):
     m = config.model
-    policy = dict(param_dtype=m.param_dtype, compute_dtype=m.compute_dtype, remat=m.remat)
+    policy = dict(param_dtype=m.param_dtype, compute_dtype=m.compute_dtype, remat=m.remat,
+                  attn_impl=m.get("attn_impl", "xla"), attn_chunk=int(m.get("attn_chunk", 512)),
+                  vision_frame_span=int(m.get("vision_frame_span", 0)))
     if m.get("hf_dir"):
         from rewardmap_jax.model import hf_io
 

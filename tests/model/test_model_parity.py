@@ -244,3 +244,33 @@ def test_stacked_per_image_buffers_equal_one_packed_buffer():
     n0, n1 = 9, 8
     np.testing.assert_allclose(np.asarray(a[0, :n0]), np.asarray(b[:n0]), atol=1e-6)
     np.testing.assert_allclose(np.asarray(a[1, :n1]), np.asarray(b[n0:n0 + n1]), atol=1e-6)
+
+
+def test_vision_key_windows_match_transformers(hf_untied):
+    """`vision_frame_span` (each full-attention query chunk reads only its neighbouring keys)
+    on a packed buffer of three different-size images: the tower's features equal the
+    all-keys run and transformers; `prepare_prompts` refuses a batch with a larger image."""
+    from rewardmap_jax.rl import rollout as ro
+
+    hf, d = hf_untied
+    pv = ref.pixels(GRIDS)
+    base = hf_io.load_hf(d, attn_chunk=16)
+    span = max(vision_layout.required_patches(g[None], base.cfg.vision) for g in GRIDS)
+    model = hf_io.load_hf(d, attn_chunk=16, vision_frame_span=span)
+    vi = jax.tree.map(jnp.asarray, vision_layout.pack_vision_inputs(pv, GRIDS, model.cfg.vision))
+    assert 16 + 2 * span < vi.pixels.shape[0]  # the key-window path is taken
+    run = nnx.jit(lambda m, v: m.visual(v))
+    n = int(np.prod(GRIDS, 1).sum() // 4)
+    got, want = np.asarray(run(model, vi))[:n], np.asarray(run(base, vi))[:n]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert np.abs(got - ref.hf_vision(hf, pv, GRIDS)).max() <= 1e-5
+    # A frame larger than the bound is refused before anything runs.
+    ids, mask = ref.left_padded_batch(GRIDS, [[0], [1], [2]])
+    rows = np.prod(GRIDS, 1)
+    batch = {"input_ids": ids, "attention_mask": mask, "image_grid_thw": GRIDS,
+             "pixel_values": pv, "num_patches": rows,
+             "patch_offsets": np.concatenate([[0], np.cumsum(rows)[:-1]])}
+    assert ro.prepare_prompts(batch, model.cfg)["vision"].pixels.ndim == 2
+    small = model.cfg.replace(vision_frame_span=span // 2 // 16 * 16)
+    with pytest.raises(ValueError, match="model.vision_frame_span"):
+        ro.prepare_prompts(batch, small)

@@ -95,3 +95,28 @@ def test_chunked_attention_equals_dense(causal):
     np.testing.assert_allclose(np.asarray(chunked), np.asarray(dense), atol=1e-6)
     # grads flow through the rematerialised chunks
     np.testing.assert_allclose(np.asarray(g), np.asarray(g0), atol=1e-5)
+
+
+def test_key_windows_equal_full_keys():
+    """`attend(reach=R)` reads each query chunk's chunk + 2R neighbouring keys only; with
+    contiguous segments of <= R slots (a packed vision buffer) it equals attending over all
+    keys, outputs and gradients."""
+    rs = np.random.RandomState(1)
+    lengths = [5, 12, 3, 16, 9, 1, 14, 7, 16, 10]  # contiguous segments, padding between some
+    seg = np.concatenate([np.r_[np.full(n, i), np.full(i % 3, -1)] for i, n in enumerate(lengths)])
+    t, n, h = len(seg), 4, 8
+    q = jnp.asarray(rs.randn(1, t, n, h), jnp.float32)
+    kv = jnp.asarray(rs.randn(2, 1, t, n, h), jnp.float32)
+    s = jnp.asarray(seg[None], jnp.int32)
+    ok = np.asarray(seg >= 0)[None, :, None, None]
+
+    @jax.jit
+    def run(q):
+        f = lambda q, r: attend(q, kv[0], kv[1], s, s, chunk=8, reach=r) * ok  # noqa: E731
+        return [f(q, r) for r in (0, 16)], [jax.grad(lambda q, r=r: f(q, r).sum())(q)
+                                            for r in (0, 16)]
+
+    assert 8 + 2 * 16 < t  # the windowed path is taken
+    (full, windowed), (g0, g1) = run(q)
+    np.testing.assert_allclose(np.asarray(windowed), np.asarray(full), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(g1), np.asarray(g0), atol=1e-5)
