@@ -101,7 +101,7 @@ def export_checkpoint(
         "step": step,
         "out": str(out_dir),
         "safetensors": files,
-        "dtype": dtype or config.model.compute_dtype,
+        "dtype": dtype,
     }
     (out_dir / "rewardmap_export.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -80,37 +80,31 @@ def attend(
 def _attend_key_windows(q, k, v, q_seg, kv_seg, chunk: int, reach: int, impl: str):
     """`attend` (non-causal) where query chunk [a, a + chunk) reads keys [a - reach,
     a + chunk + reach), shifted to stay inside [0, S): a fixed-size dynamic slice per chunk."""
-    b, t = q.shape[:2]
     s = k.shape[1]
     wk = chunk + 2 * reach
-    n = -(-t // chunk)
-    pad = n * chunk - t
-
-    def split(x, fill):
-        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
-        return jnp.moveaxis(x.reshape(b, n, chunk, *x.shape[2:]), 1, 0)
-
+    n = -(-q.shape[1] // chunk)
     starts = jnp.clip(jnp.arange(n, dtype=jnp.int32) * chunk - reach, 0, s - wk)
 
-    def body(args):
-        qc, sc, start = args
+    def windowed(qc, sc, start):
         window = lambda x: jax.lax.dynamic_slice_in_dim(x, start, wk, axis=1)  # noqa: E731
         return _attend_dense(qc, window(k), window(v), sc, window(kv_seg), None, None, impl)
 
-    out = jax.lax.map(jax.checkpoint(body), (split(q, 0), split(q_seg, -2), starts))
-    return jnp.moveaxis(out, 0, 1).reshape(b, n * chunk, *out.shape[3:])[:, :t]
+    return _map_query_chunks(windowed, chunk, q, (q_seg, -2), per_chunk=(starts,))
 
 
-def _map_query_chunks(fn, chunk: int, q: jax.Array, *per_query: tuple[jax.Array, int]):
-    """fn(q, *per_query) over query chunks of `chunk` (lax.map, body rematerialised).
+def _map_query_chunks(fn, chunk: int, q: jax.Array, *per_query: tuple[jax.Array, int],
+                      per_chunk: tuple[jax.Array, ...] = ()):
+    """fn(q, *per_query, *per_chunk) over query chunks of `chunk` (lax.map, body
+    rematerialised).
 
-    q (B, T, ...); per_query: (array (B, T, ...), pad fill) pairs split alongside q. Returns
-    fn's (B, T, ...) output; a single call when T <= chunk.
+    q (B, T, ...); per_query: (array (B, T, ...), pad fill) pairs split alongside q; per_chunk:
+    arrays (n_chunks, ...) whose i-th entry goes with chunk i. Returns fn's (B, T, ...) output;
+    a single call when T <= chunk.
     """
     b, t = q.shape[:2]
     arrays = [a for a, _ in per_query]
     if t <= chunk:
-        return fn(q, *arrays)
+        return fn(q, *arrays, *(c[0] for c in per_chunk))
     n_chunks = -(-t // chunk)
     pad = n_chunks * chunk - t
 
@@ -118,7 +112,7 @@ def _map_query_chunks(fn, chunk: int, q: jax.Array, *per_query: tuple[jax.Array,
         x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
         return jnp.moveaxis(x.reshape(b, n_chunks, chunk, *x.shape[2:]), 1, 0)
 
-    xs = (split(q, 0), *(split(a, fill) for a, fill in per_query))
+    xs = (split(q, 0), *(split(a, fill) for a, fill in per_query), *per_chunk)
     out = jax.lax.map(jax.checkpoint(lambda args: fn(*args)), xs)  # (n_chunks, B, chunk, ...)
     out = jnp.moveaxis(out, 0, 1).reshape(b, n_chunks * chunk, *out.shape[3:])
     return out[:, :t]

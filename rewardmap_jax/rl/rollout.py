@@ -54,8 +54,8 @@ def prepare_prompts(batch: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
         vision = jax.tree.map(lambda *x: np.stack(x), *per)
     else:
         span = cfg.vision_frame_span
-        frames = np.concatenate([np.ones((len(grids), 1), np.int64), grids[:, 1:]], axis=1)
-        if span and (most := max(required_patches(f[None], cfg.vision) for f in frames)) > span:
+        if span and (most := max(required_patches(np.array([[1, h, w]]), cfg.vision)
+                                 for _, h, w in grids)) > span:  # one frame's slots
             raise ValueError(f"an image of this batch spans {most} vision buffer slots, more "
                              f"than model.vision_frame_span={span}: raise it (a multiple of "
                              f"{cfg.vision.window_patches}) or set it to 0")
@@ -230,18 +230,19 @@ def dynamic_sampling(first: tuple[dict[str, Any], dict[str, Any], RolloutResult]
     r >= 1 the same way (StopIteration when the curriculum is used up: train on what we have).
     Returns the (batch, prompts, rollout) of B groups (kept groups first, then filtered ones
     to fill up) and metrics."""
-    rounds = [first]
+    def mixed(x):  # (B,) bool: the group's G rewards are not all equal
+        return np.asarray(grpo.dynamic_sampling_keep(x[2].scores["overall"], g)[0])
+
+    rounds, keep = [first], [mixed(first)]
     b = first[0]["input_ids"].shape[0]
-    max_rounds = max(1, max_rounds)
-    for r in range(1, max_rounds + 1):
-        keep = [np.asarray(grpo.dynamic_sampling_keep(x[2].scores["overall"], g)[0])
-                for x in rounds]
-        if sum(int(k.sum()) for k in keep) >= b or r == max_rounds:
+    for r in range(1, max(1, max_rounds)):
+        if sum(int(k.sum()) for k in keep) >= b:
             break
         try:
             rounds.append(draw(r))
         except StopIteration:
             break
+        keep.append(mixed(rounds[-1]))
     picks = [(i, j) for i, k in enumerate(keep) for j in np.flatnonzero(k)]
     filtered = [(i, j) for i, k in enumerate(keep) for j in np.flatnonzero(~k)]
     picks = (picks + filtered)[:b]

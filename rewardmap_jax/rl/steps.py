@@ -257,8 +257,16 @@ def make_grpo_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 def config_errors(config: Any) -> list[str]:
     """Update-step settings that cannot work, each naming its keys ([] when consistent):
     grad_accum must divide the prompts of one update; a warmup_cosine warmup must be shorter
-    than the phase's optimizer updates."""
+    than the phase's optimizer updates; params below 32 bits lose the updates (unless
+    optim.allow_low_precision_params)."""
     errs = []
+    o = config.optim
+    if (jnp.dtype(config.model.param_dtype).itemsize < 4
+            and not o.get("allow_low_precision_params", False)):
+        errs.append(f"model.param_dtype={config.model.param_dtype} would be trained in place: "
+                    f"updates below its resolution are lost (lr {o.lr} AdamW changes ~2% of "
+                    "bf16 weights per step); use model.param_dtype=float32 with "
+                    "model.compute_dtype=bfloat16, or set optim.allow_low_precision_params=True")
     rl, sft_c = config.rl, config.sft
     b = int(config.data.batch_size)
     mb = min(int(rl.mini_batch_size), b)
@@ -274,7 +282,6 @@ def config_errors(config: Any) -> list[str]:
         errs.append(f"sft.warmup_steps ({sft_c.warmup_steps}) must be < sft.steps "
                     f"({sft_c.steps}) with sft.schedule='warmup_cosine'")
     rl_steps = int(config.train.rl_steps)
-    o = config.optim
     if rl_steps and o.schedule == "warmup_cosine" and mb and b % mb == 0:
         updates = rl_steps * (b // mb) * int(rl.ppo_epochs)
         if int(o.warmup_steps) >= updates:

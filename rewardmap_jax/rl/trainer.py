@@ -131,25 +131,14 @@ def rl_pipeline(config: mlc.ConfigDict) -> DataPipeline:
     return DataPipeline.from_config(config, **kw)
 
 
-def _precision_errors(c: mlc.ConfigDict) -> list[str]:
-    low = jnp.dtype(c.model.param_dtype).itemsize < 4
-    if low and not c.optim.get("allow_low_precision_params", False):
-        return [f"model.param_dtype={c.model.param_dtype} would be trained in place: updates "
-                f"below its resolution are lost (lr {c.optim.lr} AdamW changes ~2% of bf16 "
-                "weights per step); use model.param_dtype=float32 with "
-                "model.compute_dtype=bfloat16, or set optim.allow_low_precision_params=True"]
-    return []
-
-
 def check_config(config: mlc.ConfigDict) -> None:
     """Consistency of keys that would otherwise fail deep inside a compiled step or the
     optimizer; raises `ConfigError` naming the keys."""
     c = config
     errors = steps.config_errors(c) + evaluation.config_errors(
-        c, model_config(c).vision.patch_size) + _precision_errors(c)
+        c, model_config(c).vision.patch_size)
     if errors:
         raise ConfigError("; ".join(errors))
-
 
 
 # ----------------------------------------------------------------------------------------------
