@@ -8,7 +8,8 @@ Presets (`--config configs/curriculum.py:PRESET`):
     python -m rewardmap_jax.main --config configs/curriculum.py --workdir runs/tiny
 
 * `qwen2_5_vl_3b`, `qwen2_5_vl_7b`: the real policy with the official hyperparameters
-  (shared/reference/rewardmap.md §6), real weights and ReasonMap data from local paths.
+  (arXiv 2510.02240, github.com/fscdc/RewardMap; docs/grpo.md), real weights and ReasonMap
+  data from local paths.
 
     python -m rewardmap_jax.main --config configs/curriculum.py:qwen2_5_vl_7b \
       --config.model.hf_dir=/data/Qwen2.5-VL-7B-Instruct \
@@ -62,7 +63,7 @@ def _reward_config() -> mlc.ConfigDict:
 
 
 def _rl_config() -> mlc.ConfigDict:
-    """GRPO (shared/reference/rewardmap.md §6: verl/EasyR1 defaults as RewardMap overrides them)."""
+    """GRPO: EasyR1/verl defaults as RewardMap's training scripts override them (docs/grpo.md)."""
     rl = mlc.ConfigDict()
     rl.num_generations = 4
     rl.temperature = 1.0
@@ -220,7 +221,7 @@ def _mesh_config() -> mlc.ConfigDict:
     )
     # (param path regex, logical axis names) for parameters without logical-axis metadata.
     m.path_rules = ()
-    # Multi-host (rewardmap_jax/distributed.py): auto = initialize when a cluster environment is
+    # Multi-host (rewardmap_jax/run/distributed.py): auto = initialize when a cluster environment is
     # detected (SLURM, Open MPI, TPU pod, JAX_COORDINATOR_ADDRESS); off; explicit = the keys below.
     m.dist_mode = "auto"
     m.coordinator_address = ""  # "host:port" of process 0
@@ -319,7 +320,7 @@ def _base() -> mlc.ConfigDict:
 
 
 def _tiny_training(c: mlc.ConfigDict) -> None:
-    """The CPU demo (shared/reference/tiny_world.md; measured numbers in docs/training.md).
+    """The CPU demo (measured numbers and what was tried in docs/training.md).
 
     84 px maps with the named stations marked, the 0.69M-parameter tiny model: a supervised warm
     start on short-answer tasks, stopped where Counting2 (from the marker) and Counting3 are

@@ -24,8 +24,8 @@ from typing import Any
 import jax
 import ml_collections as mlc
 
-from rewardmap_jax import checkpoint as ck
 from rewardmap_jax import config_utils
+from rewardmap_jax.run import checkpoint as ck
 
 PARAMS_ITEM = "params"
 

@@ -94,12 +94,12 @@ def initialize_distributed(config: mlc.ConfigDict) -> None:
     * JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID (launch/local.sh): explicit.
     * REWARDMAP_DISTRIBUTED=1 (launch/tpu_pod.sh, launch/slurm.sbatch): JAX's own cluster
       detection (Cloud TPU metadata, SLURM variables).
-    * Otherwise `rewardmap_jax.distributed.initialize_distributed(config.mesh)` decides
+    * Otherwise `rewardmap_jax.run.distributed.initialize_distributed(config.mesh)` decides
       (its "auto" mode: SLURM with several tasks, Open MPI, ...). A lone process runs alone.
     """
     import jax
 
-    from rewardmap_jax import distributed
+    from rewardmap_jax.run import distributed
 
     addr = os.environ.get("JAX_COORDINATOR_ADDRESS")
     nproc, pid = _env_int("JAX_NUM_PROCESSES"), _env_int("JAX_PROCESS_ID")

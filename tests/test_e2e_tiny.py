@@ -38,7 +38,7 @@ def run_dir(tmp_path_factory):
 
 @pytest.mark.slow
 def test_cli_writes_every_artefact(run_dir):
-    from rewardmap_jax.metrics_writer import read_metrics
+    from rewardmap_jax.run.metrics_writer import read_metrics
 
     assert (run_dir / "config.json").exists()
     assert (run_dir / "checkpoints" / "5").is_dir()  # 3 SFT + 2 GRPO steps

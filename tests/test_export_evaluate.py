@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rewardmap_jax import checkpoint as ck
 from rewardmap_jax import config_utils, evaluate, export
 from rewardmap_jax.mapworld.questions import answer_text
 from rewardmap_jax.mapworld.records import TASK_TYPES
 from rewardmap_jax.model import hf_io
 from rewardmap_jax.model.qwen2_5_vl import Qwen2_5_VL
+from rewardmap_jax.run import checkpoint as ck
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ import jax
 import numpy as np
 import pytest
 
-from rewardmap_jax import checkpoint as ck
-from rewardmap_jax.metrics_writer import read_metrics
+from rewardmap_jax.run import checkpoint as ck
+from rewardmap_jax.run.metrics_writer import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 TOTAL = 6

@@ -4,7 +4,8 @@
 resize of the uint8 image -> rescale 1/255 (float64, then float32) -> CLIP normalize (float32) ->
 patchify into rows of `C * temporal_patch * patch * patch` (= 1176) values in HF's order:
 rows (block_row, block_col, 2x2 inside the block), columns (C, T, ph, pw). An image is one frame
-repeated `temporal_patch_size` times, so grid_t = 1. See shared/reference/qwen2_5_vl.md §1.2, §2.
+repeated `temporal_patch_size` times, so grid_t = 1. See transformers'
+`Qwen2VLImageProcessor` and docs/data.md.
 
 Real ReasonMap maps are ~5,800 x 5,400 px: they are decoded once as uint8, resized straight to the
 target (<= `max_pixels`), and only then converted to float; inputs above `max_image_pixels` are

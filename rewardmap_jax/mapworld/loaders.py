@@ -1,6 +1,7 @@
 """Loaders for the real ReasonMap, ReasonMap-Plus and ReasonMap-Train parquet files.
 
-Formats (shared/reference/rewardmap.md §1-§3):
+Formats (Hugging Face `FSCCS/ReasonMap`, `FSCCS/ReasonMap-Plus`, `FSCCS/ReasonMap-Train`;
+docs/data.md):
 
 * ReasonMap: one row per station pair with `question_short` and `question_long`; each row becomes
   two planning records (template `short`, and `long_num_via` / `long_via` from the long text).

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 TRANSFER_SUFFIX = " (Transfer Station)"
-# Annotations the real metro JSON appends to names (shared/reference/rewardmap.md §1).
+# Annotations the real metro JSON appends to names (ReasonMap's `stations/*/*.json`,
+# github.com/fscdc/ReasonMap).
 _ANNOTATION_RE = re.compile(
     r"\s*(\((Transfer|Branch-starting) Station\)|（换乘站）|（支线起始站）)\s*$"
 )

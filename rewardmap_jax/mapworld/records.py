@@ -1,8 +1,9 @@
 """The question record shared by every data source (map world, ReasonMap, ReasonMap-Plus, -Train).
 
-Field names and meanings follow the real datasets (see `shared/reference/rewardmap.md` §1-§3), so
-rewards, metrics and the data pipeline consume map-world questions and real ones through the same
-code. A record is plain data: no model, no JAX.
+Field names and meanings follow the real datasets (Hugging Face `FSCCS/ReasonMap`,
+`FSCCS/ReasonMap-Plus`, `FSCCS/ReasonMap-Train`; docs/data.md), so rewards, metrics and the data
+pipeline consume map-world questions and real ones through the same code. A record is plain
+data: no model, no JAX.
 
 Conventions
 -----------

@@ -3,7 +3,7 @@
 `from_hf_config` reads a Hugging Face `config.json` dict in either the transformers 4.x flat layout
 (text fields at the top level, `rope_scaling`, `rope_theta`) or the 5.x nested layout
 (`text_config` with `rope_parameters`); `to_hf_config` writes the 5.x nested layout, which both
-4.57 and 5.x parse (shared/reference/qwen2_5_vl.md §6).
+4.57 and 5.x parse (docs/model.md, "HF interop").
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The RewardMap reward on device: pure jitted functions over the arrays of `parse.parse_batch`.
 
-Official rule ([RW] reason_map.py, mode difficulty_aware; shared/reference/rewardmap.md §4):
+Official rule (reason_map.py of github.com/fscdc/RewardMap, mode difficulty_aware;
+docs/rewards.md):
 
     total = (correct * acc + detail_weight * detail [+ format_weight * format_ok]) * weight
 

@@ -1,7 +1,7 @@
 """Text rules of the official RewardMap / ReasonMap code, reimplemented (no model, no JAX).
 
-Everything here is a pure function of strings. The rules follow `shared/reference/rewardmap.md`
-§2-§4 and the official sources they cite ([RW] `verl/utils/reward_score/reason_map.py` and
+Everything here is a pure function of strings. The rules follow the official
+sources (docs/rewards.md restates them) ([RW] `verl/utils/reward_score/reason_map.py` and
 `reasonmap_utils.py`; [RM] `main.py`, `tools.py`), including their quirks, because the reward
 must score a completion exactly as the official code does:
 

@@ -28,13 +28,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from rewardmap_jax import gallery
 from rewardmap_jax.data.curriculum import Schedule, Stage
 from rewardmap_jax.data.pipeline import DataPipeline
 from rewardmap_jax.data.sources import MapWorldSource
 from rewardmap_jax.mapworld.records import TASK_TYPES, Record
 from rewardmap_jax.rl import rollout as ro
 from rewardmap_jax.rl import sampler
+from rewardmap_jax.run import gallery
 
 EVAL_SUBDIR = "eval"
 
@@ -105,7 +105,7 @@ def generate_answers(model: Any, config: Any, sources: Mapping[str, Any], tokeni
 def gallery_items(records: Sequence[Record], texts: Sequence[str],
                   scores: Mapping[str, np.ndarray], sources: Mapping[str, Any],
                   tasks: Sequence[str], n: int) -> list[Any]:
-    """About `n` gallery items (`rewardmap_jax.gallery`): the first questions of every task
+    """About `n` gallery items (`rewardmap_jax.run.gallery`): the first questions of every task
     type, with their figures and reward components."""
     items = []
     for t in tasks:

@@ -20,12 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rewardmap_jax import gallery
 from rewardmap_jax.mapworld.records import TASK_TYPES, Record
 from rewardmap_jax.model import rope_index
 from rewardmap_jax.model.config import ModelConfig
 from rewardmap_jax.model.vision_layout import pack_vision_inputs, required_patches
 from rewardmap_jax.rl import grpo, sampler, steps
+from rewardmap_jax.run import gallery
 
 PROMPT_KEYS = ("prompt_ids", "prompt_mask", "positions", "rope_deltas", "vision", "vis_offsets")
 
@@ -211,7 +211,7 @@ def select_rows(results: Sequence[RolloutResult], rows: Sequence[tuple[int, int]
 
 
 def gallery_items(res: RolloutResult, g: int, n: int) -> list[Any]:
-    """Gallery items (`rewardmap_jax.gallery`) of the first `n` prompt groups of a rollout."""
+    """Gallery items (`rewardmap_jax.run.gallery`) of the first `n` prompt groups of a rollout."""
     items = []
     for j in range(min(n, len(res.records) // g)):
         rows = range(j * g, (j + 1) * g)

@@ -32,8 +32,6 @@ import ml_collections as mlc
 import numpy as np
 from flax import nnx
 
-from rewardmap_jax import checkpoint as ck
-from rewardmap_jax import gallery, metrics_writer, plots
 from rewardmap_jax.config_utils import ConfigError
 from rewardmap_jax.data.curriculum import Schedule, Stage, schedule_from_config
 from rewardmap_jax.data.fast_tokenizer import FastTokenizer
@@ -48,6 +46,8 @@ from rewardmap_jax.rewards import reward as reward_lib
 from rewardmap_jax.rewards.registry import make_reward_fn
 from rewardmap_jax.rl import evaluation, grpo, optim, sampler, steps
 from rewardmap_jax.rl import rollout as ro
+from rewardmap_jax.run import checkpoint as ck
+from rewardmap_jax.run import gallery, metrics_writer, plots
 
 log = logging.getLogger(__name__)
 

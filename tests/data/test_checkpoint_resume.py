@@ -1,12 +1,12 @@
-"""The data iterator state survives a real Orbax checkpoint (rewardmap_jax.checkpoint)."""
+"""The data iterator state survives a real Orbax checkpoint (rewardmap_jax.run.checkpoint)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from configs.curriculum import get_config
-from rewardmap_jax.checkpoint import CheckpointManager
 from rewardmap_jax.data.pipeline import DataPipeline
+from rewardmap_jax.run.checkpoint import CheckpointManager
 
 
 def test_resume_from_orbax_checkpoint(tmp_path):

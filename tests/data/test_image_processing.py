@@ -57,7 +57,7 @@ def test_parity_with_hf_pil_backend(mode):
 
 
 def test_verified_example_217x300():
-    # shared/reference/qwen2_5_vl.md §1.2: target 224x308, grid [1,16,22], 352 rows, 88 tokens
+    # by hand from transformers' smart_resize: 224x308, grid [1,16,22], 352 rows, 88 tokens
     cfg = ImageProcessorConfig()
     assert smart_resize(217, 300) == (224, 308)
     rows, grid = preprocess(Image.new("RGB", (300, 217), (10, 20, 30)), cfg)

@@ -1,9 +1,10 @@
 """A straightforward per-completion transcription of the official RewardMap reward rules.
 
-Written from shared/reference/rewardmap.md §3-§4 and the official reason_map.py logic, string by
-string, with plain Python loops and no code shared with `rewardmap_jax.rewards`: the jitted reward
-must agree with it. It works on the official inputs (metro dict with annotations stripped,
-station names, transfer count, difficulty), not on the package's arrays.
+Written from the RewardMap paper (arXiv 2510.02240, docs/rewards.md) and the official reason_map.py
+logic (github.com/fscdc/RewardMap), string by string, with plain Python loops and no code shared
+with `rewardmap_jax.rewards`: the jitted reward must agree with it. It works on the official inputs
+(metro dict with annotations stripped, station names, transfer count, difficulty), not on the
+package's arrays.
 """
 
 from __future__ import annotations

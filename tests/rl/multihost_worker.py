@@ -32,9 +32,9 @@ def main() -> None:
     from flax import nnx
 
     from configs.curriculum import get_config
-    from rewardmap_jax import distributed as dist
     from rewardmap_jax.model import sharding as sh
     from rewardmap_jax.rl import grpo, optim
+    from rewardmap_jax.run import distributed as dist
     from tests.rl.toy_model import ToyLM
     from tests.rl.toy_step import make_batch, make_step
 

@@ -58,7 +58,7 @@ def test_two_processes_match_one(tmp_path):
 
 
 def test_initialize_distributed_modes(monkeypatch):
-    from rewardmap_jax import distributed as dist
+    from rewardmap_jax.run import distributed as dist
 
     for k in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_COORDINATOR_ADDRESS",
               "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"):

@@ -14,10 +14,10 @@ import pytest
 from flax import nnx
 
 from rewardmap_jax.data.pipeline import DataPipeline
-from rewardmap_jax.metrics_writer import read_metrics
 from rewardmap_jax.model.vision_layout import pack_vision_inputs
 from rewardmap_jax.rl import evaluation, sampler, steps, trainer
 from rewardmap_jax.rl import rollout as ro
+from rewardmap_jax.run.metrics_writer import read_metrics
 from tests.rl.small_config import get_config
 
 HERE = Path(__file__).resolve().parent

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from flax import nnx
 
-from rewardmap_jax import checkpoint as ck
 from rewardmap_jax import config_utils
 from rewardmap_jax.config_utils import ConfigError
 from rewardmap_jax.data.fast_tokenizer import FastTokenizer
 from rewardmap_jax.data.tokenizer import TINY
 from rewardmap_jax.mapworld.records import TASK_TYPES
 from rewardmap_jax.rl import evaluation, trainer
+from rewardmap_jax.run import checkpoint as ck
 from tests.rl.small_config import get_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
-from rewardmap_jax import metrics_writer as mw
+from rewardmap_jax.run import metrics_writer as mw
 
 
 def _tb_scalars(workdir) -> dict[str, list[tuple[int, float]]]:

@@ -1,6 +1,6 @@
 """Reward and accuracy curves by curriculum stage, from a run's `metrics.jsonl`, as one PNG.
 
-    python -m rewardmap_jax.plots --workdir runs/tiny            # -> runs/tiny/plots/curves.png
+    python -m rewardmap_jax.run.plots --workdir runs/tiny            # -> runs/tiny/plots/curves.png
 
 Panels: the supervised warm start (`sft/loss`, `sft/answer_match`; only when logged), reward
 (`reward/*` keys) and accuracy (`accuracy/*` keys). Raw values are drawn thin, a moving average
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from rewardmap_jax.metrics_writer import read_metrics
+from rewardmap_jax.run.metrics_writer import read_metrics
 
 PLOTS_SUBDIR = "plots"
 CURVES_FILE = "curves.png"
@@ -246,7 +246,7 @@ def plot_run(workdir: str | Path, out: str | Path | None = None, smooth: int | N
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m rewardmap_jax.plots",
+        prog="python -m rewardmap_jax.run.plots",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rewardmap_jax import gallery, plots
 from rewardmap_jax.mapworld.generator import make_record
-from rewardmap_jax.metrics_writer import MetricsWriter
+from rewardmap_jax.run import gallery, plots
+from rewardmap_jax.run.metrics_writer import MetricsWriter
 
 
 def _write_run(workdir, stages=((0, "TorF", 5), (1, "planning", 4))):

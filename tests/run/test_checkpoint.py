@@ -18,9 +18,9 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rewardmap_jax import checkpoint as ck
+from rewardmap_jax.run import checkpoint as ck
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _state(seed: int = 0) -> dict:
@@ -155,7 +155,7 @@ def _run_script(body: str, workdir: Path, **popen) -> subprocess.Popen:
         """
         import os, sys, time
         import jax, jax.numpy as jnp
-        from rewardmap_jax import checkpoint as ck
+        from rewardmap_jax.run import checkpoint as ck
         workdir = sys.argv[1]
         """
     ) + textwrap.dedent(body)
@@ -245,7 +245,7 @@ import jax, jax.numpy as jnp, numpy as np
 jax.distributed.initialize(os.environ["JAX_COORDINATOR_ADDRESS"],
                            int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"]))
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from rewardmap_jax import checkpoint as ck
+from rewardmap_jax.run import checkpoint as ck
 workdir = sys.argv[1]
 full = np.arange(24, dtype=np.float32).reshape(8, 3)
 sh = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data"))
