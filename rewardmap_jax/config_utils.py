@@ -66,6 +66,21 @@ def absolute_config_paths(config: mlc.ConfigDict) -> None:
         config.reward.fn = f"{absolute_path(path)}:{name}"
 
 
+def missing_paths(config: mlc.ConfigDict) -> list[str]:
+    """One message per path-valued key that is set but names no directory (no file, for a
+    `reward.fn` file): a typo then stops the run before any compute."""
+    errors = []
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = config.get(section, {}).get(name, "")
+        if isinstance(value, str) and value and value != TINY and not os.path.isdir(value):
+            errors.append(f"config.{key}: no directory {value!r}")
+    path, sep, _ = str(config.get("reward", {}).get("fn", "")).rpartition(":")
+    if sep and path.endswith(".py") and not os.path.isfile(path):
+        errors.append(f"config.reward.fn: no file {path!r}")
+    return errors
+
+
 def config_to_dict(config: mlc.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
     """A plain nested dict (field references resolved, tuples as lists) for JSON/YAML."""
     d = config.to_dict() if isinstance(config, mlc.ConfigDict) else dict(config)

@@ -133,6 +133,8 @@ def run(config: mlc.ConfigDict, workdir: str | Path) -> int:
     # the same directories for `export`/`evaluate` run from elsewhere.
     workdir = Path(config_utils.absolute_path(workdir))
     config_utils.absolute_config_paths(config)
+    if missing := config_utils.missing_paths(config):
+        raise config_utils.ConfigError("invalid config:\n  " + "\n  ".join(missing))
     initialize_distributed(config)
     primary = jax.process_index() == 0
     if not primary:

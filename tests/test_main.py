@@ -103,7 +103,8 @@ def test_cli_makes_every_relative_path_absolute(tmp_path):
     """A relative --workdir and relative paths in the config are resolved against the current
     directory once, in main: the trainer gets an absolute workdir and config.json holds absolute
     paths, so export/evaluate work from any directory. Empty values and "tiny" stay."""
-    (tmp_path / "models" / "qwen").mkdir(parents=True)
+    for d in ("models/qwen", "data/ReasonMap", "t"):
+        (tmp_path / d).mkdir(parents=True)
     (tmp_path / "my_reward.py").write_text("def score(records, completions):\n    return {}\n")
     out = _cli(
         "--workdir=runs/rel", "--config.model.hf_dir=models/qwen",
@@ -160,6 +161,8 @@ def test_resume_with_a_relative_workdir(tmp_path):
         (f"--config={REPO}/configs/curriculum.py:huge", "unknown preset 'huge'"),
         ("--workdir=gs://bucket/run", "invalid --workdir gs://bucket/run: a URL"),
         ("--config=/no/such/config.py", "No such file or directory: '/no/such/config.py'"),
+        ("--config.model.hf_dir=no/such", "config.model.hf_dir: no directory '/"),
+        ("--config.reward.fn=no_such.py:score", "config.reward.fn: no file '/"),
     ],
 )
 def test_cli_rejects_bad_config_before_compute(tmp_path, flag, message):
