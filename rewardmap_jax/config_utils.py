@@ -1,11 +1,13 @@
 """Config helpers for the CLIs: the resolved config saved in (and read back from) the workdir,
-checks of the sections the run edges own, and the presets text for `--help`.
+user-given paths made absolute at the edge, checks of the sections the run edges own, and the
+presets text for `--help`.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,13 +15,70 @@ from typing import Any
 import ml_collections as mlc
 import yaml
 
+from rewardmap_jax.data.tokenizer import TINY
+
 CONFIG_JSON = "config.json"
 CONFIG_YAML = "config.yaml"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "curriculum.py"
 
 
+# Config keys holding user-given filesystem paths ("" = unset). `data.tokenizer` may also be the
+# built-in name "tiny"; `reward.fn` may be `path/to/file.py:fn` (its path part is a path).
+PATH_KEYS = (
+    "model.hf_dir",
+    "data.tokenizer",
+    "data.reasonmap_dir",
+    "data.reasonmap_plus_dir",
+    "data.reasonmap_train_dir",
+)
+
+
 class ConfigError(ValueError):
     """A config value that cannot run; the message names the key."""
+
+
+def absolute_path(path: str | os.PathLike) -> str:
+    """`path` made absolute against the current directory (`~` expanded, symlinks kept).
+
+    Every CLI (main, evaluate, export) passes each user-given path through this once, at the
+    edge: Orbax refuses relative checkpoint paths, and a run's saved config must still name the
+    same directories when `export`/`evaluate` run from another directory. URLs pass unchanged.
+    """
+    text = os.fspath(path)
+    if "://" in text:
+        return text
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def absolute_config_paths(config: mlc.ConfigDict) -> None:
+    """Makes the path-valued keys of `config` (`PATH_KEYS`, a `reward.fn` file) absolute, in
+    place; empty values and the built-in tokenizer name stay as they are."""
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        if section not in config or name not in config[section]:
+            continue  # an older config (e.g. a run's config.json) may not carry the key
+        value = config[section][name]
+        if isinstance(value, str) and value and not (key == "data.tokenizer" and value == TINY):
+            config[section][name] = absolute_path(value)
+    fn = str(config.get("reward", {}).get("fn", ""))
+    path, sep, name = fn.rpartition(":")
+    if sep and path.endswith(".py"):  # a user reward `path/to/file.py:fn`
+        config.reward.fn = f"{absolute_path(path)}:{name}"
+
+
+def missing_paths(config: mlc.ConfigDict) -> list[str]:
+    """One message per path-valued key that is set but names no directory (no file, for a
+    `reward.fn` file): a typo then stops the run before any compute."""
+    errors = []
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = config.get(section, {}).get(name, "")
+        if isinstance(value, str) and value and value != TINY and not os.path.isdir(value):
+            errors.append(f"config.{key}: no directory {value!r}")
+    path, sep, _ = str(config.get("reward", {}).get("fn", "")).rpartition(":")
+    if sep and path.endswith(".py") and not os.path.isfile(path):
+        errors.append(f"config.reward.fn: no file {path!r}")
+    return errors
 
 
 def config_to_dict(config: mlc.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:

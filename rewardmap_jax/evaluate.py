@@ -168,7 +168,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+_PATH_ARGS = ("workdir", "hf_dir", "completions", "reasonmap_dir", "reasonmap_plus_dir", "out")
+
+
 def _run(args: argparse.Namespace) -> dict[str, Any]:
+    for name in _PATH_ARGS:  # resolved once, here (Orbax refuses relative checkpoint paths)
+        if getattr(args, name):
+            setattr(args, name, config_utils.absolute_path(getattr(args, name)))
     config = None
     if args.workdir:
         config = config_utils.load_config(args.workdir)

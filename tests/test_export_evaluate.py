@@ -180,3 +180,40 @@ def test_evaluate_generates_through_the_trainer_hook(tiny_run, tmp_path, monkeyp
     assert report["summary"]["plus/acc"] == 1.0
     assert [s["acc"] for s in report["samples"]] == [1.0] * len(TASK_TYPES)
     assert json.loads(capsys.readouterr().out)["plus/acc"] == 1.0
+
+
+def test_export_and_evaluate_with_relative_paths(tiny_run, monkeypatch, capsys):
+    """`export --workdir RUN --out DIR` and `evaluate --workdir RUN --out DIR` with paths
+    relative to the current directory (Orbax refuses relative paths; the CLIs resolve them)."""
+    workdir, params = tiny_run
+    monkeypatch.chdir(workdir.parent)
+    run = workdir.name
+    assert export.main(["--workdir", run, "--step", "4", "--out", "exported/rel"]) == 0, (
+        capsys.readouterr().err
+    )
+    summary = json.loads(capsys.readouterr().out)
+    out = workdir.parent / "exported" / "rel"
+    assert summary["workdir"] == str(workdir) and summary["out"] == str(out)
+    loaded = hf_io.load_hf(str(out))
+    a, b = _leaves(nnx.state(loaded, nnx.Param))[0], _leaves(params[4])[0]
+    np.testing.assert_array_equal(a, b)
+    # The image processor of the run: its pixel limits, the tower's patch and merge sizes.
+    pre = json.loads((out / export.PREPROCESSOR_CONFIG).read_text())
+    config = config_utils.load_config(workdir)
+    assert (pre["min_pixels"], pre["max_pixels"]) == (config.data.min_pixels,
+                                                      config.data.max_pixels)
+    assert pre["size"] == {"shortest_edge": pre["min_pixels"], "longest_edge": pre["max_pixels"]}
+    assert (pre["patch_size"], pre["merge_size"], pre["temporal_patch_size"]) == (14, 2, 2)
+
+    calls = []
+
+    def generate_completions(config, sources, *, workdir, hf_dir, step):
+        calls.append(workdir)
+        records = [sources[t][0] for t in sorted(sources)]
+        return records, [answer_text(r) for r in records]
+
+    monkeypatch.setattr(evaluate, "generate", lambda c, s, **kw: generate_completions(c, s, **kw))
+    argv = ["--workdir", run, "--step", "4", "--per_type", "1", "--out", "reports"]
+    assert evaluate.main(argv) == 0
+    assert calls == [str(workdir)]
+    assert (workdir.parent / "reports" / "eval_step_4.json").exists()
