@@ -119,10 +119,15 @@ def unknown_key_errors(d: Mapping[str, Any], reference: mlc.ConfigDict) -> list[
 
 
 def validate_config(config: mlc.ConfigDict) -> None:
-    """Checks the run-edge sections (checkpoint, log, eval); raises ConfigError naming each key."""
+    """Checks the run-edge sections (checkpoint, log, eval) and that the config has no key the
+    code does not read (compared with the default config of its preset: a key removed from
+    the code, e.g. `eval.temperature`, is refused with the reason); raises ConfigError naming
+    each key."""
     errors = [e for key, lo in _BOUNDS.items() if (e := _positive(config, key, lo))]
     if "preset" in config and not isinstance(config.preset, str):
         errors.append(f"config.preset must be a string, got {config.preset!r}")
+    elif config.get("preset") in _read_config_file(DEFAULT_CONFIG)[1]:
+        errors += unknown_key_errors(config.to_dict(), get_config(preset=config.preset))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 

@@ -62,7 +62,11 @@ class CompletionCache:
         self.done: dict[str, str] = {}
         if self.path is None or not self.path.exists():
             return
-        lines = self.path.read_text(encoding="utf-8").splitlines()
+        text = self.path.read_text(encoding="utf-8")
+        if text and not text.endswith("\n") and self.write:  # drop a torn last line for good
+            text = text[: text.rfind("\n") + 1]
+            self.path.write_text(text, encoding="utf-8")
+        lines = text.splitlines()
         try:
             header = json.loads(lines[0]) if lines else None
         except json.JSONDecodeError:

@@ -119,7 +119,7 @@ def eval_metrics(report: Mapping[str, Any], prefix: str = "eval") -> dict[str, f
 
 
 def is_percent(name: str) -> bool:
-    return "/acc" in name or name.startswith(("accuracy/", scoring.WEIGHTED + "plus/"))
+    return "/acc" in name or name.startswith(("accuracy/", "majority/"))
 
 
 def cell(summary: Mapping[str, Any], name: str) -> str:
@@ -127,10 +127,10 @@ def cell(summary: Mapping[str, Any], name: str) -> str:
     fig = summary.get(name)
     if fig is None:
         return "-"
-    scale, fmt = (100.0, "{:.2f}") if is_percent(name) else (1.0, "{:.2f}")
-    text = fmt.format(scale * fig["value"])
+    scale = 100.0 if is_percent(name) else 1.0
+    text = f"{scale * fig['value']:.2f}"
     if fig["se"] is not None:
-        text += " ± " + fmt.format(scale * fig["se"])
+        text += f" ± {scale * fig['se']:.2f}"
     return text
 
 
@@ -172,10 +172,12 @@ def _plus_table(s: Mapping[str, Any]) -> list[str]:
 
 def _task_table(s: Mapping[str, Any], tasks: Sequence[str]) -> list[str]:
     has_reward = "reward/mean" in s
-    header = ["task", "questions", "accuracy (%)"] + (["reward"] if has_reward else [])
+    header = ["task", "questions", "accuracy (%)", "majority answer (%)"] + (
+        ["reward"] if has_reward else [])
     rows = []
     for t in [*tasks, "mean"]:
-        row = ["all" if t == "mean" else t, _n(s, f"accuracy/{t}"), cell(s, f"accuracy/{t}")]
+        row = ["all" if t == "mean" else t, _n(s, f"accuracy/{t}"), cell(s, f"accuracy/{t}"),
+               cell(s, f"majority/{t}")]
         rows.append(row + ([cell(s, f"reward/{t}")] if has_reward else []))
     return _table(header, rows)
 
@@ -199,7 +201,7 @@ def markdown(report: Mapping[str, Any]) -> str:
         lines.append(f"- time: {report['seconds']:.1f} s")
     lines.append("")
     samples = report.get("samples") or []
-    tasks = [t for t in scoring.task_types(samples)] if samples else [
+    tasks = scoring.task_types(samples) if samples else [
         k.split("/", 1)[1] for k in s if k.startswith("accuracy/") and k != "accuracy/mean"]
     if "reasonmap/acc_short" in s or "reasonmap/acc_long" in s:
         lines += _reasonmap_table(s) + [""]

@@ -19,6 +19,7 @@ Figure names (also the keys of the metrics writer, under `eval/`):
 | `plus/acc`, `plus/acc_count`, `plus/acc_torf`, `plus/acc_<type>` | the VQA questions |
 | `accuracy/<type>`, `accuracy/mean` | every question (planning: short and long together) |
 | `reward/<type>`, `reward/mean` | every question, when a reward function is given |
+| `majority/<type>` | VQA types: the most common answer's rate (chance level), no SE |
 | `weighted/<any reasonmap/ or plus/ name>` | the same, difficulty-weighted (below) |
 
 Difficulty weights are the project's own: the papers report "weighted" figures but publish no
@@ -94,7 +95,7 @@ def score_completions(
         if r.type == "planning":
             row.update(metrics.score_planning(r, text, modes_for(r)))
         else:
-            row.update(metrics.score_vqa(r, text))
+            row.update(metrics.score_vqa(r, text), answer=r.answer)
         if rewards is not None:
             row["reward"] = float(rewards[i])
         row["completion"] = c
@@ -148,15 +149,17 @@ def group_rows(rows: Iterable[Mapping[str, Any]]) -> dict[str, tuple[list[str], 
 
 
 def sort_key(name: str) -> tuple[int, str]:
-    order = ("reasonmap/", "plus/", "accuracy/", "reward/")
+    order = ("reasonmap/", "plus/", "accuracy/", "majority/", "reward/")
     base = name.removeprefix(WEIGHTED)
     head = next((i for i, p in enumerate(order) if base.startswith(p)), len(order))
     return head * 2 + name.startswith(WEIGHTED), name
 
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """{figure: {"value", "se", "n"}} for every figure some question contributes to, and the
-    difficulty-weighted `weighted/...` versions of the ReasonMap and Plus figures."""
+    """{figure: {"value", "se", "n"}} for every figure some question contributes to, the
+    difficulty-weighted `weighted/...` versions of the ReasonMap and Plus figures, and
+    `majority/<type>`: the rate of the most common ground truth of a VQA type among the
+    evaluated questions (what a constant answer scores: the chance level)."""
     out: dict[str, dict[str, Any]] = {}
     for name, (_, vals, ws) in group_rows(rows).items():
         value, se = weighted_mean_se(np.array(vals))
@@ -164,6 +167,11 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
         if name.startswith(("reasonmap/", "plus/")):
             value, se = weighted_mean_se(np.array(vals), np.array(ws))
             out[WEIGHTED + name] = {"value": value, "se": se, "n": len(vals)}
+    for t in task_types(rows):
+        answers = [r["answer"] for r in rows if r["type"] == t and "answer" in r]
+        if answers:
+            top = max(answers.count(a) for a in set(answers))
+            out[f"majority/{t}"] = {"value": top / len(answers), "se": None, "n": len(answers)}
     return dict(sorted(out.items(), key=lambda kv: sort_key(kv[0])))
 
 

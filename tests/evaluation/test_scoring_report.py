@@ -82,7 +82,7 @@ def test_report_json_and_markdown(tmp_path):
     assert text.startswith("# Evaluation: final (step 7)")
     assert "| ReasonMap-Plus (VQA) | all | Count | TorF | TorF1 |" in text
     assert "| accuracy (%) | 75.00 ± 25.00 | - | 75.00 ± 25.00 | 75.00 ± 25.00 |" in text
-    assert "| TorF1 | 4 | 75.00 ± 25.00 | 7.50 ± 2.50 |" in text
+    assert "| TorF1 | 4 | 75.00 ± 25.00 | - | 7.50 ± 2.50 |" in text
     assert "`weight = 1  # TODO`" in text and "- f.parquet row 3: undecodable image" in text
     assert "ReasonMap (route planning)" not in text  # no planning question
     assert R.eval_metrics(rep)["eval/accuracy/TorF1"] == 0.75

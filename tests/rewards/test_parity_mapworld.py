@@ -12,10 +12,10 @@ import random
 import numpy as np
 
 from configs.curriculum import get_config
+from rewardmap_jax.evaluation.scoring import score_completions, summarize
 from rewardmap_jax.mapworld.generator import generate_records
 from rewardmap_jax.mapworld.questions import answer_text
 from rewardmap_jax.rewards import RewardMapReward
-from rewardmap_jax.evaluation.scoring import score_completions, summarize
 from tests.rewards import official_ref as ref
 from tests.rewards.worlds import mutate_plan
 
