@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +25,8 @@ from rewardmap_jax.mapworld.questions import answer_text
 from rewardmap_jax.model import hf_io
 from rewardmap_jax.model.config import get_preset
 from rewardmap_jax.model.qwen2_5_vl import Qwen2_5_VL
-from rewardmap_jax.rl import rollout as ro
 from rewardmap_jax.run import checkpoint as ck
+from tests.evaluation.sigterm import sigterm_during_first_batch
 
 REPO = Path(__file__).resolve().parents[2]
 FIX = REPO / "tests" / "fixtures"
@@ -151,16 +150,7 @@ def test_interrupted_evaluation_resumes_to_the_same_report(tiny_workdir, tmp_pat
             "2", "--set", "eval.tasks=('TorF1', 'TorF2', 'Counting3')", "--set",
             "eval.batch_size=2", "--set", "eval.max_new_tokens=6", "--no_progress"]
     assert main([*argv, "--out", str(tmp_path / "full")]) == 0
-    calls = []
-    real_sample = ro.sample
-
-    def sample(*args, **kw):  # SIGTERM arrives while the first batch is decoded
-        calls.append(1)
-        if len(calls) == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_sample(*args, **kw)
-
-    monkeypatch.setattr(ro, "sample", sample)
+    calls = sigterm_during_first_batch(monkeypatch)  # SIGTERM during the 1st batch
     part = tmp_path / "part"
     assert main([*argv, "--out", str(part)]) == INTERRUPTED
     cached = (part / "step3.completions.jsonl").read_text().splitlines()

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +13,9 @@ import numpy as np
 from rewardmap_jax.evaluation import TrainingEvaluator, cli
 from rewardmap_jax.evaluation import report as R
 from rewardmap_jax.mapworld.generator import get_world, make_record
-from rewardmap_jax.rl import rollout as ro
 from rewardmap_jax.rl import trainer
 from rewardmap_jax.run.metrics_writer import read_metrics
+from tests.evaluation.sigterm import sigterm_during_first_batch
 from tests.rl.small_config import get_config
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
@@ -42,16 +40,7 @@ def test_real_data_evaluation_in_training_survives_sigterm(tmp_path, monkeypatch
     c.eval.questions_per_task = 1  # a cap: one question of each type
     c.eval.batch_size = 2
     c.eval.max_new_tokens = 4
-    calls = []
-    real = ro.sample
-
-    def sample(*args, **kw):  # SIGTERM while the first evaluation batch is decoded
-        calls.append(1)
-        if len(calls) == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args, **kw)
-
-    monkeypatch.setattr(ro, "sample", sample)
+    calls = sigterm_during_first_batch(monkeypatch)  # SIGTERM during the 1st batch
     t = trainer.Trainer(c, tmp_path)
     t.rl_step = _fake_rl_step
     t.train()
