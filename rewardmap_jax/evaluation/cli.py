@@ -18,7 +18,7 @@ data (`--workdir`), else `mapworld:tiny`. Real data is evaluated in full unless
 `--questions_per_task N` caps each type.
 
 Writes OUT/<tag>.json and OUT/<tag>.md (OUT: `--out`, default WORKDIR/eval or ./eval; tag:
-`--tag`, default step<N>, the model's name or the completions file's name) and, when it
+`--tag`, default cli_step<N>, the model's name or the completions file's name) and, when it
 generates, OUT/<tag>.completions.jsonl: an interrupted evaluation (Ctrl-C, SIGTERM) resumes
 from it when the same command is run again. Bad rows are counted and listed in the report.
 
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     step = None
     if args.workdir:
         step = args.step if args.step is not None else _latest_step(args.workdir)
-        tag = args.tag or f"step{step}"
+        tag = args.tag or f"cli_step{step}"  # not a training tag (warm_start, step<N>, final)
         info = info | {"step": step}
     else:
         tag = args.tag or Path(str(args.hf_dir).rstrip("/")).name

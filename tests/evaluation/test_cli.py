@@ -153,19 +153,20 @@ def test_interrupted_evaluation_resumes_to_the_same_report(tiny_workdir, tmp_pat
     calls = sigterm_during_first_batch(monkeypatch)  # SIGTERM during the 1st batch
     part = tmp_path / "part"
     assert main([*argv, "--out", str(part)]) == INTERRUPTED
-    cached = (part / "step3.completions.jsonl").read_text().splitlines()
+    cached = (part / "cli_step3.completions.jsonl").read_text().splitlines()
     assert len(cached) == 1 + 2 and len(calls) == 1  # header + the first batch, then stopped
-    assert not (part / "step3.json").exists()
+    assert not (part / "cli_step3.json").exists()
     assert main([*argv, "--out", str(part)]) == 0
     assert len(calls) == 1 + 2  # resumed: only the 4 remaining questions were generated
-    a, b = R.load_report(tmp_path / "full" / "step3.json"), R.load_report(part / "step3.json")
+    a = R.load_report(tmp_path / "full" / "cli_step3.json")
+    b = R.load_report(part / "cli_step3.json")
     assert a["counts"]["scored"] == 6
     for key in ("summary", "samples", "counts", "model", "step"):
         assert a[key] == b[key], key
     # A cache written for another checkpoint is refused, not mixed in.
     fp = json.loads(cached[0])
     fp["fingerprint"]["model"]["step"] = 99
-    (part / "step3.completions.jsonl").write_text(json.dumps(fp) + "\n")
+    (part / "cli_step3.completions.jsonl").write_text(json.dumps(fp) + "\n")
     assert main([*argv, "--out", str(part)]) == 1
 
 

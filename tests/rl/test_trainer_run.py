@@ -115,7 +115,7 @@ def test_evaluate_cli_on_trained_workdir(failed_run):
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout[out.stdout.index("{"):])
     assert summary["scored"] == 2 * len(TASK_TYPES)
-    report = json.loads((workdir / "eval" / "step1.json").read_text())
+    report = json.loads((workdir / "eval" / "cli_step1.json").read_text())
     uids = [x["uid"] for x in report["samples"]]
     assert len(uids) == len(set(uids)) == 2 * len(TASK_TYPES)  # every question once
-    assert (workdir / "eval" / "step1.md").read_text().strip()
+    assert (workdir / "eval" / "cli_step1.md").read_text().strip()
