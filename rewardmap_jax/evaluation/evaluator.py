@@ -167,7 +167,7 @@ def write_summary(out_dir: str | Path, reports: Sequence[Mapping[str, Any]]) -> 
     of every evaluation and the paired change of the last against the first."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    slim = [R.slim(r) for r in reports]
+    slim = [R.slim(r) for r in reports if r.get("format") == R.FORMAT]  # not older formats
     (out / f"{SUMMARY}.json").write_text(json.dumps(slim, ensure_ascii=False, indent=1) + "\n")
     names = [n for n in HEADLINE if any(n in r["summary"] for r in slim)]
     lines = ["# Evaluations", "", "| tag | step | questions | " + " | ".join(names) + " |",

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
     ("rl.grad_accum", 3, r"rl.grad_accum \(3\) must divide"),
     ("sft.grad_accum", 3, r"sft.grad_accum \(3\) must divide sft.batch_size \(4\)"),
     ("eval.batch_size", 200, r"eval.batch_size \(200\) x at least 16 patch rows"),
+    ("eval.tasks", ("TorF9",), r"eval.tasks has unknown task types \['TorF9'\]"),
 ])
 def test_config_errors_name_keys(key, value, match):
     c = get_config()
