@@ -427,9 +427,8 @@ class Trainer:
                 self._eval(writer, ckpt, step, f"step{step}",
                            int(cfg.eval.periodic_questions_per_task))
             g_every = int(cfg.log.gallery_every_steps)
-            if (primary and self.phase == "rl" and g_every and step % g_every == 0
-                    and step < self.total):  # the final evaluation's page takes the last step
-                self._train_gallery(step)
+            if primary and self.phase == "rl" and g_every and step % g_every == 0:
+                self._train_gallery(step)  # held-out pages are gallery/eval_<tag>.html
             if step == self.total and cfg.eval.final:
                 self._eval(writer, ckpt, step, "final", int(cfg.eval.questions_per_task))
             if step == self.sft_steps and self.phase == "sft" and step < self.total:
