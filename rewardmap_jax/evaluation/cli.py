@@ -11,9 +11,10 @@ one report; `... compare A.json B.json`: paired differences between two reports.
     python -m rewardmap_jax.evaluate compare runs/base/eval/final.json runs/rl/eval/final.json
 
 `--data`: `mapworld[:WORLD]` (generated questions, `--questions_per_task` of each type, default
-`eval.questions_per_task`), `reasonmap` (the run config's or `--reasonmap_dir` /
-`--reasonmap_plus_dir` datasets), or a comma-separated list of dataset directories, parquet
-files or Hugging Face dataset repo ids (kind detected from the columns). Default: the run's
+`eval.questions_per_task`, or 128 when that is 0), `reasonmap` (the run config's or
+`--reasonmap_dir` / `--reasonmap_plus_dir` datasets), or a comma-separated list of dataset
+directories, parquet files or Hugging Face dataset repo ids (kind detected from the columns).
+Default: the run's
 data (`--workdir`), else `mapworld:tiny`. Real data is evaluated in full unless
 `--questions_per_task N` caps each type.
 
@@ -42,6 +43,9 @@ from rewardmap_jax.evaluation import report as R
 from rewardmap_jax.mapworld.records import TASK_TYPES
 
 INTERRUPTED = 3
+# Map-world questions per type when the config says 0 (= "all" for real data; a generated world
+# has no "all"): the real presets' configs, used for `--hf_dir`, do.
+MAPWORLD_PER_TASK = 128
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -115,7 +119,7 @@ def load_data(args: argparse.Namespace, config: Any) -> D.EvalData:
     if kind == "mapworld":
         from rewardmap_jax.mapworld.generator import get_world
 
-        n = args.questions_per_task or int(config.eval.questions_per_task)
+        n = args.questions_per_task or int(config.eval.questions_per_task) or MAPWORLD_PER_TASK
         w = get_world(world or config.data.mapworld_world,
                       highlight=bool(config.train.highlight_stations))
         return D.mapworld_data(w, split, n, tasks or TASK_TYPES)
