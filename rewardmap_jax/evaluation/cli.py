@@ -14,9 +14,8 @@ one report; `... compare A.json B.json`: paired differences between two reports.
 `eval.questions_per_task`, or 128 when that is 0), `reasonmap` (the run config's or
 `--reasonmap_dir` / `--reasonmap_plus_dir` datasets), or a comma-separated list of dataset
 directories, parquet files or Hugging Face dataset repo ids (kind detected from the columns).
-Default: the run's
-data (`--workdir`), else `mapworld:tiny`. Real data is evaluated in full unless
-`--questions_per_task N` caps each type.
+Default: the run's data (`--workdir`), else `mapworld:tiny`. Real data is evaluated in full
+unless `--questions_per_task N` caps each type.
 
 Writes OUT/<tag>.json and OUT/<tag>.md (OUT: `--out`, default WORKDIR/eval or ./eval; tag:
 `--tag`, default cli_step<N>, the model's name or the completions file's name) and, when it
