@@ -138,17 +138,55 @@ _BOUNDS = {
     "log.gallery_every_steps": 0,
     "log.gallery_questions": 1,
     "eval.every_steps": 0,
-    "eval.max_questions": 0,
+    "eval.questions_per_task": 0,
+    "eval.periodic_questions_per_task": 0,
     "eval.batch_size": 1,
     "eval.max_new_tokens": 1,
 }
+# Keys that configs used to have, with why they went (a saved run config carrying one is
+# refused with this hint instead of being silently ignored).
+REMOVED_KEYS = {
+    "eval.temperature": "evaluation always decodes greedily; the key was never read",
+    "eval.max_questions": "use eval.questions_per_task / eval.periodic_questions_per_task",
+    "rl.prompt_buckets": "prompts are bucketed by data.prompt_buckets; the key was never read",
+}
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a.b.c": leaf} of a nested dict (lists and tuples are leaves)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def unknown_key_errors(d: Mapping[str, Any], reference: mlc.ConfigDict) -> list[str]:
+    """Keys of the nested dict `d` that `reference` does not have, each with a hint."""
+    known = flatten(reference.to_dict())
+    prefixes = {k.rsplit(".", i)[0] for k in known for i in range(1, k.count(".") + 1)}
+    errors = []
+    for key in flatten(d):
+        if key in known or key in prefixes:
+            continue
+        hint = REMOVED_KEYS.get(key, "the config has no such key")
+        errors.append(f"unknown config key {key!r} ({hint})")
+    return errors
 
 
 def validate_config(config: mlc.ConfigDict) -> None:
-    """Checks the run-edge sections (checkpoint, log, eval); raises ConfigError naming each key."""
+    """Checks the run-edge sections (checkpoint, log, eval) and that the config has no key the
+    code does not read (compared with the default config of its preset: a key removed from
+    the code, e.g. `eval.temperature`, is refused with the reason); raises ConfigError naming
+    each key."""
     errors = [e for key, lo in _BOUNDS.items() if (e := _positive(config, key, lo))]
     if "preset" in config and not isinstance(config.preset, str):
         errors.append(f"config.preset must be a string, got {config.preset!r}")
+    elif config.get("preset") in _read_config_file(DEFAULT_CONFIG)[1]:
+        errors += unknown_key_errors(config.to_dict(), get_config(preset=config.preset))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 
