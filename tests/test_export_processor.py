@@ -19,6 +19,8 @@ from flax import nnx
 from rewardmap_jax import config_utils, evaluate, export
 from rewardmap_jax.data import prompts
 from rewardmap_jax.data.image_processing import ImageProcessorConfig, grid_for_size
+from rewardmap_jax.evaluation import data as eval_data
+from rewardmap_jax.mapworld.generator import get_world
 from rewardmap_jax.model.qwen2_5_vl import Qwen2_5_VL
 from rewardmap_jax.run import checkpoint as ck
 
@@ -98,11 +100,13 @@ def test_exported_processor_and_generate_match_the_jax_policy(run_dir, capsys):
     assert export.main(["--workdir", "run", "--out", "hf"]) == 0, capsys.readouterr().err
     capsys.readouterr()
     # The JAX policy's greedy answers, through the evaluate CLI (relative paths as well).
-    argv = ["--workdir", "run", "--per_type", "1", "--tag", "jax", "--out", "reports"]
+    argv = ["--workdir", "run", "--data", "mapworld:tiny", "--split", "test",
+            "--questions_per_task", "1", "--tag", "jax", "--out", "reports", "--no_progress"]
     assert evaluate.main(argv) == 0, capsys.readouterr().err
-    report = json.loads(open("reports/eval_jax.json").read())
-    jax_answers = {row["uid"]: row["completion"] for row in report["completions"]}
-    records = evaluate.load_records("mapworld:tiny", split="test", per_type=1)
+    report = json.loads(open("reports/jax.json").read())
+    jax_answers = {row["uid"]: row["completion"] for row in report["samples"]}
+    world = get_world("tiny", highlight=bool(config.train.highlight_stations))
+    records = eval_data.mapworld_data(world, "test", 1).records
     assert sorted(jax_answers) == sorted(r.uid for r in records)
 
     processor, image_processor, tokenizer = _processor("hf")
