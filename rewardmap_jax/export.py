@@ -30,18 +30,6 @@ from rewardmap_jax.run import checkpoint as ck
 PARAMS_ITEM = "params"
 
 
-def model_config_for_run(config: mlc.ConfigDict) -> Any:
-    """The `ModelConfig` a run trains: `model.hf_dir`'s config.json, else `model.preset`."""
-    from rewardmap_jax.model import config as model_config
-    from rewardmap_jax.model import hf_io
-
-    m = config.model
-    policy = {"param_dtype": m.param_dtype, "compute_dtype": m.compute_dtype}
-    if m.get("hf_dir"):
-        return hf_io.load_hf_config(m.hf_dir, **policy)
-    return model_config.get_preset(m.preset, **policy)
-
-
 def _tokenizer_dir(config: mlc.ConfigDict) -> str | None:
     """Where tokenizer/processor files come from: the HF dir, else the data tokenizer."""
     if config.model.get("hf_dir"):
@@ -56,10 +44,11 @@ def restore_model(workdir: str | Path, step: int | None = None) -> tuple[int, An
     """(step, model, run config): the run's model with the checkpoint's params, on one device."""
     from flax import nnx
 
+    from rewardmap_jax.model.build import model_config
     from rewardmap_jax.model.qwen2_5_vl import Qwen2_5_VL
 
     config = config_utils.load_config(workdir)
-    cfg = model_config_for_run(config)
+    cfg = model_config(config)
     model = nnx.eval_shape(lambda: Qwen2_5_VL(cfg, nnx.Rngs(params=0)))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(
