@@ -1,0 +1,281 @@
+"""AOT proof at the official lengths: the 3B / 7B programs compiled on fake meshes, no allocation.
+
+    python benchmarks/real_shapes.py                          # 3B + 7B, 8 and 4 devices
+    python benchmarks/real_shapes.py --models qwen2_5_vl_3b --devices 8 --programs update
+
+Each program is the project's own code, lowered with `jax.ShapeDtypeStruct` inputs that carry
+their shardings (params / optimizer state by `mesh.rules` as the trainer lays them out, batches
+over the prompt axis) and compiled for N fake CPU devices (mesh (1, N, 1): FSDP over all):
+
+* `prefill`: `rl.sampler.generate` through the trainer's adapter (`rl.rollout.ADAPTER`: images
+  encoded once per prompt) with one new token: vision tower + prompt prefill + group-shared
+  KV cache, for the rollout batch (`data.batch_size` prompts, G = `rl.num_generations`);
+* `decode`: one decode step of that adapter on the full-size `SharedKVCache` (prompt bucket +
+  G x `rl.max_new_tokens` own slots), cache donated as in the sampler's loop;
+* `logprobs`: `rl.steps.make_logprob_fn` over one mini-batch (reference / old log-probs);
+* `update`: `rl.steps.make_grpo_step` (remat, `rl.grad_accum` micro-batches, AdamW, donated
+  state) over one mini-batch.
+
+Shapes: prompt bucket 20,480 tokens holding one real-size map (256 x 256 patches = 65,536
+patches, 16,384 image tokens: the largest `data.max_pixels` allows), 2,048 completion tokens,
+G = 4, 16 prompts; the preset's dtypes (fp32 params, bf16 compute), remat and attention chunk.
+
+Full depth does not compile in reasonable time on a 2-core machine, so every program is compiled
+at a few depths, (text layers, windowed vision blocks, full-attention vision blocks) = (1, 1, 1),
+(2, 1, 1), (1, 2, 1), (1, 1, 2) (decode: text layers 1 and 2 only), and each memory figure and
+the FLOPs are extrapolated per layer with the exact linear fit a + b L + c W + d F (text layers
+L, windowed blocks W, full blocks F) to (36 or 28, 28, 4). A fifth depth, (2, 2, 2), checks the
+fit (`--check`). Memory is XLA's per-device `memory_analysis()` of the CPU executable (argument,
+output, alias, temp; peak = argument + output + temp - alias); FLOPs are `cost_analysis()` of the
+per-device program (remat recomputation included). Every worker keeps `jax.checkpoint`'s
+barriers (`memory.REMAT_XLA_FLAGS`), else CPU XLA would undo remat. docs/memory.md compares
+the numbers with its estimates term by term.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_REPO = Path(__file__).resolve().parents[1]
+GiB = 2**30
+REMAT_XLA_FLAGS = "--xla_disable_hlo_passes=cse_barrier_expander"  # as benchmarks/memory.py
+FIT_DEPTHS = ((1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2))
+CHECK_DEPTH = (2, 2, 2)
+PROMPT_LEN, SIDE = 20480, 256
+FIELDS = ("arg", "out", "alias", "temp", "peak", "flops")
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker: one program, one depth, one mesh
+# ---------------------------------------------------------------------------------------------
+
+
+def _compile(spec: dict[str, Any]) -> dict[str, Any]:
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", spec["devices"])
+    import jax.numpy as jnp
+    from flax import nnx
+    from jax.sharding import NamedSharding
+
+    from benchmarks import shapes
+    from configs.curriculum import get_config
+    from rewardmap_jax.model import build, sharding
+    from rewardmap_jax.model.kv_cache import KVCache, SharedKVCache
+    from rewardmap_jax.model.layers import activation_sharding
+    from rewardmap_jax.model.qwen2_5_vl import abstract_model
+    from rewardmap_jax.rl import grpo, optim, rollout, sampler, steps
+
+    c = get_config(spec["model"])
+    c.rl.grad_accum = spec["grad_accum"]
+    mesh = sharding.make_mesh(c.mesh, devices=jax.devices()[: spec["devices"]])
+    rules = sharding.rules_from_config(c.mesh)
+    cfg = shapes.with_depth(build.model_config(c), *spec["depth"])
+    graphdef, abs_state = nnx.split(abstract_model(cfg))
+    shard = build.param_shardings(c, cfg, mesh)
+    params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          abs_state, shard)
+    g, t = int(c.rl.num_generations), int(c.rl.max_new_tokens)
+    prompts = int(c.data.batch_size)
+    chunk = int(c.rl.logprob_chunk)
+
+    def named(names, shape):
+        return NamedSharding(mesh, sharding.logical_to_spec(names, rules, shape, mesh))
+
+    def batch_sharding(key, shape):  # prompt / row axis over the batch mesh axes
+        axis = shapes.PROMPT_AXIS.get(key, 0)
+        return named(tuple("batch" if i == axis else None for i in range(len(shape))), shape)
+
+    def sds(shape, dtype, names=None):
+        if names is None:
+            names = ("batch",) + (None,) * (len(shape) - 1) if shape else ()
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=named(names, shape))
+
+    program = spec["program"]
+    t0 = time.perf_counter()
+    with activation_sharding(mesh, c.mesh.rules):
+        if program in ("logprobs", "update"):
+            batch = shapes.abstract_batch(cfg, prompts, g, PROMPT_LEN, t, SIDE, batch_sharding)
+            if program == "logprobs":
+                lowered = steps.make_logprob_fn(graphdef, g, chunk).lower(params, batch)
+            else:
+                tx = optim.make_optimizer(c.optim, 1000)
+                opt = jax.eval_shape(tx.init, params)
+                opt_sh = sharding.state_shardings(opt, mesh, rules)
+                opt = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                                     sharding=s), opt, opt_sh)
+                step = steps.make_grpo_step(graphdef, tx, grpo.GRPOLossConfig.from_config(c.rl),
+                                            g, chunk=chunk, grad_accum=spec["grad_accum"],
+                                            donate=True)
+                lowered = step.lower(params, opt, batch)
+        elif program == "prefill":
+            b = shapes.abstract_batch(cfg, prompts, g, PROMPT_LEN, t, SIDE, batch_sharding)
+            sp = sampler.params_from_config(c.rl, cfg, max_new_tokens=1)
+
+            def prefill(state, ids, mask, pos, vision, offsets, key):
+                pb = sampler.PromptBatch(ids, mask, pos, None, (vision, offsets))
+                return sampler.generate(nnx.merge(graphdef, state), rollout.ADAPTER, pb, sp,
+                                        key)
+
+            key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+            lowered = jax.jit(prefill).lower(params, b["prompt_ids"], b["prompt_mask"],
+                                             b["positions"], b["vision"], b["vis_offsets"], key)
+        elif program == "decode":
+            cache = jax.eval_shape(lambda: SharedKVCache.share(
+                KVCache.init(cfg, prompts, PROMPT_LEN), g, t))
+            cache = jax.tree.map(lambda x: sds(x.shape, x.dtype), cache)
+            rows = prompts * g
+
+            def decode(state, tok, pos, cache):
+                model = nnx.merge(graphdef, state)
+                return rollout.ADAPTER.forward(model, tok, pos, jnp.ones(tok.shape, bool), None,
+                                               cache)
+
+            lowered = jax.jit(decode, donate_argnums=(3,)).lower(
+                params, sds((rows, 1), jnp.int32), sds((3, rows, 1), jnp.int32,
+                                                      (None, "batch", None)), cache)
+        else:
+            raise SystemExit(f"unknown program {program!r}")
+        compiled = lowered.compile()
+    seconds = time.perf_counter() - t0
+    ma = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    out = {**spec, "compile_s": round(seconds, 1),
+           "arg": ma.argument_size_in_bytes, "out": ma.output_size_in_bytes,
+           "alias": ma.alias_size_in_bytes, "temp": ma.temp_size_in_bytes,
+           "flops": float((cost or {}).get("flops", float("nan")))}
+    out["peak"] = out["arg"] + out["out"] + out["temp"] - out["alias"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver: workers, per-layer fit, tables
+# ---------------------------------------------------------------------------------------------
+
+
+def full_depth(model: str) -> tuple[int, int, int]:
+    from rewardmap_jax.model.config import get_preset
+
+    cfg = get_preset(model)
+    n_full = len(cfg.vision.fullatt_block_indexes)
+    return cfg.text.num_hidden_layers, cfg.vision.depth - n_full, n_full
+
+
+def fit(rows: list[dict[str, Any]], target: tuple[int, int, int]) -> dict[str, float]:
+    """Exact linear fit value = a + b L + c W + d F through the compiled depths, at `target`.
+    Programs compiled at text depths only (decode) fit a + b L."""
+    depths = np.array([[1, *r["depth"]] for r in rows], float)
+    used = [i for i in range(4) if np.ptp(depths[:, i]) > 0 or i == 0]
+    x = depths[:, used]
+    out = {}
+    for f in FIELDS:
+        y = np.array([r[f] for r in rows], float)
+        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+        out[f] = float(np.array([1, *target], float)[used] @ coef)
+        out[f + "_per_layer"] = dict(zip(("base", "text", "windowed", "full"),
+                                         [float(v) for v in _spread(coef, used)], strict=True))
+    return out
+
+
+def _spread(coef: np.ndarray, used: list[int]) -> list[float]:
+    full = [0.0] * 4
+    for i, c in zip(used, coef, strict=True):
+        full[i] = float(c)
+    return full
+
+
+def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    env = dict(os.environ, PYTHONPATH=f"{_REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {REMAT_XLA_FLAGS}".strip()
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise SystemExit(f"worker {spec} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def preset_grad_accum(model: str) -> int:
+    from configs.curriculum import get_config
+
+    return int(get_config(model).rl.grad_accum)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="qwen2_5_vl_3b,qwen2_5_vl_7b")
+    ap.add_argument("--devices", default="8,4")
+    ap.add_argument("--programs", default="prefill,decode,logprobs,update")
+    ap.add_argument("--grad-accum", type=int, default=0, help="0 = the preset's rl.grad_accum")
+    ap.add_argument("--check", action="store_true", help="also compile (2, 2, 2) to test the fit")
+    ap.add_argument("--json", default="", help="append every row to this JSONL file")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(_compile(json.loads(args.worker))))
+        return
+    print(f"load average at start: {os.getloadavg()[0]:.1f} (compile times are load-dependent; "
+          "memory and FLOPs are not)")
+    results = []
+    for model in args.models.split(","):
+        ga = args.grad_accum or preset_grad_accum(model)
+        target = full_depth(model)
+        for n in (int(x) for x in args.devices.split(",")):
+            for program in args.programs.split(","):
+                depths = [d for d in FIT_DEPTHS if program != "decode" or d[1:] == (1, 1)]
+                if args.check:
+                    depths.append(CHECK_DEPTH)
+                rows = []
+                for d in depths:
+                    spec = {"model": model, "devices": n, "program": program, "depth": list(d),
+                            "grad_accum": ga}
+                    r = _run_worker(spec)
+                    rows.append(r)
+                    print(json.dumps(r), flush=True)
+                    if args.json:
+                        with open(args.json, "a") as f:
+                            f.write(json.dumps(r) + "\n")
+                fit_rows = [r for r in rows if tuple(r["depth"]) != CHECK_DEPTH]
+                res = {"model": model, "devices": n, "program": program, "grad_accum": ga,
+                       "depth": target, **fit(fit_rows, target),
+                       "compile_s": [r["compile_s"] for r in rows]}
+                check = [r for r in rows if tuple(r["depth"]) == CHECK_DEPTH]
+                if check:
+                    pred = fit(fit_rows, CHECK_DEPTH)
+                    res["check"] = {f: (check[0][f], pred[f]) for f in ("temp", "peak", "flops")}
+                results.append(res)
+                if args.json:
+                    with open(args.json, "a") as f:
+                        f.write(json.dumps({"fit": res}) + "\n")
+    print("\nPer device, extrapolated to full depth (GiB; TFLOP per device per call):\n")
+    print("| model | devices | program | grad_accum | arguments | outputs | aliased | temp "
+          "| peak | per text layer (peak) | per vision block, window / full (peak) | TFLOP |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        g = lambda k, r=r: f"{r[k] / GiB:.1f}"  # noqa: E731
+        pl = r["peak_per_layer"]
+        print(f"| {r['model']} | {r['devices']} | {r['program']} | {r['grad_accum']} | "
+              f"{g('arg')} | {g('out')} | {g('alias')} | {g('temp')} | **{g('peak')}** | "
+              f"{pl['text'] / GiB:.2f} | {pl['windowed'] / GiB:.2f} / {pl['full'] / GiB:.2f} | "
+              f"{r['flops'] / 1e12:,.0f} |")
+    for r in results:
+        if "check" in r:
+            print(f"fit check {r['model']}/{r['devices']}/{r['program']} at {CHECK_DEPTH}: "
+                  + ", ".join(f"{k} compiled {a / GiB:.3f} vs fit {b / GiB:.3f} GiB"
+                              if k != "flops" else f"flops {a:.3g} vs {b:.3g}"
+                              for k, (a, b) in r["check"].items()))
+    print(json.dumps({"results": results}))
+
+
+if __name__ == "__main__":
+    main()
