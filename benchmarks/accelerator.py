@@ -109,10 +109,11 @@ def _compiled(jitted, *args) -> tuple[Any, float]:
 
 def _shape_args(a: argparse.Namespace) -> dict[str, Any]:
     if a.tiny:
-        return dict(preset="tiny", prompts=2, prompt_len=96, side=8, completion=16, gens=2,
-                    repeats=2)
+        return dict(preset="tiny", prompts=2, prompt_len=96, side=8, completion=8, gens=2,
+                    repeats=2, grad_accum=a.grad_accum)
     return dict(preset="qwen2_5_vl_3b", prompts=a.prompts, prompt_len=a.prompt_len,
-                side=a.side, completion=a.completion, gens=a.gens, repeats=a.repeats)
+                side=a.side, completion=a.completion, gens=a.gens, repeats=a.repeats,
+                grad_accum=a.grad_accum)
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
@@ -120,13 +121,14 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     dev = jax.devices()[0]
     peaks = _peaks(dev)
     res: dict[str, Any] = {"device": dev.device_kind, "platform": dev.platform,
-                           "jax": jax.__version__, "shapes": s, "grad_accum": a.grad_accum,
+                           "jax": jax.__version__, "shapes": s,
                            "load_avg_start": os.getloadavg()[0], "compile_s": {},
                            "peak_memory_bytes": {}, "errors": {}}
     cfg = get_preset(s["preset"], **OFFICIAL["model"])
     b, g, t, length = s["prompts"], s["gens"], s["completion"], s["prompt_len"]
     t0 = time.perf_counter()
-    model = init_model(cfg, seed=0)
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: init_model(cfg, seed=0)))
+    model = nnx.merge(graphdef, jax.jit(lambda: nnx.split(init_model(cfg, seed=0))[1])())
     graphdef, params = nnx.split(model, nnx.Param)
     jax.block_until_ready(params)
     res["init_s"] = time.perf_counter() - t0
@@ -206,7 +208,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     def update_phase():
         tx = optim.make_optimizer(_Section(OFFICIAL["optim"]), 1000)
         step = steps.make_grpo_step(graphdef, tx, grpo.GRPOLossConfig(**OFFICIAL["loss"]), g,
-                                    chunk=OFFICIAL["logprob_chunk"], grad_accum=a.grad_accum,
+                                    chunk=OFFICIAL["logprob_chunk"], grad_accum=s["grad_accum"],
                                     donate=True)
         state = [params, tx.init(params)]
         c, res["compile_s"]["update"] = _compiled(step, *state, batch)

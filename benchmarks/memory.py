@@ -219,19 +219,22 @@ OFFICIAL = {"prompt": 20000, "response": 2048, "gens": 4, "prompts_per_update": 
 TEXT_TOKENS = 500  # prompt tokens that are not image tokens (system + question + template)
 
 
-def estimate(name: str, k: dict[str, float], n: int, b: float, act_bytes: int = 2
-             ) -> dict[str, float]:
+def estimate(name: str, k: dict[str, float], n: int, b: float, act_bytes: int = 2,
+             prompt: int | None = None, patches: int | None = None) -> dict[str, float]:
     """Per-device bytes of each memory term for a real preset at the official lengths.
 
     n: devices in the FSDP axis; b: sequences (prompt + response) per device in one
     value_and_grad. Activation terms use the calibration factors k["none"], k["full"].
+    prompt / patches: prompt tokens and patches of its one image (default: the official
+    20,000-token prompt filled by its map; `benchmarks/real_shapes.py` compiles 20,480 / 65,536).
     """
     cfg = get_preset(name)
     t, v = cfg.text, cfg.vision
     g = OFFICIAL["gens"]
-    s = OFFICIAL["prompt"] + OFFICIAL["response"]
+    prompt = prompt or OFFICIAL["prompt"]
+    s = prompt + OFFICIAL["response"]
     kvd = t.num_key_value_heads * t.head_dim
-    patches = v.merge_unit * (OFFICIAL["prompt"] - TEXT_TOKENS)  # one image per prompt
+    patches = patches or v.merge_unit * (prompt - TEXT_TOKENS)  # one image per prompt
     p = PARAMS[name]
     prompts = max(1.0, b / g)  # images encoded per device (once per prompt, shared by G rows)
     t_none = layer_act_elems(t.hidden_size, t.intermediate_size, kvd, "none")
@@ -253,7 +256,7 @@ def estimate(name: str, k: dict[str, float], n: int, b: float, act_bytes: int = 
         # sampler (default group-shared cache): per prompt L prompt slots + G x T sample slots,
         # k and v, bf16; `kv_cache_repeat` = the QWEN2_5_VL_REPEAT mode, G x (L + T) slots
         "kv_cache": max(1.0, OFFICIAL["prompts_per_update"] / n)
-        * (OFFICIAL["prompt"] + g * OFFICIAL["response"]) * t.num_hidden_layers * 2 * kvd
+        * (prompt + g * OFFICIAL["response"]) * t.num_hidden_layers * 2 * kvd
         * act_bytes,
         "kv_cache_repeat": max(1.0, OFFICIAL["prompts_per_update"] / n) * g * s
         * t.num_hidden_layers * 2 * kvd * act_bytes,

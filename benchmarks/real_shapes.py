@@ -40,6 +40,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -101,9 +102,11 @@ def _compile(spec: dict[str, Any]) -> dict[str, Any]:
         return jax.ShapeDtypeStruct(shape, dtype, sharding=named(names, shape))
 
     program = spec["program"]
+    if program == "update_micro":  # one micro-batch: one prompt group per device, no scan
+        prompts = spec["devices"]
     t0 = time.perf_counter()
     with activation_sharding(mesh, c.mesh.rules):
-        if program in ("logprobs", "update"):
+        if program in ("logprobs", "update", "update_micro"):
             batch = shapes.abstract_batch(cfg, prompts, g, PROMPT_LEN, t, SIDE, batch_sharding)
             if program == "logprobs":
                 lowered = steps.make_logprob_fn(graphdef, g, chunk).lower(params, batch)
@@ -113,9 +116,9 @@ def _compile(spec: dict[str, Any]) -> dict[str, Any]:
                 opt_sh = sharding.state_shardings(opt, mesh, rules)
                 opt = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                                      sharding=s), opt, opt_sh)
+                ga = 1 if program == "update_micro" else spec["grad_accum"]
                 step = steps.make_grpo_step(graphdef, tx, grpo.GRPOLossConfig.from_config(c.rl),
-                                            g, chunk=chunk, grad_accum=spec["grad_accum"],
-                                            donate=True)
+                                            g, chunk=chunk, grad_accum=ga, donate=True)
                 lowered = step.lower(params, opt, batch)
         elif program == "prefill":
             b = shapes.abstract_batch(cfg, prompts, g, PROMPT_LEN, t, SIDE, batch_sharding)
@@ -171,27 +174,27 @@ def full_depth(model: str) -> tuple[int, int, int]:
     return cfg.text.num_hidden_layers, cfg.vision.depth - n_full, n_full
 
 
-def fit(rows: list[dict[str, Any]], target: tuple[int, int, int]) -> dict[str, float]:
-    """Exact linear fit value = a + b L + c W + d F through the compiled depths, at `target`.
-    Programs compiled at text depths only (decode) fit a + b L."""
+def fit(rows: list[dict[str, Any]], target: tuple[int, int, int],
+        borrow: dict[str, list[float]] | None = None) -> dict[str, Any]:
+    """Linear fit value = a + b L + c W + d F through the compiled depths, evaluated at
+    `target`. Depth columns the rows do not vary are taken from `borrow` (per field
+    coefficients of another fit, e.g. the 3B vision blocks for the 7B, same vision tower) or
+    set to 0 (decode: no vision)."""
     depths = np.array([[1, *r["depth"]] for r in rows], float)
-    used = [i for i in range(4) if np.ptp(depths[:, i]) > 0 or i == 0]
-    x = depths[:, used]
-    out = {}
+    used = [i for i in range(4) if i == 0 or np.ptp(depths[:, i]) > 0]
+    out: dict[str, Any] = {"coef": {}}
     for f in FIELDS:
         y = np.array([r[f] for r in rows], float)
-        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-        out[f] = float(np.array([1, *target], float)[used] @ coef)
-        out[f + "_per_layer"] = dict(zip(("base", "text", "windowed", "full"),
-                                         [float(v) for v in _spread(coef, used)], strict=True))
+        coef = np.zeros(4)
+        fixed = [i for i in range(1, 4) if i not in used and borrow]
+        for i in fixed:
+            coef[i] = borrow[f][i]
+        y_rest = y - depths[:, fixed] @ coef[fixed] if fixed else y
+        sol, *_ = np.linalg.lstsq(depths[:, used], y_rest, rcond=None)
+        coef[used] = sol
+        out["coef"][f] = coef.tolist()
+        out[f] = float(np.array([1, *target], float) @ coef)
     return out
-
-
-def _spread(coef: np.ndarray, used: list[int]) -> list[float]:
-    full = [0.0] * 4
-    for i, c in zip(used, coef, strict=True):
-        full[i] = float(c)
-    return full
 
 
 def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -210,15 +213,28 @@ def preset_grad_accum(model: str) -> int:
     return int(get_config(model).rl.grad_accum)
 
 
+def _depths(model: str, program: str, check: bool) -> list[tuple[int, int, int]]:
+    if program == "decode":  # no vision
+        out = [d for d in FIT_DEPTHS if d[1:] == (1, 1)]
+    elif program == "update_preset":  # the as-is step, compared with update_micro at one depth
+        out = [FIT_DEPTHS[0]]
+    elif model == "qwen2_5_vl_7b":  # the vision tower is the 3B's: its blocks are borrowed
+        out = [d for d in FIT_DEPTHS if d[1:] == (1, 1)]
+    else:
+        out = list(FIT_DEPTHS)
+    return out + ([CHECK_DEPTH] if check and program not in ("decode", "update_preset") else [])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="qwen2_5_vl_3b,qwen2_5_vl_7b")
     ap.add_argument("--devices", default="8,4")
-    ap.add_argument("--programs", default="prefill,decode,logprobs,update")
+    ap.add_argument("--programs", default="update_micro,prefill,decode,logprobs,update_preset")
     ap.add_argument("--grad-accum", type=int, default=0, help="0 = the preset's rl.grad_accum")
     ap.add_argument("--check", action="store_true", help="also compile (2, 2, 2) to test the fit")
-    ap.add_argument("--json", default="", help="append every row to this JSONL file")
+    ap.add_argument("--jobs", type=int, default=1, help="compile workers at a time")
+    ap.add_argument("--json", default="", help="JSONL of every compiled row (reused if present)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -226,55 +242,70 @@ def main() -> None:
         return
     print(f"load average at start: {os.getloadavg()[0]:.1f} (compile times are load-dependent; "
           "memory and FLOPs are not)")
-    results = []
-    for model in args.models.split(","):
-        ga = args.grad_accum or preset_grad_accum(model)
-        target = full_depth(model)
-        for n in (int(x) for x in args.devices.split(",")):
-            for program in args.programs.split(","):
-                depths = [d for d in FIT_DEPTHS if program != "decode" or d[1:] == (1, 1)]
-                if args.check:
-                    depths.append(CHECK_DEPTH)
-                rows = []
-                for d in depths:
-                    spec = {"model": model, "devices": n, "program": program, "depth": list(d),
-                            "grad_accum": ga}
-                    r = _run_worker(spec)
-                    rows.append(r)
-                    print(json.dumps(r), flush=True)
-                    if args.json:
-                        with open(args.json, "a") as f:
-                            f.write(json.dumps(r) + "\n")
+    models, meshes = args.models.split(","), [int(x) for x in args.devices.split(",")]
+    programs = args.programs.split(",")
+    done: dict[str, dict[str, Any]] = {}
+    if args.json and os.path.exists(args.json):
+        for line in open(args.json):
+            r = json.loads(line)
+            done[_key(r)] = r
+    specs = [{"model": m, "devices": n, "program": p, "depth": list(d),
+              "grad_accum": args.grad_accum or preset_grad_accum(m)}
+             for p in programs for n in meshes for m in models for d in _depths(m, p, args.check)]
+    todo = [sp for sp in specs if _key(sp) not in done]
+
+    def one(spec: dict[str, Any]) -> dict[str, Any]:
+        r = _run_worker(spec)
+        print(json.dumps(r), flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(r) + "\n")
+        return r
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for r in pool.map(one, todo):
+            done[_key(r)] = r
+    results, coefs = [], {}
+    for p in programs:
+        for n in meshes:
+            for m in models:
+                rows = [done[_key(sp)] for sp in specs if (sp["model"], sp["devices"],
+                                                          sp["program"]) == (m, n, p)]
                 fit_rows = [r for r in rows if tuple(r["depth"]) != CHECK_DEPTH]
-                res = {"model": model, "devices": n, "program": program, "grad_accum": ga,
-                       "depth": target, **fit(fit_rows, target),
+                borrow = coefs.get(("qwen2_5_vl_3b", n, p))
+                res = {"model": m, "devices": n, "program": p, "grad_accum": rows[0]["grad_accum"],
+                       "depth": full_depth(m), **fit(fit_rows, full_depth(m), borrow),
                        "compile_s": [r["compile_s"] for r in rows]}
+                coefs[(m, n, p)] = res["coef"]
                 check = [r for r in rows if tuple(r["depth"]) == CHECK_DEPTH]
                 if check:
-                    pred = fit(fit_rows, CHECK_DEPTH)
+                    pred = fit(fit_rows, CHECK_DEPTH, borrow)
                     res["check"] = {f: (check[0][f], pred[f]) for f in ("temp", "peak", "flops")}
                 results.append(res)
-                if args.json:
-                    with open(args.json, "a") as f:
-                        f.write(json.dumps({"fit": res}) + "\n")
     print("\nPer device, extrapolated to full depth (GiB; TFLOP per device per call):\n")
-    print("| model | devices | program | grad_accum | arguments | outputs | aliased | temp "
-          "| peak | per text layer (peak) | per vision block, window / full (peak) | TFLOP |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| model | devices | program | arguments | outputs | aliased | temp | peak "
+          "| per text layer (temp) | per vision block (temp) | TFLOP |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         g = lambda k, r=r: f"{r[k] / GiB:.1f}"  # noqa: E731
-        pl = r["peak_per_layer"]
-        print(f"| {r['model']} | {r['devices']} | {r['program']} | {r['grad_accum']} | "
-              f"{g('arg')} | {g('out')} | {g('alias')} | {g('temp')} | **{g('peak')}** | "
-              f"{pl['text'] / GiB:.2f} | {pl['windowed'] / GiB:.2f} / {pl['full'] / GiB:.2f} | "
-              f"{r['flops'] / 1e12:,.0f} |")
+        tc = r["coef"]["temp"]
+        prog = r["program"] + (f" (grad_accum {r['grad_accum']})"
+                               if r["program"] == "update_preset" else "")
+        print(f"| {r['model']} | {r['devices']} | {prog} | {g('arg')} | {g('out')} | "
+              f"{g('alias')} | {g('temp')} | **{g('peak')}** | {tc[1] / GiB:.2f} | "
+              f"{tc[2] / GiB:.2f} / {tc[3] / GiB:.2f} | {r['flops'] / 1e12:,.1f} |")
     for r in results:
         if "check" in r:
             print(f"fit check {r['model']}/{r['devices']}/{r['program']} at {CHECK_DEPTH}: "
                   + ", ".join(f"{k} compiled {a / GiB:.3f} vs fit {b / GiB:.3f} GiB"
-                              if k != "flops" else f"flops {a:.3g} vs {b:.3g}"
+                              if k != "flops" else f"flops {a:.4g} vs {b:.4g}"
                               for k, (a, b) in r["check"].items()))
     print(json.dumps({"results": results}))
+
+
+def _key(r: dict[str, Any]) -> str:
+    return json.dumps([r["model"], r["devices"], r["program"], list(r["depth"]),
+                       r["grad_accum"]])
 
 
 if __name__ == "__main__":
