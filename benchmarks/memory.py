@@ -38,8 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks import shapes
 from rewardmap_jax.config_utils import get_config
-from rewardmap_jax.model import rope_index, vision_layout
 from rewardmap_jax.model.config import ModelConfig, TextConfig, VisionConfig, get_preset
 from rewardmap_jax.model.qwen2_5_vl import init_model, param_count
 from rewardmap_jax.rl import grpo, optim, steps
@@ -90,30 +90,7 @@ def build_batch(cfg: ModelConfig, side: int, prompt_len: int, completion_len: in
                 seed: int = 0) -> dict[str, Any]:
     """SeqBatch (see rl/steps.py) of one prompt: text, a (1, side, side)-patch image, text;
     `reps` completions of `completion_len` tokens; the step is the trainer's own."""
-    rs = np.random.RandomState(seed)
-    grid = np.array([[1, side, side]])
-    n_img = vision_layout.num_vision_tokens(grid, cfg.vision)
-    n_text = prompt_len - n_img - 2
-    if n_text < 2:
-        raise ValueError(f"prompt_len {prompt_len} too short for {n_img} image tokens + 4 text")
-    text = rs.randint(0, 1000, size=n_text)
-    head = n_text // 8
-    ids = np.concatenate([text[:head], [cfg.vision_start_token_id], [cfg.image_token_id] * n_img,
-                          [cfg.vision_end_token_id], text[head:]]).astype(np.int32)[None]
-    mask = np.ones_like(ids, bool)
-    pos, deltas = rope_index.get_rope_index(ids, cfg, mask, grid)
-    pv = rs.randn(side * side, cfg.vision.patch_dim).astype(np.float32)
-    vision = vision_layout.pack_vision_inputs(pv, grid, cfg.vision)
-    n = reps
-    batch = {
-        "prompt_ids": ids, "prompt_mask": mask, "positions": pos, "rope_deltas": deltas,
-        "vision": vision, "vis_offsets": np.zeros((1,), np.int32),
-        "completion": rs.randint(0, 1000, size=(n, completion_len)).astype(np.int32),
-        "completion_mask": np.ones((n, completion_len), bool),
-        "old_logps": np.full((n, completion_len), -7.0, np.float32),
-        "ref_logps": np.full((n, completion_len), -7.0, np.float32),
-        "advantages": np.linspace(-1.0, 1.0, n).astype(np.float32) if n > 1 else np.ones(1, "f4"),
-    }
+    batch = shapes.seq_batch(cfg, 1, reps, prompt_len, completion_len, side, seed, stacked=False)
     return jax.tree.map(jnp.asarray, batch)
 
 

@@ -64,6 +64,16 @@ def _compile(spec: dict[str, Any]) -> dict[str, Any]:
     import jax
 
     jax.config.update("jax_num_cpu_devices", spec["devices"])
+    topology = spec.get("topology", "")
+    if topology:  # deviceless AOT compile for a TPU slice (libtpu installed, no TPU needed)
+        from jax.experimental import topologies
+
+        devices = topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
+        if len(devices) != spec["devices"]:
+            raise SystemExit(f"topology {topology} has {len(devices)} chips, not "
+                             f"{spec['devices']}")
+    else:
+        devices = jax.devices()[: spec["devices"]]
     import jax.numpy as jnp
     from flax import nnx
     from jax.sharding import NamedSharding
@@ -78,7 +88,7 @@ def _compile(spec: dict[str, Any]) -> dict[str, Any]:
 
     c = get_config(spec["model"])
     c.rl.grad_accum = spec["grad_accum"]
-    mesh = sharding.make_mesh(c.mesh, devices=jax.devices()[: spec["devices"]])
+    mesh = sharding.make_mesh(c.mesh, devices=devices)
     rules = sharding.rules_from_config(c.mesh)
     cfg = shapes.with_depth(build.model_config(c), *spec["depth"])
     graphdef, abs_state = nnx.split(abstract_model(cfg))
@@ -192,14 +202,20 @@ def fit(rows: list[dict[str, Any]], target: tuple[int, int, int],
         y_rest = y - depths[:, fixed] @ coef[fixed] if fixed else y
         sol, *_ = np.linalg.lstsq(depths[:, used], y_rest, rcond=None)
         coef[used] = sol
+        if 2 in used and 3 not in used and not borrow:  # forward programs: F as W
+            coef[3] = coef[2]
         out["coef"][f] = coef.tolist()
         out[f] = float(np.array([1, *target], float) @ coef)
     return out
 
 
-def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    env = dict(os.environ, PYTHONPATH=f"{_REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {REMAT_XLA_FLAGS}".strip()
+def _run_worker(spec: dict[str, Any], libtpu: str = "") -> dict[str, Any]:
+    path = os.pathsep.join(x for x in (str(_REPO), libtpu, os.environ.get("PYTHONPATH", "")) if x)
+    env = dict(os.environ, PYTHONPATH=path)
+    if spec.get("topology"):
+        env["JAX_PLATFORMS"] = "cpu"  # no TPU runtime here: only the compiler is used
+    else:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {REMAT_XLA_FLAGS}".strip()
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
                           capture_output=True, text=True, env=env)
     if proc.returncode:
@@ -207,10 +223,16 @@ def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def preset_grad_accum(model: str) -> int:
+def _grad_accum(args: argparse.Namespace, model: str, devices: int, program: str) -> int:
+    """update_preset: --grad-accum, else one prompt group per device per micro-step
+    (rl.mini_batch_size / devices, the per-slice value docs/memory.md recommends); other
+    programs: the preset's (unused)."""
     from configs.curriculum import get_config
 
-    return int(get_config(model).rl.grad_accum)
+    c = get_config(model)
+    if program == "update_preset":
+        return args.grad_accum or max(1, int(c.rl.mini_batch_size) // devices)
+    return int(c.rl.grad_accum)
 
 
 def _depths(model: str, program: str, check: bool) -> list[tuple[int, int, int]]:
@@ -220,6 +242,8 @@ def _depths(model: str, program: str, check: bool) -> list[tuple[int, int, int]]
         out = [FIT_DEPTHS[0]]
     elif model == "qwen2_5_vl_7b":  # the vision tower is the 3B's: its blocks are borrowed
         out = [d for d in FIT_DEPTHS if d[1:] == (1, 1)]
+    elif program in ("prefill", "logprobs"):  # forward only: a full block keeps no more than
+        out = list(FIT_DEPTHS[:3])  # a windowed one once it is done (fit: d = c)
     else:
         out = list(FIT_DEPTHS)
     return out + ([CHECK_DEPTH] if check and program not in ("decode", "update_preset") else [])
@@ -234,6 +258,10 @@ def main() -> None:
     ap.add_argument("--grad-accum", type=int, default=0, help="0 = the preset's rl.grad_accum")
     ap.add_argument("--check", action="store_true", help="also compile (2, 2, 2) to test the fit")
     ap.add_argument("--jobs", type=int, default=1, help="compile workers at a time")
+    ap.add_argument("--topology", default="",
+                    help="compile for TPU slices instead of CPU devices, e.g. "
+                    "'4=v5p:2x2x1,8=v5p:2x2x2' (needs libtpu importable, `--libtpu`)")
+    ap.add_argument("--libtpu", default="", help="directory holding the libtpu package")
     ap.add_argument("--json", default="", help="JSONL of every compiled row (reused if present)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -249,13 +277,14 @@ def main() -> None:
         for line in open(args.json):
             r = json.loads(line)
             done[_key(r)] = r
+    topo = dict(x.split("=") for x in args.topology.split(",")) if args.topology else {}
     specs = [{"model": m, "devices": n, "program": p, "depth": list(d),
-              "grad_accum": args.grad_accum or preset_grad_accum(m)}
+              "grad_accum": _grad_accum(args, m, n, p), "topology": topo.get(str(n), "")}
              for p in programs for n in meshes for m in models for d in _depths(m, p, args.check)]
     todo = [sp for sp in specs if _key(sp) not in done]
 
     def one(spec: dict[str, Any]) -> dict[str, Any]:
-        r = _run_worker(spec)
+        r = _run_worker(spec, args.libtpu)
         print(json.dumps(r), flush=True)
         if args.json:
             with open(args.json, "a") as f:
@@ -305,7 +334,7 @@ def main() -> None:
 
 def _key(r: dict[str, Any]) -> str:
     return json.dumps([r["model"], r["devices"], r["program"], list(r["depth"]),
-                       r["grad_accum"]])
+                       r["grad_accum"], r.get("topology", "")])
 
 
 if __name__ == "__main__":
