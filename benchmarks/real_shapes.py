@@ -51,6 +51,7 @@ GiB = 2**30
 REMAT_XLA_FLAGS = "--xla_disable_hlo_passes=cse_barrier_expander"  # as benchmarks/memory.py
 FIT_DEPTHS = ((1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2))
 CHECK_DEPTH = (2, 2, 2)
+VISION_FIT = ("qwen2_5_vl_3b", 8, "update_micro")  # the one fit that varies the vision blocks
 PROMPT_LEN, SIDE = 20480, 256
 FIELDS = ("arg", "out", "alias", "temp", "peak", "flops")
 
@@ -139,7 +140,7 @@ def _compile(spec: dict[str, Any]) -> dict[str, Any]:
                 return sampler.generate(nnx.merge(graphdef, state), rollout.ADAPTER, pb, sp,
                                         key)
 
-            key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+            key = jax.eval_shape(lambda: jax.random.key(0))  # no eager op on the mesh
             lowered = jax.jit(prefill).lower(params, b["prompt_ids"], b["prompt_mask"],
                                              b["positions"], b["vision"], b["vis_offsets"], key)
         elif program == "decode":
@@ -184,28 +185,74 @@ def full_depth(model: str) -> tuple[int, int, int]:
     return cfg.text.num_hidden_layers, cfg.vision.depth - n_full, n_full
 
 
-def fit(rows: list[dict[str, Any]], target: tuple[int, int, int],
-        borrow: dict[str, list[float]] | None = None) -> dict[str, Any]:
-    """Linear fit value = a + b L + c W + d F through the compiled depths, evaluated at
-    `target`. Depth columns the rows do not vary are taken from `borrow` (per field
-    coefficients of another fit, e.g. the 3B vision blocks for the 7B, same vision tower) or
-    set to 0 (decode: no vision)."""
+def _vision_block(model: str) -> tuple[int, float, float]:
+    """(parameters of one vision block, forward FLOPs of a window-attention and of a
+    full-attention block on one 65,536-patch image)."""
+    from benchmarks import shapes
+    from rewardmap_jax.model.config import get_preset
+    from rewardmap_jax.model.qwen2_5_vl import abstract_model, param_count
+
+    cfg = get_preset(model)
+    one, two = (param_count(abstract_model(shapes.with_depth(cfg, 1, w, 1))) for w in (1, 2))
+    v = cfg.vision
+    patches = SIDE * SIDE
+    mm = 2 * (4 * v.hidden_size**2 + 3 * v.hidden_size * v.intermediate_size)
+    attn = 4 * v.hidden_size  # QK^T and PV per key, all heads
+    return (two - one, float(patches * (mm + attn * v.window_patches)),
+            float(patches * (mm + attn * patches)))
+
+
+def fit(rows: list[dict[str, Any]], target: tuple[int, int, int], program: str, devices: int,
+        model: str, borrow: dict[str, list[float]] | None) -> dict[str, Any]:
+    """value(L, W, F) = a + b L + c W + d F at `target`.
+
+    Fits that vary the vision blocks (`VISION_FIT`) solve all four coefficients. Every other fit
+    solves a, b from the text depths, and takes the vision-block coefficients c = d:
+    * update programs: arguments / outputs / aliased = the block's fp32 params + Adam moments
+      per device (12 bytes x params / devices, exact); temp and FLOPs from `borrow` (the
+      VISION_FIT's, one image per device as here), temp corrected for the block's fp32
+      gradient shard at this mesh size;
+    * forward programs: arguments = the block's fp32 params per device; nothing kept (temp 0);
+      FLOPs = the block's forward FLOPs x images per device (0 for decode).
+    """
     depths = np.array([[1, *r["depth"]] for r in rows], float)
-    used = [i for i in range(4) if i == 0 or np.ptp(depths[:, i]) > 0]
+    vary = [i for i in range(4) if i == 0 or np.ptp(depths[:, i]) > 0]
+    params, *block_flops = _vision_block(model)
+    pb = 4.0 * params / devices  # fp32 bytes of one block's params on one device
+    images = 0 if program == "decode" else (devices if program.startswith("update") else 16)
     out: dict[str, Any] = {"coef": {}}
     for f in FIELDS:
         y = np.array([r[f] for r in rows], float)
         coef = np.zeros(4)
-        fixed = [i for i in range(1, 4) if i not in used and borrow]
-        for i in fixed:
-            coef[i] = borrow[f][i]
-        y_rest = y - depths[:, fixed] @ coef[fixed] if fixed else y
-        sol, *_ = np.linalg.lstsq(depths[:, used], y_rest, rcond=None)
-        coef[used] = sol
-        if 2 in used and 3 not in used and not borrow:  # forward programs: F as W
-            coef[3] = coef[2]
+        if 2 not in vary:
+            for i in (2, 3):  # windowed, full
+                if f == "peak":
+                    c = 0.0  # from the parts, below
+                elif program.startswith("update"):
+                    c = {"arg": 3 * pb, "out": 3 * pb, "alias": 3 * pb}.get(f)
+                    if f == "temp":
+                        c = borrow["temp"][i] + pb - 4.0 * params / VISION_FIT[1]
+                    elif c is None:
+                        c = borrow[f][i]
+                else:
+                    c = {"arg": pb, "flops": block_flops[i - 2] * images / devices}.get(f, 0.0)
+                coef[i] = c
+        fixed = [i for i in (2, 3) if i not in vary]
+        sol, *_ = np.linalg.lstsq(depths[:, vary], y - depths[:, fixed] @ coef[fixed],
+                                  rcond=None)
+        coef[vary] = sol
         out["coef"][f] = coef.tolist()
-        out[f] = float(np.array([1, *target], float) @ coef)
+    if 2 not in vary:  # peak = arg + out + temp - alias, coefficient by coefficient
+        c = out["coef"]
+        for i in (2, 3):
+            c["peak"][i] = c["arg"][i] + c["out"][i] + c["temp"][i] - c["alias"][i]
+        ref = np.array([r["peak"] for r in rows], float)
+        fixed = [2, 3]
+        sol, *_ = np.linalg.lstsq(depths[:, vary], ref - depths[:, fixed] @ np.array(
+            c["peak"])[fixed], rcond=None)
+        c["peak"][0], c["peak"][1] = float(sol[0]), float(sol[1])
+    for f in FIELDS:
+        out[f] = float(np.array([1, *target], float) @ np.array(out["coef"][f]))
     return out
 
 
@@ -214,6 +261,7 @@ def _run_worker(spec: dict[str, Any], libtpu: str = "") -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=path)
     if spec.get("topology"):
         env["JAX_PLATFORMS"] = "cpu"  # no TPU runtime here: only the compiler is used
+        env["ALLOW_MULTIPLE_LIBTPU_LOAD"] = "1"  # parallel workers (libtpu's lockfile)
     else:
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {REMAT_XLA_FLAGS}".strip()
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
@@ -235,16 +283,16 @@ def _grad_accum(args: argparse.Namespace, model: str, devices: int, program: str
     return int(c.rl.grad_accum)
 
 
-def _depths(model: str, program: str, check: bool) -> list[tuple[int, int, int]]:
-    if program == "decode":  # no vision
-        out = [d for d in FIT_DEPTHS if d[1:] == (1, 1)]
-    elif program == "update_preset":  # the as-is step, compared with update_micro at one depth
-        out = [FIT_DEPTHS[0]]
-    elif model == "qwen2_5_vl_7b":  # the vision tower is the 3B's: its blocks are borrowed
-        out = [d for d in FIT_DEPTHS if d[1:] == (1, 1)]
-    elif program in ("prefill", "logprobs"):  # forward only: a full block keeps no more than
-        out = list(FIT_DEPTHS[:3])  # a windowed one once it is done (fit: d = c)
-    else:
+def _depths(model: str, devices: int, program: str, check: bool
+            ) -> list[tuple[int, int, int]]:
+    """Depths compiled per (model, mesh, program). Text layers vary everywhere; the vision
+    blocks only for the 3B update on 8 devices: every other fit borrows those per-block
+    coefficients (the towers are identical, one image per device in every case; only the
+    blocks' parameter shards differ, a few tens of MiB per block). Forward-only programs keep
+    nothing of a vision block once it is done, so their vision coefficients are 0 beyond the
+    parameter bytes (`_param_bytes` adds those exactly)."""
+    out = [FIT_DEPTHS[0]] if program == "update_preset" else list(FIT_DEPTHS[:2])
+    if (model, devices, program) == VISION_FIT:
         out = list(FIT_DEPTHS)
     return out + ([CHECK_DEPTH] if check and program not in ("decode", "update_preset") else [])
 
@@ -262,7 +310,10 @@ def main() -> None:
                     help="compile for TPU slices instead of CPU devices, e.g. "
                     "'4=v5p:2x2x1,8=v5p:2x2x2' (needs libtpu importable, `--libtpu`)")
     ap.add_argument("--libtpu", default="", help="directory holding the libtpu package")
-    ap.add_argument("--json", default="", help="JSONL of every compiled row (reused if present)")
+    ap.add_argument("--json", default="",
+                    help="JSONL of every compiled row (new rows go to the first; all are reused)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="compile nothing: tabulate the --json rows (incomplete fits skipped)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -273,21 +324,22 @@ def main() -> None:
     models, meshes = args.models.split(","), [int(x) for x in args.devices.split(",")]
     programs = args.programs.split(",")
     done: dict[str, dict[str, Any]] = {}
-    if args.json and os.path.exists(args.json):
-        for line in open(args.json):
+    for path in (p for p in args.json.split(",") if p and os.path.exists(p)):
+        for line in open(path):
             r = json.loads(line)
             done[_key(r)] = r
     topo = dict(x.split("=") for x in args.topology.split(",")) if args.topology else {}
     specs = [{"model": m, "devices": n, "program": p, "depth": list(d),
               "grad_accum": _grad_accum(args, m, n, p), "topology": topo.get(str(n), "")}
-             for p in programs for n in meshes for m in models for d in _depths(m, p, args.check)]
-    todo = [sp for sp in specs if _key(sp) not in done]
+             for p in programs for n in meshes for m in models
+             for d in _depths(m, n, p, args.check)]
+    todo = [] if args.report_only else [sp for sp in specs if _key(sp) not in done]
 
     def one(spec: dict[str, Any]) -> dict[str, Any]:
         r = _run_worker(spec, args.libtpu)
         print(json.dumps(r), flush=True)
         if args.json:
-            with open(args.json, "a") as f:
+            with open(args.json.split(",")[0], "a") as f:
                 f.write(json.dumps(r) + "\n")
         return r
 
@@ -298,17 +350,25 @@ def main() -> None:
     for p in programs:
         for n in meshes:
             for m in models:
-                rows = [done[_key(sp)] for sp in specs if (sp["model"], sp["devices"],
-                                                          sp["program"]) == (m, n, p)]
+                want = [sp for sp in specs if (sp["model"], sp["devices"], sp["program"]) ==
+                        (m, n, p)]
+                if any(_key(sp) not in done for sp in want):
+                    print(f"(skipped {m} / {n} / {p}: depths not compiled yet)")
+                    continue
+                rows = [done[_key(sp)] for sp in want]
                 fit_rows = [r for r in rows if tuple(r["depth"]) != CHECK_DEPTH]
-                borrow = coefs.get(("qwen2_5_vl_3b", n, p))
+                borrow = coefs.get(VISION_FIT)
+                if p == "update_preset":  # as compiled, next to update_micro at the same depth
+                    results.append({**rows[0], "coef": None})
+                    continue
                 res = {"model": m, "devices": n, "program": p, "grad_accum": rows[0]["grad_accum"],
-                       "depth": full_depth(m), **fit(fit_rows, full_depth(m), borrow),
+                       "depth": full_depth(m),
+                       **fit(fit_rows, full_depth(m), p, n, m, borrow),
                        "compile_s": [r["compile_s"] for r in rows]}
                 coefs[(m, n, p)] = res["coef"]
                 check = [r for r in rows if tuple(r["depth"]) == CHECK_DEPTH]
                 if check:
-                    pred = fit(fit_rows, CHECK_DEPTH, borrow)
+                    pred = fit(fit_rows, CHECK_DEPTH, p, n, m, borrow)
                     res["check"] = {f: (check[0][f], pred[f]) for f in ("temp", "peak", "flops")}
                 results.append(res)
     print("\nPer device, extrapolated to full depth (GiB; TFLOP per device per call):\n")
@@ -317,6 +377,12 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         g = lambda k, r=r: f"{r[k] / GiB:.1f}"  # noqa: E731
+        if r["coef"] is None:
+            print(f"| {r['model']} | {r['devices']} | {r['program']} (grad_accum "
+                  f"{r['grad_accum']}), as compiled at depth {tuple(r['depth'])} | {g('arg')} | "
+                  f"{g('out')} | {g('alias')} | {g('temp')} | {g('peak')} | | | "
+                  f"{r['flops'] / 1e12:,.1f} |")
+            continue
         tc = r["coef"]["temp"]
         prog = r["program"] + (f" (grad_accum {r['grad_accum']})"
                                if r["program"] == "update_preset" else "")
