@@ -296,10 +296,12 @@ def _base() -> mlc.ConfigDict:
     c.model.remat = "none"  # none | full | dots
     c.model.attn_impl = "xla"  # xla | cudnn (GPU flash kernel; bf16/fp16 only)
     c.model.attn_chunk = 512  # query chunk of full/LM attention (memory O(chunk * keys))
-    # 0, or a bound on the slots one image spans in the packed vision buffer (a multiple of 64
-    # for the real models; a 16,384-token square map is 1,024 windows = 65,536 slots): vision
-    # full attention then reads attn_chunk + 2 * span keys per query chunk, not the whole buffer.
-    c.model.vision_frame_span = 0
+    # Bound on the slots one image spans in a packed vision buffer: vision full attention then
+    # reads attn_chunk + 2 * span keys per query chunk, not the whole buffer. -1 = derived from
+    # data.max_pixels (the most slots a resized image can span: 87,360 for the real models at
+    # the default max_pixels; model/build.py), 0 = every key, > 0 = this bound (a multiple of
+    # the model's window_patches, 64 for the real models).
+    c.model.vision_frame_span = -1
 
     c.mesh = _mesh_config()
 
@@ -382,6 +384,12 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         c.model.param_dtype = "float32"
         c.model.compute_dtype = "bfloat16"
         c.model.remat = "full"
+        # One prompt group (G sequences of up to 22,528 tokens + its map) per device per
+        # micro-step on 8 devices (the paper's 8 GPUs): 16 prompts / 8 devices / 2 micro-steps.
+        # Use rl.mini_batch_size / (data x fsdp devices): 4 on a v5p-8, 1 on 16 chips. Per-device
+        # peaks and headroom from the AOT compiles: docs/memory.md §5. (grad_accum > 1 needs
+        # same-size images per micro-batch until the trainer buckets them: docs/training.md.)
+        c.rl.grad_accum = 2
         c.data.source = "reasonmap"
         c.eval.questions_per_task = 0  # the whole held-out split, as the papers report
     return c

@@ -32,25 +32,11 @@ PARAMS_ITEM = "params"
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
 
-def model_config_for_run(config: mlc.ConfigDict) -> Any:
-    """The `ModelConfig` a run trains: `model.hf_dir`'s config.json, else `model.preset`."""
-    from rewardmap_jax.model import config as model_config
-    from rewardmap_jax.model import hf_io
-
-    m = config.model
-    policy = {"param_dtype": m.param_dtype, "compute_dtype": m.compute_dtype}
-    if m.get("hf_dir"):
-        return hf_io.load_hf_config(m.hf_dir, **policy)
-    return model_config.get_preset(m.preset, **policy)
-
-
 def _tokenizer_dir(config: mlc.ConfigDict) -> str:
-    """Where tokenizer files (and the chat template) come from: the tokenizer the run used,
-    chosen as the trainer chooses it (`data.tokenizer`, else `model.hf_dir`, else tiny)."""
-    from rewardmap_jax.data.tokenizer import TINY, resolve_dir
+    """Where tokenizer files (and the chat template) come from: the tokenizer the run used."""
+    from rewardmap_jax.data.tokenizer import resolve_dir, tokenizer_source
 
-    name = config.get("data", {}).get("tokenizer", "") or config.model.get("hf_dir") or TINY
-    return str(resolve_dir(name))
+    return str(resolve_dir(tokenizer_source(config)))
 
 
 def preprocessor_config(config: mlc.ConfigDict, model_cfg: Any) -> dict[str, Any]:
@@ -92,10 +78,11 @@ def restore_model(workdir: str | Path, step: int | None = None) -> tuple[int, An
     """(step, model, run config): the run's model with the checkpoint's params, on one device."""
     from flax import nnx
 
+    from rewardmap_jax.model.build import model_config
     from rewardmap_jax.model.qwen2_5_vl import Qwen2_5_VL
 
     config = config_utils.load_config(workdir)
-    cfg = model_config_for_run(config)
+    cfg = model_config(config)
     model = nnx.eval_shape(lambda: Qwen2_5_VL(cfg, nnx.Rngs(params=0)))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(

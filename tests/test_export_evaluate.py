@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from rewardmap_jax import config_utils, evaluate, export
-from rewardmap_jax.model import hf_io
+from rewardmap_jax.model import build, hf_io
 from rewardmap_jax.model.qwen2_5_vl import Qwen2_5_VL
 from rewardmap_jax.run import checkpoint as ck
 
@@ -22,7 +22,7 @@ def tiny_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
     config = config_utils.get_config(preset="tiny")
     config_utils.save_config(config, workdir)
-    model_cfg = export.model_config_for_run(config)
+    model_cfg = build.model_config(config)
     params = {}
     with ck.CheckpointManager(workdir, async_save=False, handle_preemption=False) as mgr:
         for step, seed in ((4, 1), (8, 2)):

@@ -21,6 +21,7 @@ from rewardmap_jax.data import prompts
 from rewardmap_jax.data.image_processing import ImageProcessorConfig, grid_for_size
 from rewardmap_jax.evaluation import data as eval_data
 from rewardmap_jax.mapworld.generator import get_world
+from rewardmap_jax.model import build
 from rewardmap_jax.model.qwen2_5_vl import Qwen2_5_VL
 from rewardmap_jax.run import checkpoint as ck
 
@@ -83,7 +84,7 @@ def run_dir(tmp_path, monkeypatch):
     config.eval.max_new_tokens = MAX_NEW_TOKENS
     config.eval.batch_size = 8
     config_utils.save_config(config, "run")
-    model = Qwen2_5_VL(export.model_config_for_run(config), nnx.Rngs(params=3))
+    model = Qwen2_5_VL(build.model_config(config), nnx.Rngs(params=3))
     # Matrices x10: at the init scale (std 0.02) the residual stream stays close to the last
     # input embedding and the tied head repeats the prompt's last token ("\n") whatever the
     # image; scaled, greedy answers depend on image and question (top-2 logit gaps >= 0.01).

@@ -59,7 +59,7 @@ from rewardmap_jax.data.sources import (
     real_sources,
     source_sizes,
 )
-from rewardmap_jax.data.tokenizer import TINY, special_token_ids
+from rewardmap_jax.data.tokenizer import TINY, special_token_ids, tokenizer_source
 from rewardmap_jax.mapworld.records import TASK_TYPES, Record
 
 log = logging.getLogger(__name__)
@@ -372,7 +372,7 @@ class DataPipeline:
             else:
                 raise ValueError(f"unknown data.source {d.source!r}; expected mapworld|reasonmap")
         schedule = overrides.pop("schedule", None) or schedule_from_config(config.curriculum)
-        tokenizer = d.get("tokenizer") or config.model.get("hf_dir") or TINY
+        tokenizer = tokenizer_source(config)
         overrides.setdefault("tokenizer", tokenizer)
         overrides.setdefault("seed", int(config.seed))
         overrides.setdefault("repeat", bool(config.curriculum.repeat))

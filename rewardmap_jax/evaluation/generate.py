@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from rewardmap_jax.data import pipeline
 from rewardmap_jax.data.fast_tokenizer import FastTokenizer
 from rewardmap_jax.data.image_processing import grid_for_size
-from rewardmap_jax.data.tokenizer import special_token_ids
+from rewardmap_jax.data.tokenizer import special_token_ids, tokenizer_source
 from rewardmap_jax.mapworld.records import TASK_TYPES, Record
 from rewardmap_jax.rl import rollout as ro
 from rewardmap_jax.rl import sampler
@@ -191,10 +191,6 @@ class Batcher:
         return batch, ro.prepare_prompts(batch, self.model_cfg), kept, bad
 
 
-def tokenizer_name(config: Any) -> str:
-    return config.data.get("tokenizer") or config.model.get("hf_dir") or "tiny"
-
-
 def generate(model: Any, records: Sequence[Record], config: Any, *,
              cache: CompletionCache | None = None,
              should_stop: Callable[[], bool] | None = None,
@@ -203,7 +199,7 @@ def generate(model: Any, records: Sequence[Record], config: Any, *,
     cache = cache or CompletionCache(None, {})
     ev = config.eval
     batch_size = int(ev.batch_size)
-    name = tokenizer_name(config)
+    name = tokenizer_source(config)
     batcher = Batcher(config, name, model.cfg, batch_size)
     todo = [r for r in records if r.uid not in cache.done]
     ordered, bad = size_order(todo, batcher.spec)

@@ -130,7 +130,7 @@ def load_policy(config: mlc.ConfigDict, *, workdir: str | None = None,
     from flax import nnx
 
     from rewardmap_jax.model import sharding
-    from rewardmap_jax.rl.trainer import build_model  # noqa: PLC0415 (the trainer imports us)
+    from rewardmap_jax.model.build import build_model
     from rewardmap_jax.run import checkpoint as ck
 
     model = build_model(config, sharding.make_mesh(config.mesh))

@@ -41,11 +41,11 @@ from rewardmap_jax.data.curriculum import Schedule, Stage, schedule_from_config
 from rewardmap_jax.data.fast_tokenizer import FastTokenizer
 from rewardmap_jax.data.pipeline import DataPipeline
 from rewardmap_jax.data.sources import mapworld_sources
-from rewardmap_jax.data.tokenizer import TINY
+from rewardmap_jax.data.tokenizer import tokenizer_source
 from rewardmap_jax.mapworld.generator import get_world
 from rewardmap_jax.model import sharding
-from rewardmap_jax.model.config import get_preset
-from rewardmap_jax.model.qwen2_5_vl import Qwen2_5_VL
+from rewardmap_jax.model.build import build_model, model_config
+from rewardmap_jax.model.qwen2_5_vl import Qwen2_5_VL  # noqa: F401 (tests build through it)
 from rewardmap_jax.rewards import reward as reward_lib
 from rewardmap_jax.rewards.registry import make_reward_fn
 from rewardmap_jax.rl import grpo, optim, sampler, steps
@@ -65,34 +65,6 @@ def compile_count() -> int:
 # ----------------------------------------------------------------------------------------------
 # Setup
 # ----------------------------------------------------------------------------------------------
-
-
-def model_config(config: mlc.ConfigDict):
-    m = config.model
-    policy = dict(param_dtype=m.param_dtype, compute_dtype=m.compute_dtype, remat=m.remat,
-                  attn_impl=m.get("attn_impl", "xla"), attn_chunk=int(m.get("attn_chunk", 512)),
-                  vision_frame_span=int(m.get("vision_frame_span", 0)))
-    if m.get("hf_dir"):
-        from rewardmap_jax.model import hf_io
-
-        return hf_io.load_hf_config(m.hf_dir, **policy)
-    return get_preset(m.preset, **policy)
-
-
-def build_model(config: mlc.ConfigDict, mesh) -> Qwen2_5_VL:
-    """The policy, sharded over `mesh`: HF weights from `model.hf_dir`, else a random init."""
-    rules = sharding.rules_from_config(config.mesh)
-    path_rules = tuple(config.mesh.get("path_rules", ()))
-    if config.model.get("hf_dir"):
-        from rewardmap_jax.model import hf_io
-
-        model = hf_io.load_hf(config.model.hf_dir)
-        graphdef, state = nnx.split(model)
-        shardings = sharding.state_shardings(state, mesh, rules, path_rules)
-        return nnx.merge(graphdef, sharding.shard_state(state, shardings))
-    cfg = model_config(config)
-    return sharding.create_sharded_model(
-        lambda: Qwen2_5_VL(cfg, nnx.Rngs(params=int(config.seed))), mesh, rules, path_rules)
 
 
 def _optimizer(config: mlc.ConfigDict, phase: str, total_updates: int):
@@ -161,8 +133,7 @@ class Trainer:
         self.model = build_model(config, self.mesh)
         self.graphdef, self.params = nnx.split(self.model, nnx.Param)
         self.mcfg = self.model.cfg
-        self.tokenizer = FastTokenizer(config.data.get("tokenizer") or
-                                       config.model.get("hf_dir") or TINY)
+        self.tokenizer = FastTokenizer(tokenizer_source(config))
         self.reward_fn = make_reward_fn(config.reward)
         self.sft_steps = int(config.sft.steps)
         self.sft_data = sft_pipeline(config) if self.sft_steps else None
