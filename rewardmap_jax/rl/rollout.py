@@ -21,10 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from rewardmap_jax.mapworld.records import TASK_TYPES, Record
-from rewardmap_jax.model import rope_index
+from rewardmap_jax.model import rope_index, sequence
 from rewardmap_jax.model.config import ModelConfig
 from rewardmap_jax.model.vision_layout import pack_vision_inputs, required_patches
-from rewardmap_jax.rl import grpo, sampler, steps
+from rewardmap_jax.rl import grpo, sampler
 
 PROMPT_KEYS = ("prompt_ids", "prompt_mask", "positions", "rope_deltas", "vision", "vis_offsets")
 
@@ -39,7 +39,7 @@ def prepare_prompts(batch: dict[str, Any], cfg: ModelConfig) -> dict[str, Any]:
 
     One image per prompt (the pipeline's contract). When every image has the same patch grid
     (the map world), each image gets its own window buffer and `vision` leaves are stacked
-    (B, P_1, ...): the tower then runs per image (`steps.embed`), so its full-attention blocks
+    (B, P_1, ...): the tower then runs per image (`sequence.embed`), so its full-attention blocks
     cost B * P_1^2 instead of (B * P_1)^2 over one packed buffer. Otherwise one packed buffer.
     """
     ids = np.asarray(batch["input_ids"], np.int32)
@@ -132,11 +132,11 @@ class RolloutResult:
 
 
 def _forward(model, ids, positions, mask, vision, cache):
-    """Sampler contract (`sampler.ModelAdapter.forward`) with `steps.embed`'s vision path."""
+    """Sampler contract (`sampler.ModelAdapter.forward`) with `sequence.embed`'s vision path."""
     if vision is None:
         x = model.language_model.embed(ids)
     else:
-        x = steps.embed(model, ids, vision[0], vision[1], 1)
+        x = sequence.embed(model, ids, vision[0], vision[1])
     hidden, cache = model.language_model(x, positions, mask, cache)
     return model.logits(hidden[:, -1]), cache
 
@@ -167,7 +167,11 @@ def rollout(model: Any, prompts: dict[str, Any], records: Sequence[Record],
     texts = decode_completions(tokenizer, tokens, lengths, params.stop_ids)
     recs = [r for r in records for _ in range(g)]
     scores = reward_fn(recs, texts)
-    adv, adv_m = grpo.group_advantages(jnp.asarray(scores["overall"]), g,
+    if int(rl.get("overlong_buffer", 0)):  # DAPO soft overlong punishment, in the advantages
+        scores["overlong_penalty"] = np.asarray(grpo.overlong_penalty(
+            lengths, tokens.shape[1], int(rl.overlong_buffer), float(rl.overlong_penalty)))
+    shaped = scores["overall"] + scores.get("overlong_penalty", 0.0)
+    adv, adv_m = grpo.group_advantages(jnp.asarray(shaped), g,
                                        scaling=rl.adv_scaling, eps=float(rl.adv_eps),
                                        ddof=int(rl.adv_std_ddof))
     adv = np.asarray(adv, np.float32)

@@ -174,8 +174,9 @@ class Trainer:
             self.step_fn = steps.make_grpo_step(
                 self.graphdef, self.tx, self.loss_cfg, self.g, chunk=chunk,
                 mismatch_threshold=float(rl.logp_mismatch_alarm), grad_accum=int(rl.grad_accum),
-                freeze_vision=self.freeze_vision, donate=True)
-            self.logp_fn = steps.make_logprob_fn(self.graphdef, self.g, chunk=chunk)
+                freeze_vision=self.freeze_vision, donate=True, layout=rl.sequence_layout)
+            self.logp_fn = steps.make_logprob_fn(self.graphdef, self.g, chunk=chunk,
+                                                 layout=rl.sequence_layout)
         self.phase = phase
 
     def _state(self) -> dict[str, Any]:
@@ -294,7 +295,8 @@ class Trainer:
                 mb["ref_logps"] = self.logp_fn(self.ref_params, mb)
             else:
                 mb["ref_logps"] = jnp.zeros_like(mb["old_logps"])
-            if int(rl.ppo_epochs) > 1 or self.minibatches > 1:
+            mb["sampler_logps"] = mb["old_logps"]
+            if int(rl.ppo_epochs) > 1 or self.minibatches > 1 or self.loss_cfg.tis_cap > 0:
                 mb["old_logps"] = self.logp_fn(self.params, mb)  # learner's own, pre-update
         metrics: list[dict[str, Any]] = []
         for _ in range(int(rl.ppo_epochs)):
