@@ -3,6 +3,7 @@
     python benchmarks/shared_prefix.py                    # tiny-wide step: time + memory
     python benchmarks/shared_prefix.py --flops            # + 3B/7B update FLOPs (compile only)
     python benchmarks/shared_prefix.py --flops --no-time  # FLOPs only
+    python benchmarks/shared_prefix.py --no-run           # tiny-wide memory only (no timing)
 
 **Step** (CPU, one process): the trainer's own `rl.steps.make_grpo_step` (vision tower, decoder,
 chunked log-probs, GRPO loss with KL and entropy, grad, clip + AdamW) on the `tiny-wide` model
@@ -82,7 +83,7 @@ def time_and_memory(args: argparse.Namespace) -> dict[str, Any]:
     graphdef, params = nnx.split(init_model(cfg), nnx.Param)
     batch = build_batch(cfg, args.side, args.prompt, args.completion, args.g)
     out: dict[str, Any] = {"layouts": {}}
-    compiled = {}
+    compiled: dict[str, Any] = {}
     for layout in LAYOUTS:
         tx, step = _step(graphdef, c, args.g, layout, int(c.rl.logprob_chunk))
         opt_state = tx.init(params)
@@ -97,6 +98,11 @@ def time_and_memory(args: argparse.Namespace) -> dict[str, Any]:
         compiled[layout] = (exe, opt_state)
         print(f"{layout}: compiled in {row['compile_s']:.0f} s, temp {row['temp'] / MiB:,.0f} "
               f"MiB, peak {row['peak'] / MiB:,.0f} MiB", flush=True)
+    sh, rep = out["layouts"]["shared"], out["layouts"]["repeated"]
+    out["temp_ratio"] = rep["temp"] / sh["temp"]
+    out["peak_ratio"] = rep["peak"] / sh["peak"]
+    if args.no_run:
+        return out
     times: dict[str, list[float]] = {k: [] for k in LAYOUTS}
     loads: list[float] = []
     for r in range(-1, args.repeats):  # r = -1: warm-up, not recorded
@@ -116,10 +122,7 @@ def time_and_memory(args: argparse.Namespace) -> dict[str, Any]:
     for layout in LAYOUTS:
         v = times[layout]
         out["layouts"][layout].update(median_s=statistics.median(v), min_s=min(v), max_s=max(v))
-    sh, rep = out["layouts"]["shared"], out["layouts"]["repeated"]
     out["speedup"] = rep["median_s"] / sh["median_s"]
-    out["temp_ratio"] = rep["temp"] / sh["temp"]
-    out["peak_ratio"] = rep["peak"] / sh["peak"]
     out["load"] = {"min": min(loads), "max": max(loads)}
     out["loaded"] = max(loads) > LOADED
     return out
@@ -222,6 +225,7 @@ def main() -> None:
     ap.add_argument("--g", type=int, default=4, help="completions per prompt")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-time", action="store_true", help="skip the tiny-wide step")
+    ap.add_argument("--no-run", action="store_true", help="tiny-wide: compile and memory only")
     ap.add_argument("--flops", action="store_true", help="3B/7B FLOPs (compile only)")
     ap.add_argument("--models", default="qwen2_5_vl_3b,qwen2_5_vl_7b")
     ap.add_argument("--json", help="write the results here")
@@ -234,11 +238,14 @@ def main() -> None:
     if not args.no_time:
         res["step"] = s = time_and_memory(args)
         for lay, r in s["layouts"].items():
-            print(f"| {lay} | {r['temp'] / MiB:,.0f} | {r['peak'] / MiB:,.0f} | "
-                  f"{r['median_s']:.1f} ({r['min_s']:.1f}-{r['max_s']:.1f}) |")
-        print(f"repeated / shared: step time {s['speedup']:.2f}x, temp {s['temp_ratio']:.2f}x, "
-              f"peak {s['peak_ratio']:.2f}x; load {s['load']['min']:.1f}-{s['load']['max']:.1f}"
-              + (" (LOADED: re-measure the times on an idle machine)" if s["loaded"] else ""))
+            t = (f"{r['median_s']:.1f} ({r['min_s']:.1f}-{r['max_s']:.1f})"
+                 if "median_s" in r else "-")
+            print(f"| {lay} | {r['temp'] / MiB:,.0f} | {r['peak'] / MiB:,.0f} | {t} |")
+        print(f"repeated / shared: temp {s['temp_ratio']:.2f}x, peak {s['peak_ratio']:.2f}x")
+        if "speedup" in s:
+            print(f"repeated / shared step time {s['speedup']:.2f}x; load "
+                  f"{s['load']['min']:.1f}-{s['load']['max']:.1f}"
+                  + (" (LOADED: re-measure the times on an idle machine)" if s["loaded"] else ""))
     if args.flops:
         res["flops"] = f = flops(args.models.split(","))
         for name, r in f.items():
