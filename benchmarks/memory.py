@@ -250,23 +250,32 @@ def estimate(name: str, k: dict[str, float], n: int, b: float, act_bytes: int = 
     return out
 
 
+# The shapes benchmarks/real_shapes.py compiles: a 20,480-token prompt holding a 256 x 256-patch
+# map (docs/memory.md §5); one prompt group per device, the fewest the prompt-sharded batch allows.
+GROUP_SHAPES = {"prompt": 20480, "patches": 65536}
+
+
 def layout_table(k: dict[str, float]) -> list[str]:
-    """Markdown rows: per-device update memory (GiB; activations + transients, remat full, no
-    state) of one prompt group (G responses) in the repeated and the shared layout, and of one
-    repeated row (the b = 1 column of `device_table`)."""
-    rows = ["| model | layout, rows per device | responses | decoder tokens | text residuals "
-            "| vision residuals | recompute | attention chunk | log-prob chunk | update |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    g = OFFICIAL["gens"]
+    """Markdown rows: per-device GiB of the update with one prompt group (G responses) per
+    device, remat full, in the repeated (G rows) and the shared (one row) layout:
+    fp32 params + AdamW (12P / n), fp32 grads (4P / n), activations and transients."""
+    rows = ["| model | slice | layout | decoder tokens | params + Adam | grads "
+            "| activations (remat full) | recompute | attention chunk | log-prob chunk | total "
+            "| HBM | headroom |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    g, r = OFFICIAL["gens"], OFFICIAL["response"]
     gib = lambda x: f"{x / GiB:.1f}"  # noqa: E731
     for name in PARAMS:
-        for layout, b in (("repeated", 1), ("repeated", g), ("shared", 1)):
-            e = estimate(name, k, 1, b, layout=layout)
-            s = OFFICIAL["prompt"] + (g if layout == "shared" else 1) * OFFICIAL["response"]
-            rows.append(f"| {name} | {layout}, {b} | {b * g if layout == 'shared' else b} | "
-                        f"{b * s:,} | {gib(e['act_full_text'])} | {gib(e['act_full_vision'])} | "
-                        f"{gib(e['recompute'])} | {gib(e['attn_chunk'])} | "
-                        f"{gib(e['logits_chunk'])} | {gib(e['peak_full'])} |")
+        for sl, n, hbm in SLICES[:2]:
+            for layout, b, tokens in (("repeated", g, g * (GROUP_SHAPES["prompt"] + r)),
+                                      ("shared", 1, GROUP_SHAPES["prompt"] + g * r)):
+                e = estimate(name, k, n, b, layout=layout, **GROUP_SHAPES)
+                state, grads = 12 * PARAMS[name] / n, 4 * PARAMS[name] / n
+                total = state + grads + e["peak_full"]
+                rows.append(f"| {name} | {sl} | {layout} | {tokens:,} | {gib(state)} | "
+                            f"{gib(grads)} | {gib(e['act_full'])} | {gib(e['recompute'])} | "
+                            f"{gib(e['attn_chunk'])} | {gib(e['logits_chunk'])} | "
+                            f"**{gib(total)}** | {hbm} | {(hbm * GiB - total) / GiB:.1f} |")
     return rows
 
 
