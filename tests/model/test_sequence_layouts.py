@@ -6,6 +6,7 @@ its gradient, with and without remat and micro-batches, on one device and on the
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +26,15 @@ from rewardmap_jax.model.vision_layout import pack_vision_inputs
 from rewardmap_jax.rl import grpo, steps
 
 B, L, T, SIDE = 4, 32, 5, 8  # prompts, prompt bucket, completion length, image side (patches)
+G_MAX = 4  # the largest num_generations tested; smaller G take the first G completions of each
 LOSS = grpo.GRPOLossConfig(clip_low=0.2, clip_high=0.28, kl_coef=0.05, entropy_coef=1e-2)
+# A compile-time option only (no effect on what is computed beyond fp32 rounding): XLA:CPU's
+# LLVM backend at -O0 compiles these steps ~3x faster, and compiling is what these tests cost.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def _compiled(jitted, *args):
+    return jitted.lower(*args).compile(FAST_COMPILE)
 
 
 def _cfg(remat="none"):
@@ -33,10 +42,10 @@ def _cfg(remat="none"):
     return dataclasses.replace(tiny(), remat=remat, attn_chunk=8)
 
 
-def _inputs(cfg, g, seed=0):
+def _inputs(cfg, seed=0):
     """B prompts [text, image (16 tokens), text], left-padded to L (prompt 0 by 5 slots);
-    G right-padded completions per prompt (lengths 1..T, one holding the image pad id: a
-    completion token is text in every layout); old/ref log-probs near the policy's."""
+    G_MAX right-padded completions per prompt (rows b * G_MAX + h; lengths 1..T; row 4 starts
+    with the image pad id: a completion token is text in every layout)."""
     rng = np.random.default_rng(seed)
     n_img = SIDE * SIDE // cfg.vision.merge_unit
     ids = np.full((B, L), cfg.pad_token_id, np.int32)
@@ -51,9 +60,9 @@ def _inputs(cfg, g, seed=0):
     pos, deltas = get_rope_index(ids, cfg, mask, grids)
     pix = rng.normal(size=(B, SIDE * SIDE, cfg.vision.patch_dim)).astype(np.float32)
     per = [pack_vision_inputs(pix[b], grids[b:b + 1], cfg.vision) for b in range(B)]
-    n = B * g
+    n = B * G_MAX
     comp = rng.integers(0, cfg.text.vocab_size, (n, T)).astype(np.int32)
-    comp[-1, 0] = cfg.image_token_id
+    comp[4, 0] = cfg.image_token_id
     lengths = np.resize([T, 1, 3, T - 1, 2], n)
     return {
         "prompt_ids": ids, "prompt_mask": mask, "positions": pos, "rope_deltas": deltas,
@@ -64,16 +73,22 @@ def _inputs(cfg, g, seed=0):
     }
 
 
+def _first_rows(x, g):
+    """Rows b * g + h (h < g) of an array with rows b * G_MAX + h."""
+    return x.reshape(B, G_MAX, *x.shape[1:])[:, :g].reshape(B * g, *x.shape[1:])
+
+
 def _model(cfg, seed=3):
     return Qwen2_5_VL(cfg, nnx.Rngs(params=seed))
 
 
-def _sgd_step(graphdef, g, layout, grad_accum=1):
-    """One GRPO update with SGD(lr=1): new params = params - grad."""
+def _sgd_update(graphdef, g, layout, params, batch, grad_accum=1):
+    """One GRPO update with SGD(lr=1) (new params = params - grad), compiled for this batch."""
     sgd = optax.sgd(1.0)
     step = steps.make_grpo_step(graphdef, sgd, LOSS, g, chunk=3, grad_accum=grad_accum,
                                 layout=layout)
-    return lambda params, batch: step(params, sgd.init(params), batch)
+    opt_state = sgd.init(params)
+    return _compiled(step, params, opt_state, batch)(params, opt_state, batch)
 
 
 def _max_diff(a, b) -> float:
@@ -102,18 +117,20 @@ def test_prompt_groups_attention_is_the_segment_rule():
     j <= i in the prompt or in i's own completion (checked against an explicit numpy mask)."""
     b, lp, g, t, nh, nkv, hd = 2, 6, 3, 4, 4, 2, 8
     s = lp + g * t
-    ks = jax.random.split(jax.random.key(0), 3)
-    q = jax.random.normal(ks[0], (b, s, nh, hd))
-    k, v = jax.random.normal(ks[1], (2, b, s, nkv, hd))
+    rng = np.random.default_rng(0)  # numpy: compiling jax.random's threefry costs seconds
+    q = jnp.asarray(rng.normal(size=(b, s, nh, hd)), jnp.float32)
+    k, v = jnp.asarray(rng.normal(size=(2, b, s, nkv, hd)), jnp.float32)
     q_seg = np.concatenate([np.zeros(lp), np.repeat(np.arange(1, g + 1), t)]).astype(np.int32)
     q_seg = np.tile(q_seg, (b, 1))
     seg = q_seg.copy()
     seg[0, :2] = -1  # left padding
     seg[1, lp + t - 2:lp + t] = -1  # right padding of c_1
-    out = attend_prompt_groups(q, k, v, jnp.asarray(q_seg), jnp.asarray(seg), lp, chunk=4)
+    # jitted: op by op, the chunk loops would compile every primitive on its own
+    groups = jax.jit(functools.partial(attend_prompt_groups, prompt_len=lp, chunk=4))
+    out = groups(q, k, v, jnp.asarray(q_seg), jnp.asarray(seg))
     idx = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
-    whole = attend(q, k, v, jnp.asarray(q_seg), jnp.asarray(seg), idx, idx, chunk=5,
-                   shared_seg=0)
+    whole = jax.jit(functools.partial(attend, chunk=5, shared_seg=0))(
+        q, k, v, jnp.asarray(q_seg), jnp.asarray(seg), idx, idx)
     # explicit mask, dense softmax in numpy
     i, j = np.arange(s)[:, None], np.arange(s)[None]
     vis = (j <= i) & (seg[:, None, :] >= 0) & ((seg[:, None, :] == 0)
@@ -131,8 +148,7 @@ def test_prompt_groups_attention_is_the_segment_rule():
     want = np.einsum("bnqk,bknh->bqnh", p, vn)
     np.testing.assert_allclose(np.asarray(out)[live], want[live], atol=2e-6)
     # c_2's queries do not read c_1's keys: changing them leaves c_2 (and the prompt) alone
-    moved = attend_prompt_groups(q, k.at[:, lp:lp + t].add(1.0), v, jnp.asarray(q_seg),
-                                 jnp.asarray(seg), lp, chunk=4)
+    moved = groups(q, k.at[:, lp:lp + t].add(1.0), v, jnp.asarray(q_seg), jnp.asarray(seg))
     np.testing.assert_array_equal(moved[:, :lp], out[:, :lp])
     np.testing.assert_array_equal(moved[:, lp + t:], out[:, lp + t:])
     assert float(jnp.max(jnp.abs(moved[:, lp:lp + t] - out[:, lp:lp + t]))) > 1e-3
@@ -142,35 +158,43 @@ def test_prompt_groups_attention_is_the_segment_rule():
 
 
 class _Runs:
-    """The tiny model (remat none), one batch per G and the single-device results, computed
-    once per module: every test compares against the same `repeated` reference."""
+    """The tiny model (remat none), the batches and the `repeated` reference, computed once
+    per module and shared by the tests.
+
+    The reference is the repeated layout at G_MAX, compiled once: its rows `[prompt b | c]`
+    never see each other, so the rows of a smaller G are a subset of its rows (log-probs), and
+    its update with the other rows' completion masks zeroed is the update of that subset (the
+    token-mean loss, its gradient and the metrics only read masked tokens)."""
 
     def __init__(self):
         self.graphdef, self.params = nnx.split(_model(_cfg()), nnx.Param)
-        self._logp, self._batch, self._update = {}, {}, {}
+        self.full = jax.tree.map(jnp.asarray, _inputs(tiny()))
+        fn = steps.make_logprob_fn(self.graphdef, G_MAX, layout="repeated")
+        self.repeated_logps = _compiled(fn, self.params, self.full)(self.params, self.full)
+        noise = np.random.default_rng(1).normal(0, 0.1, (2, B * G_MAX, T)).astype(np.float32)
+        self.full["old_logps"] = self.repeated_logps + noise[0]  # some tokens clipped, some not
+        self.full["ref_logps"] = self.repeated_logps + noise[1]
+        sgd = optax.sgd(1.0)
+        self.opt_state = sgd.init(self.params)
+        step = steps.make_grpo_step(self.graphdef, sgd, LOSS, G_MAX, chunk=3, layout="repeated")
+        self._ref_step = _compiled(step, self.params, self.opt_state, self.full)
+        self._update = {}
 
-    def logps(self, g, layout):
-        if (g, layout) not in self._logp:
-            fn = steps.make_logprob_fn(self.graphdef, g, layout=layout)
-            self._logp[g, layout] = fn(self.params, self.batch(g, with_logps=False))
-        return self._logp[g, layout]
+    def batch(self, g):
+        out = dict(self.full)
+        for k in ("completion", "completion_mask", "advantages", "old_logps", "ref_logps"):
+            out[k] = _first_rows(self.full[k], g)
+        return out
 
-    def batch(self, g, with_logps=True):
-        if g not in self._batch:
-            self._batch[g] = jax.tree.map(jnp.asarray, _inputs(tiny(), g))
-        b = self._batch[g]
-        if with_logps and "old_logps" not in b:
-            lp = self.logps(g, "repeated")
-            noise = np.random.default_rng(g).normal(0, 0.1, (2, *lp.shape)).astype(np.float32)
-            b["old_logps"] = lp + noise[0]  # some tokens clipped, some not
-            b["ref_logps"] = lp + noise[1]
-        return b
-
-    def update(self, g, layout):
-        if (g, layout) not in self._update:
-            self._update[g, layout] = _sgd_step(self.graphdef, g, layout)(self.params,
-                                                                          self.batch(g))
-        return self._update[g, layout]
+    def update(self, g):
+        """The reference update of `batch(g)`: repeated layout, remat none, no micro-batches,
+        one device."""
+        if g not in self._update:
+            keep = np.arange(G_MAX) < g
+            b = dict(self.full, completion_mask=self.full["completion_mask"]
+                     & jnp.asarray(np.tile(keep, B))[:, None])
+            self._update[g] = self._ref_step(self.params, self.opt_state, b)
+        return self._update[g]
 
 
 @pytest.fixture(scope="module")
@@ -181,40 +205,36 @@ def runs():
 @pytest.mark.parametrize("g", [1, 2, 4])
 def test_shared_layout_equals_repeated(runs, g):
     """Per-token log-probs (<= 1e-5), loss (<= 1e-6 relative) and gradients (<= 1e-5)."""
-    shared, repeated = runs.logps(g, "shared"), runs.logps(g, "repeated")
+    batch = runs.batch(g)
+    fn = steps.make_logprob_fn(runs.graphdef, g, layout="shared")
+    shared = _compiled(fn, runs.params, batch)(runs.params, batch)
+    repeated = _first_rows(runs.repeated_logps, g)
     # every position, padding included: the masks and positions are the same in both layouts
     np.testing.assert_allclose(shared, repeated, atol=1e-5, rtol=0)
     assert float(jnp.abs(shared).max()) > 1.0
-    _compare(runs.update(g, "shared"), runs.update(g, "repeated"), runs.params)
+    _compare(_sgd_update(runs.graphdef, g, "shared", runs.params, batch), runs.update(g),
+             runs.params)
 
 
-def test_shared_layout_equals_repeated_remat_and_micro_batches(runs):
-    """remat full (G = 4) and grad_accum 2 (micro-batches of whole groups, G = 2) against the
-    repeated layout without either."""
+@pytest.mark.parametrize("g", [1, 2, 4])
+def test_shared_layout_equals_repeated_remat_micro_batches_mesh(runs, g):
+    """remat full, grad_accum 2 (micro-batches of 2 whole groups) and the 8-device CPU mesh
+    (2, 2, 2: params sharded over fsdp and tensor, the residual stream constrained to the
+    batch axes) together, against the single-device repeated layout with none of them."""
     graphdef_r, params_r = nnx.split(_model(_cfg("full")), nnx.Param)
     assert _max_diff(params_r, runs.params) == 0.0
-    out = _sgd_step(graphdef_r, 4, "shared")(runs.params, runs.batch(4))
-    _compare(out, runs.update(4, "repeated"), runs.params)
-    out = _sgd_step(runs.graphdef, 2, "shared", grad_accum=2)(runs.params, runs.batch(2))
-    _compare(out, runs.update(2, "repeated"), runs.params)
-
-
-def test_shared_layout_equals_repeated_on_the_mesh(runs):
-    """8 CPU devices, mesh (2, 2, 2), params sharded, residual stream constrained to the batch
-    axes (4 shards: one group per shard in the shared layout): the same update as the
-    single-device repeated layout."""
     c = get_config()
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 2
     mesh = sh.make_mesh(c.mesh)
     rules = sh.rules_from_config(c.mesh)
     sharded = jax.device_put(runs.params, sh.state_shardings(runs.params, mesh, rules))
     with activation_sharding(mesh, rules):
-        out = _sgd_step(runs.graphdef, 4, "shared")(sharded, runs.batch(4))
+        out = _sgd_update(graphdef_r, g, "shared", sharded, runs.batch(g), grad_accum=2)
     assert out[0]["language_model"]["layers"][0]["mlp"]["up_proj"]["kernel"].sharding.spec == \
         jax.sharding.PartitionSpec("fsdp", "tensor")
-    _compare(out, runs.update(4, "repeated"), runs.params)
+    _compare(out, runs.update(g), runs.params)
 
 
-def test_unknown_layout_is_an_error(runs):
+def test_unknown_layout_is_an_error():
     with pytest.raises(ValueError, match="unknown sequence layout 'packed'"):
-        steps.make_logprob_fn(runs.graphdef, 2, layout="packed")
+        steps.make_logprob_fn(None, 2, layout="packed")
