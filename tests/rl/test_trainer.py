@@ -105,7 +105,8 @@ def test_bandit_reward_rises(tmp_path):
 @pytest.mark.slow
 def test_minibatches_epochs_and_dynamic_sampling(tmp_path):
     """ppo_epochs x mini-batches (learner-recomputed behaviour log-probs) and DAPO dynamic
-    sampling run end to end; the first update's learner/behaviour mismatch is exactly 0."""
+    sampling run end to end; the first update's learner/behaviour mismatch is at float32 rounding level
+    (the log-prob pass and the update are separate XLA programs, so not bit-identical on every CPU)."""
     c = get_config()
     c.sft.steps = 0
     c.train.rl_steps = 2
@@ -125,5 +126,5 @@ def test_minibatches_epochs_and_dynamic_sampling(tmp_path):
         assert 1 <= r["dynamic_sampling/rounds"] <= 3
         # Curves come from the drawn batch, the update batch's reward is logged apart.
         assert 0.0 <= r["reward/mean"] <= 1.0 and 0.0 <= r["dynamic_sampling/update_reward"] <= 1.0
-        assert r["logp_diff_max"] == 0.0  # old logps are the learner's own before the update
+        assert r["logp_diff_max"] <= 1e-5  # old logps are the learner's own before the update
         assert np.isfinite(r["loss"]) and r["grad_norm"] >= 0
