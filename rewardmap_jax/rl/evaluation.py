@@ -32,8 +32,10 @@ from rewardmap_jax.data.curriculum import Schedule, Stage
 from rewardmap_jax.data.pipeline import DataPipeline
 from rewardmap_jax.data.sources import MapWorldSource
 from rewardmap_jax.mapworld.records import TASK_TYPES, Record
+from rewardmap_jax.model.vision_layout import bucket_patches
 from rewardmap_jax.rl import rollout as ro
-from rewardmap_jax.rl import sampler
+from rewardmap_jax.rl import sampler, scoring
+from rewardmap_jax.rl.placement import Placement
 from rewardmap_jax.run import gallery
 
 EVAL_SUBDIR = "eval"
@@ -71,9 +73,14 @@ def _pipeline(config: Any, sources: Mapping[str, Any], batch_size: int) -> DataP
 
 
 def generate_answers(model: Any, config: Any, sources: Mapping[str, Any], tokenizer: Any,
-                     max_questions: int = 0) -> tuple[list[Record], list[str]]:
+                     max_questions: int = 0, place: Placement | None = None
+                     ) -> tuple[list[Record], list[str]]:
     """Greedy completions for every question of `sources`, each exactly once (the padding
-    copies of the last partial batch are dropped); the first `max_questions` when > 0."""
+    copies of the last partial batch are dropped); the first `max_questions` when > 0.
+
+    With `place` the sampler gets global arrays: every process reads the whole evaluation
+    batch, samples its own rows (`place.rows`) and all completions are gathered to every
+    process."""
     ev = config.eval
     cfg = model.cfg
     sp = sampler.params_from_config(config.rl, cfg, num_generations=1, temperature=0.0,
@@ -90,10 +97,16 @@ def generate_answers(model: Any, config: Any, sources: Mapping[str, Any], tokeni
         except ValueError as e:
             raise ValueError(f"held-out evaluation batch (eval.batch_size={ev.batch_size}): {e}; "
                              "or lower eval.batch_size") from e
-        prompts = ro.prepare_prompts(batch, cfg)
-        out = ro.sample(model, prompts, sp, key)
-        done = ro.decode_completions(tokenizer, np.asarray(out.tokens),
-                                     np.asarray(out.lengths), sp.stop_ids)
+        prompts = ro.prepare_prompts(
+            batch, cfg, bucket_patches(ro.image_windows(batch, cfg), cfg.vision))
+        n = len(batch["records"])
+        if place is not None:
+            prompts = ro.take_prompts(prompts, place.rows(n))
+        tokens, lengths, _ = ro.local_outputs(ro.sample(model, prompts, sp, key, place, n),
+                                              place, n)
+        if place is not None:
+            tokens, lengths = place.gather_rows((tokens, lengths), n)
+        done = ro.decode_completions(tokenizer, tokens, lengths, sp.stop_ids)
         keep = np.flatnonzero(np.asarray(batch["valid"]))
         texts += [done[i] for i in keep]
         records += [batch["records"][i] for i in keep]
@@ -153,12 +166,19 @@ def summarize(records: Sequence[Record], texts: Sequence[str],
 
 
 def evaluate(model: Any, config: Any, sources: Mapping[str, Any], tokenizer: Any,
-             reward_fn: Any, *, step: int, tag: str, max_questions: int = 0
+             reward_fn: Any, *, step: int, tag: str, max_questions: int = 0,
+             place: Placement | None = None
              ) -> tuple[dict[str, Any], list[Record], list[str], dict[str, np.ndarray]]:
-    """Greedy evaluation; returns (report, records, completions, reward components)."""
+    """Greedy evaluation; returns (report, records, completions, reward components). With
+    `place`, each process samples and scores its rows; the report is the same everywhere."""
     t0 = time.perf_counter()
-    records, texts = generate_answers(model, config, sources, tokenizer, max_questions)
-    scores = reward_fn(records, texts)
+    records, texts = generate_answers(model, config, sources, tokenizer, max_questions, place)
+    if place is None:
+        scores = reward_fn(records, texts)
+    else:
+        rows = place.rows(len(records))
+        scores = scoring.score(reward_fn, [records[i] for i in rows], [texts[i] for i in rows],
+                               place, len(records), 1)
     report = summarize(records, texts, scores)
     report.update(step=int(step), tag=tag, seconds=time.perf_counter() - t0)
     report["samples"] = [{"uid": r.uid, "type": r.type, "completion": x,

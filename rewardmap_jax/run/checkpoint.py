@@ -50,6 +50,8 @@ CHECKPOINT_SUBDIR = "checkpoints"
 DATA_ITEM = "data"
 META_ITEM = "meta"
 _RESERVED = (DATA_ITEM, META_ITEM)
+# Key of a restored data state written by another number of processes (ProcessJsonHandler).
+OTHER_TOPOLOGY = "other_topology"
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,14 +70,17 @@ class ProcessJsonHandler(ocp.CheckpointHandler):
         _process_file(directory).write_text(json.dumps(args.state, sort_keys=True))
 
     def restore(self, directory: epath.Path, args: ProcessJsonRestore | None = None) -> Any:
+        """This process's state; when the checkpoint was written by another number of
+        processes, `{OTHER_TOPOLOGY: [state of each of its processes, in order]}` instead (the
+        caller decides how to carry a position over, e.g. `DataPipeline.restore_iterator`)."""
         path = _process_file(directory)
-        if not path.exists():
-            found = sorted(p.name for p in directory.iterdir())
-            raise FileNotFoundError(
-                f"no data-iterator state for this process at {path} (found {found}); was the "
-                "checkpoint written with a different number of processes?"
-            )
-        return json.loads(path.read_text())
+        if path.exists():
+            return json.loads(path.read_text())
+        found = sorted(directory.glob("process_*-of-*.json"),
+                       key=lambda p: int(p.name.split("_")[1].split("-")[0]))
+        if not found:
+            raise FileNotFoundError(f"no data-iterator state in {directory}")
+        return {OTHER_TOPOLOGY: [json.loads(p.read_text()) for p in found]}
 
     def metadata(self, directory: epath.Path) -> None:
         return None

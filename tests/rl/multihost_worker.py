@@ -34,6 +34,7 @@ def main() -> None:
     from configs.curriculum import get_config
     from rewardmap_jax.model import sharding as sh
     from rewardmap_jax.rl import grpo, optim
+    from rewardmap_jax.rl.placement import Placement
     from rewardmap_jax.run import distributed as dist
     from tests.rl.toy_model import ToyLM
     from tests.rl.toy_step import make_batch, make_step
@@ -52,6 +53,7 @@ def main() -> None:
 
     rules = sh.rules_from_config(m)
     mesh = sh.make_mesh(m)
+    place = Placement(mesh, rules)
     cfg.optim.lr = 1e-2
     tx = optim.make_optimizer(cfg.optim)
     loss_cfg = grpo.GRPOLossConfig(clip_low=0.2, clip_high=0.28, kl_coef=0.01, entropy_coef=1e-3)
@@ -62,8 +64,8 @@ def main() -> None:
     step = make_step(graphdef, tx, loss_cfg)
     for i in range(args.steps):
         full = make_batch(i)
-        rows = dist.process_rows(full["ids"].shape[0])
-        batch = dist.global_batch({k: v[rows] for k, v in full.items()}, mesh, rules)
+        n = full["ids"].shape[0]
+        batch = place.put({k: v[place.rows(n)] for k, v in full.items()}, n)
         params, opt_state, loss, _ = step(params, opt_state, batch)
     host = dist.to_host(nnx.to_pure_dict(params))
     moved = max(float(np.max(np.abs(a - b)))

@@ -76,4 +76,4 @@ def test_initialize_distributed_modes(monkeypatch):
                                      "num_processes": 2, "process_id": 2})
     monkeypatch.setenv("SLURM_NTASKS", "4")
     assert dist._cluster_detected()
-    assert dist.is_main_process() and dist.process_rows(8) == slice(0, 8)
+    assert dist.is_main_process()
