@@ -181,7 +181,7 @@ def jit_step(fn: Callable, name: str, placement: Placement | None, *, n_state: i
     out_fn = out_shardings or _replicated_out(placement)
     jitted: dict[Any, Callable] = {}
 
-    def call(*args):
+    def get(args):
         batch = args[n_state]
         check_global(batch, name)
         n = batch["prompt_ids"].shape[0]
@@ -191,9 +191,19 @@ def jit_step(fn: Callable, name: str, placement: Placement | None, *, n_state: i
         if key not in jitted:
             jitted[key] = jax.jit(fn, in_shardings=in_sh, out_shardings=out_fn(in_sh, n),
                                   donate_argnums=donate_argnums)
-        with placement.context():
-            return jitted[key](*args)
+        return jitted[key]
 
+    def call(*args):
+        f = get(args)
+        with placement.context():
+            return f(*args)
+
+    def lower(*args):  # for XLA's compiled memory analysis (tests, benchmarks)
+        f = get(args)
+        with placement.context():
+            return f.lower(*args)
+
+    call.lower = lower
     return call
 
 

@@ -63,6 +63,7 @@ def initialize_distributed(mesh_cfg: Any) -> bool:
     kwargs: dict[str, Any] = {}
     if mode == "auto" and os.environ.get("JAX_COORDINATOR_ADDRESS"):
         kwargs = _coordinator_env()
+    elif mode == "explicit":
         addr = get("coordinator_address", "")
         n, pid = int(get("num_processes", 0)), int(get("process_id", -1))
         if not addr or n <= 0 or not 0 <= pid < n:
