@@ -20,6 +20,7 @@ Checkpoint contract (what the trainer saves): `state["params"] = nnx.state(model
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -116,13 +117,42 @@ def restore_model(workdir: str | Path, step: int | None = None) -> tuple[int, An
     return step, model, config
 
 
-def _host_tensor(x: jax.Array) -> np.ndarray:
-    """One parameter, whole, on this host (a collective when it spans processes)."""
-    if x.is_fully_addressable:
-        return np.asarray(jax.device_get(x))
-    from jax.experimental import multihost_utils
+# Host memory bound of the streamed write: a tensor is gathered this many bytes at a time.
+CHUNK_BYTES = 16 << 20
 
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+@functools.cache
+def _slicer(size: int, axis: int, sharding: Any) -> Any:
+    """jit(x, start) -> x[start:start+size] along `axis`, replicated on every device."""
+    return jax.jit(lambda x, start: jax.lax.dynamic_slice_in_dim(x, start, size, axis),
+                   out_shardings=sharding)
+
+
+def _torch_chunks(x: jax.Array, kind: str, cfg: Any, chunk_bytes: int):
+    """The parameter in the torch layout as consecutive row blocks (numpy), each gathered from
+    the devices that hold it (a collective when they span processes: every process iterates)."""
+    from rewardmap_jax.model import hf_io
+
+    if kind == "patch" or x.ndim == 0:  # small (the patch embedding): whole
+        yield hf_io._to_torch_layout(_gather(x, x.shape[0] if x.ndim else 0, 0), kind, cfg)
+        return
+    axis = 1 if kind == "linear" else 0  # our axis that becomes the torch rows
+    row_bytes = x.size // x.shape[axis] * x.dtype.itemsize
+    size = max(1, min(x.shape[axis], chunk_bytes // max(row_bytes, 1)))
+    for start in range(0, x.shape[axis], size):
+        k = min(size, x.shape[axis] - start)
+        block = _gather(x, k, axis, start)
+        yield block.T if kind == "linear" else block
+
+
+def _gather(x: jax.Array, size: int, axis: int, start: int = 0) -> np.ndarray:
+    if x.ndim == 0 or (start == 0 and size == x.shape[axis]) and x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    mesh = getattr(x.sharding, "mesh", None)
+    out = (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()) if mesh is not None
+           else x.sharding)
+    y = _slicer(size, axis, out)(x, start)
+    return np.asarray(y.addressable_data(0))
 
 
 def _np_dtype(name: str) -> np.dtype:
@@ -134,11 +164,12 @@ def _np_dtype(name: str) -> np.dtype:
 
 
 def write_weights(params: Any, cfg: Any, out_dir: str | Path, dtype: str,
-                  max_shard_bytes: int = 4 << 30) -> list[str]:
+                  max_shard_bytes: int = 4 << 30, chunk_bytes: int = CHUNK_BYTES) -> list[str]:
     """Writes `params` (nnx.State, any sharding, any number of processes) as HF safetensors
     (`model.safetensors`, or numbered shards of at most `max_shard_bytes` plus
-    `model.safetensors.index.json`), one tensor at a time; every process must call it, process
-    0 writes. Returns the file names."""
+    `model.safetensors.index.json`), one block of at most `chunk_bytes` of one tensor at a time
+    (the header is planned from the shapes first); every process must call it, process 0 writes.
+    Returns the file names."""
     from flax import nnx
 
     from rewardmap_jax.model import hf_io
@@ -185,11 +216,11 @@ def write_weights(params: Any, cfg: Any, out_dir: str | Path, dtype: str,
                 f.write(struct.pack("<Q", len(blob)) + blob)
             for key in keys:
                 path, kind = mapping[key]
-                x = _host_tensor(flat[path].get_value())  # every process: a collective
-                if f is not None:
-                    y = np.ascontiguousarray(hf_io._to_torch_layout(x, kind, cfg))
-                    f.write(y.astype(_np_dtype(dtype), copy=False).tobytes())
-                del x
+                for block in _torch_chunks(flat[path].get_value(), kind, cfg, chunk_bytes):
+                    if f is not None:
+                        y = np.ascontiguousarray(block.astype(_np_dtype(dtype), copy=False))
+                        f.write(y.view(np.uint8).data)  # no bytes copy
+                    del block
         finally:
             if f is not None:
                 f.close()
