@@ -327,7 +327,7 @@ def _shard(data_cfg: Any, shard_index: int | None, shard_count: int | None) -> t
 def _rows(data_cfg: Any, batch_size: int, rows: Any, shard_index: int | None,
           shard_count: int | None) -> tuple[int, ...]:
     """This host's rows of each global batch: `rows` when given (data.shard="jax_process"),
-    else the shard_index-th of shard_count contiguous slices."""
+    else the shard_index-th of shard_count contiguous slices (data.shard="none": all rows)."""
     if rows is not None and data_cfg.get("shard", "jax_process") == "jax_process" \
             and shard_index is None:
         out = tuple(int(r) for r in rows)

@@ -150,6 +150,9 @@ def check_config(config: mlc.ConfigDict) -> None:
     c = config
     errors = steps.config_errors(c) + evaluation.config_errors(
         c, model_config(c).vision.patch_size)
+    if c.data.get("shard", "jax_process") != "jax_process" and jax.process_count() > 1:
+        errors.append(f"data.shard={c.data.shard!r}: in a multi-process run each process reads "
+                      "the rows its devices hold (data.shard='jax_process')")
     if c.rl.dynamic_sampling and jax.process_count() > 1:
         errors.append("rl.dynamic_sampling runs in one process only: its refill moves prompt "
                       "groups between the hosts that read them (set rl.dynamic_sampling=False "
