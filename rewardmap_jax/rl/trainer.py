@@ -169,10 +169,16 @@ def _layout_warnings(place: Placement, config: mlc.ConfigDict, log_fn=log.warnin
                                        int(config.data.batch_size))}
     if int(config.sft.steps):
         sizes["sft.batch_size"] = int(config.sft.batch_size)
+    sizes["rl.mini_batch_size / rl.grad_accum"] = sizes["rl.mini_batch_size"] // max(
+        int(config.rl.grad_accum), 1)
+    if int(config.sft.steps):
+        sizes["sft.batch_size / sft.grad_accum"] = int(config.sft.batch_size) // max(
+            int(config.sft.get("grad_accum", 1)), 1)
     for key, n in sizes.items():
         if place.dp > 1 and not place.shards(n):
             log_fn("%s = %d is not divisible by the data-parallel size %d (mesh axes %s): that "
-                   "batch runs replicated on every device", key, n, place.dp, place.axes)
+                   "batch runs replicated (or is resharded) on every device", key, n, place.dp,
+                   place.axes)
 
 
 # ----------------------------------------------------------------------------------------------
