@@ -29,6 +29,7 @@ rows; `check_global` refuses it, naming the function.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -40,6 +41,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from rewardmap_jax.model.layers import activation_sharding
 from rewardmap_jax.model.sharding import BATCH_AXES
 
+log = logging.getLogger(__name__)
 # Batch dim of keys whose batch axis is not the first (M-RoPE positions are (3, B, L)).
 PROMPT_BATCH_DIMS = {"positions": 1}
 
@@ -70,6 +72,15 @@ class Placement:
         self.dp = math.prod(mesh.shape[a] for a in self.axes)
 
     # -- layout ---------------------------------------------------------------------------------
+
+    def warn_unsharded(self, sizes: Mapping[str, int]) -> None:
+        """Logs each named prompt count that the data-parallel size does not divide: such a
+        batch runs replicated (correct, but every device computes all of it)."""
+        for key, n in sizes.items():
+            if self.dp > 1 and not self.shards(n):
+                log.warning("%s = %d is not divisible by the data-parallel size %d (mesh axes "
+                            "%s): that batch runs replicated on every device", key, n, self.dp,
+                            self.axes)
 
     def shards(self, n: int) -> bool:
         """Whether a batch of `n` groups is split over the data-parallel axes (else replicated)."""

@@ -161,24 +161,18 @@ def check_config(config: mlc.ConfigDict) -> None:
         raise ConfigError("; ".join(errors))
 
 
-def _layout_warnings(place: Placement, config: mlc.ConfigDict, log_fn=log.warning) -> None:
-    """Batches that do not split over the data-parallel axes run replicated (every device does
-    all of the work): correct, but say so."""
-    sizes = {"data.batch_size": int(config.data.batch_size),
-             "rl.mini_batch_size": min(int(config.rl.mini_batch_size),
-                                       int(config.data.batch_size))}
+def _batch_sizes(config: mlc.ConfigDict) -> dict[str, int]:
+    """Prompt counts of the batches the trainer places on the mesh, by config key."""
+    b = int(config.data.batch_size)
+    mb = min(int(config.rl.mini_batch_size), b)
+    sizes = {"data.batch_size": b, "rl.mini_batch_size": mb,
+             "rl.mini_batch_size / rl.grad_accum": mb // max(int(config.rl.grad_accum), 1)}
     if int(config.sft.steps):
-        sizes["sft.batch_size"] = int(config.sft.batch_size)
-    sizes["rl.mini_batch_size / rl.grad_accum"] = sizes["rl.mini_batch_size"] // max(
-        int(config.rl.grad_accum), 1)
-    if int(config.sft.steps):
-        sizes["sft.batch_size / sft.grad_accum"] = int(config.sft.batch_size) // max(
-            int(config.sft.get("grad_accum", 1)), 1)
-    for key, n in sizes.items():
-        if place.dp > 1 and not place.shards(n):
-            log_fn("%s = %d is not divisible by the data-parallel size %d (mesh axes %s): that "
-                   "batch runs replicated (or is resharded) on every device", key, n, place.dp,
-                   place.axes)
+        sb = int(config.sft.batch_size)
+        sizes["sft.batch_size"] = sb
+        sizes["sft.batch_size / sft.grad_accum"] = sb // max(int(config.sft.get("grad_accum", 1)),
+                                                             1)
+    return sizes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,7 +190,7 @@ class Trainer:
         check_config(config)
         self.mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
         self.place = Placement(self.mesh, sharding.rules_from_config(config.mesh))
-        _layout_warnings(self.place, config)
+        self.place.warn_unsharded(_batch_sizes(config))
         self.model = build_model(config, self.mesh)
         self.graphdef, self.params = nnx.split(self.model, nnx.Param)
         self.mcfg = self.model.cfg
@@ -283,9 +277,9 @@ class Trainer:
         self.base_key = jax.random.wrap_key_data(restored.state["rng"])
         self.ref_params = restored.state.get("ref_params")
         ds = restored.data_state or {}
-        self.rl_it = self.rl_data.restore_iterator(_data_state(ds, "rl"))
-        if self.sft_it is not None and _data_state(ds, "sft") is not None:
-            self.sft_it = self.sft_data.restore_iterator(_data_state(ds, "sft"))
+        self.rl_it = self.rl_data.restore_iterator(ck.process_state(ds, "rl"))
+        if self.sft_it is not None and ck.process_state(ds, "sft") is not None:
+            self.sft_it = self.sft_data.restore_iterator(ck.process_state(ds, "sft"))
         self.reports = restored.metadata.get("reports", [])
         log.info("resumed from step %d (phase %s)", restored.step, self.phase)
         return restored.step
@@ -508,18 +502,6 @@ class Trainer:
     def _eval(self, writer, step: int, tag: str, per_task: int) -> None:
         rep = self.evaluate(step, tag, per_task)
         writer.write(step, evaluation.eval_metrics(rep))
-
-
-def _data_state(ds: dict[str, Any], key: str) -> dict[str, Any] | None:
-    """Iterator state `key` of a restored data state; from a checkpoint of another number of
-    processes, the first process's (all of them read in lockstep: checked)."""
-    if ck.OTHER_TOPOLOGY not in ds:
-        return ds.get(key)
-    states = [s[key] for s in ds[ck.OTHER_TOPOLOGY] if key in s]
-    if len({int(s.get("batches", -1)) for s in states}) > 1:
-        raise ValueError(f"the checkpoint's {key!r} data streams are at different global "
-                         "batches on different processes; resume with its topology")
-    return states[0] if states else None
 
 
 def _close_quietly(writer: Any, ckpt: ck.CheckpointManager) -> None:

@@ -92,6 +92,19 @@ class ProcessJsonHandler(ocp.CheckpointHandler):
         pass
 
 
+def process_state(data_state: dict[str, Any], key: str) -> Any:
+    """Entry `key` of a restored per-process data state; from a checkpoint written by another
+    number of processes (`OTHER_TOPOLOGY`), the first process's, after checking that every
+    process had read the same number of global batches (`batches`)."""
+    if OTHER_TOPOLOGY not in data_state:
+        return data_state.get(key)
+    states = [s[key] for s in data_state[OTHER_TOPOLOGY] if key in s]
+    if len({int(s.get("batches", -1)) for s in states}) > 1:
+        raise ValueError(f"the checkpoint's {key!r} data streams are at different global "
+                         "batches on different processes; resume with its topology")
+    return states[0] if states else None
+
+
 @ocp.args.register_with_handler(ProcessJsonHandler, for_save=True)
 @dataclasses.dataclass
 class ProcessJsonSave(ocp.args.CheckpointArgs):
