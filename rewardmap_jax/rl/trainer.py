@@ -212,7 +212,9 @@ class Trainer:
         self.minibatches = b // mb
         self.loss_cfg = grpo.GRPOLossConfig.from_config(rl)
         self.sp = sampler.params_from_config(rl, self.mcfg)
-        self.base_key = jax.random.key(int(config.seed))
+        # Replicated over the mesh (not committed to one device): restored into this run's
+        # mesh on resume, whatever the saving run's, and global in multi-process runs.
+        self.base_key = jax.device_put(jax.random.key(int(config.seed)), self.place.replicated())
         self.freeze_vision = bool(config.optim.freeze_vision)
         self.ref_params = None
         self._done = 0  # the last completed step (for the failure message)
