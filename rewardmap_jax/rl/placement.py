@@ -70,6 +70,7 @@ class Placement:
         self.rules = dict(rules or {})
         self.axes = tuple(a for a in _batch_axes(rules) if mesh.shape[a] > 1)
         self.dp = math.prod(mesh.shape[a] for a in self.axes)
+        self._rows: dict[int, np.ndarray] = {}
 
     # -- layout ---------------------------------------------------------------------------------
 
@@ -101,9 +102,11 @@ class Placement:
     def rows(self, n: int) -> np.ndarray:
         """Sorted global indices of the groups of an `n`-group batch held by this process's
         devices: the rows this process must read, decode and supply."""
-        index = self.sharding(n, 1).addressable_devices_indices_map((n,))
-        return np.array(sorted({i for s in index.values() for i in range(*s[0].indices(n))}),
-                        np.int64)
+        if n not in self._rows:
+            index = self.sharding(n, 1).addressable_devices_indices_map((n,))
+            self._rows[n] = np.array(
+                sorted({i for s in index.values() for i in range(*s[0].indices(n))}), np.int64)
+        return self._rows[n]
 
     def shardings(self, tree: Any, n: int, batch_dims: Mapping[str, int] | None = None) -> Any:
         """NamedSharding per leaf of a batch pytree of `n` groups (jit in/out_shardings)."""
