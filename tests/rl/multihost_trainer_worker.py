@@ -27,6 +27,7 @@ import jax
 
 
 def _config(args):
+    from tests.rl.multihost_worker import set_mesh
     from tests.rl.small_config import get_config
 
     c = get_config()
@@ -37,14 +38,7 @@ def _config(args):
     c.curriculum.stages = ({"name": "small", "steps": 8,
                             "weights": {"TorF1": 1.0, "TorF2": 1.0, "Counting3": 1.0}},)
     c.checkpoint.keep = 5
-    m = c.mesh
-    m.data, m.fsdp, m.tensor = 2, 2, 2
-    if args.num_processes > 1:
-        m.dist_mode = "explicit"
-        m.coordinator_address = f"127.0.0.1:{args.port}"
-        m.num_processes, m.process_id = args.num_processes, args.process_id
-    else:
-        m.dist_mode = "off"
+    set_mesh(c.mesh, args, (2, 2, 2))
     return c
 
 

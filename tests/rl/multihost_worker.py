@@ -15,6 +15,19 @@ import argparse
 import jax
 
 
+def set_mesh(m, args, shape):
+    """`cfg.mesh` with `shape` (data, fsdp, tensor) and this worker's process group (gloo on
+    127.0.0.1:`args.port`; a lone process runs without one)."""
+    m.data, m.fsdp, m.tensor = shape
+    if args.num_processes > 1:
+        m.dist_mode = "explicit"
+        m.coordinator_address = f"127.0.0.1:{args.port}"
+        m.num_processes, m.process_id = args.num_processes, args.process_id
+    else:
+        m.dist_mode = "off"
+    return m
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--num_processes", type=int, required=True)
@@ -40,14 +53,7 @@ def main() -> None:
     from tests.rl.toy_step import make_batch, make_step
 
     cfg = get_config()
-    m = cfg.mesh
-    m.data, m.fsdp, m.tensor = 1, 2, 2
-    if args.num_processes > 1:
-        m.dist_mode = "explicit"
-        m.coordinator_address = f"127.0.0.1:{args.port}"
-        m.num_processes, m.process_id = args.num_processes, args.process_id
-    else:
-        m.dist_mode = "off"
+    m = set_mesh(cfg.mesh, args, (1, 2, 2))
     dist.initialize_distributed(m)
     assert jax.process_count() == args.num_processes and jax.device_count() == 4
 
