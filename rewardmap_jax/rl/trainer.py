@@ -214,7 +214,9 @@ class Trainer:
         self.sp = sampler.params_from_config(rl, self.mcfg)
         # Replicated over the mesh (not committed to one device): restored into this run's
         # mesh on resume, whatever the saving run's, and global in multi-process runs.
-        self.base_key = jax.device_put(jax.random.key(int(config.seed)), self.place.replicated())
+        seed = int(config.seed)
+        self.base_key = jax.jit(lambda: jax.random.key(seed),
+                                out_shardings=self.place.replicated())()
         self.freeze_vision = bool(config.optim.freeze_vision)
         self.ref_params = None
         self._done = 0  # the last completed step (for the failure message)
