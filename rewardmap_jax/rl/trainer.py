@@ -290,12 +290,13 @@ class Trainer:
 
     def _init_opt_state(self) -> Any:
         """A fresh optimizer state laid out on the mesh like the params (scalars replicated),
-        as the update step returns it: otherwise the 2nd step would compile again."""
-        state = self.tx.init(self.params)
+        as the update step returns it: otherwise the 2nd step would compile again. Built by a
+        jitted init straight into those shardings (also across processes)."""
         rules = sharding.rules_from_config(self.config.mesh)
-        shardings = sharding.state_shardings(state, self.mesh, rules,
+        shardings = sharding.state_shardings(jax.eval_shape(self.tx.init, self.params),
+                                             self.mesh, rules,
                                              tuple(self.config.mesh.get("path_rules", ())))
-        return sharding.shard_state(state, shardings)
+        return jax.jit(self.tx.init, out_shardings=shardings)(self.params)
 
     def _switch_to_rl(self) -> None:
         """Freezes the reference policy and starts the GRPO optimizer."""
