@@ -9,9 +9,10 @@ tensor=2 over all processes' devices) and writes to `--out`:
 * `elements_<pid>.json`: the global plan elements this process's pipeline processed (read,
   rendered, resized, tokenized) during training, and its rows of each global batch;
 * `params.npz` (process 0): the final params, gathered;
-* `mixing_<pid>.json` (2 processes): the two-host mixing check on the trainer's log-prob step -
-  the guard's error on host-local inputs, the old path (host arrays into jit with FSDP-sharded
-  params) against each host's own rows, and the placed path against them.
+* `mixing_<pid>.json` (2 processes): the two-host mixing check on the trainer's GRPO update -
+  the guard's error on host-local inputs, the loss and params of the old path (host arrays
+  into a plain jit next to FSDP-sharded params) and of the placed path; and the device reward
+  per data shard against the host reward of each host's rows.
 
 `--resume_from DIR`: copy DIR's run (2 processes), drop its last checkpoint, and resume it here.
 """
@@ -38,48 +39,67 @@ def _config(args):
     c.curriculum.stages = ({"name": "small", "steps": 8,
                             "weights": {"TorF1": 1.0, "TorF2": 1.0, "Counting3": 1.0}},)
     c.checkpoint.keep = 5
+    # Rewards that vary within groups (non-zero advantages) from the first step; the built-in
+    # device reward is checked on its own in `_mixing_check`.
+    c.reward.fn = f"{Path(__file__).parent / 'bandit_reward.py'}:prefer_space"
     set_mesh(c.mesh, args, (2, 2, 2))
     return c
 
 
 def _mixing_check(t, out: Path) -> None:
-    """The trainer's log-prob step on each host's own rows: placed vs host-local inputs."""
+    """One GRPO update on each host's own rows through the trainer's step: host-local inputs
+    (refused by the guard; the ce80e12 path, a plain jit, runs them) vs placed global arrays;
+    and the device reward per data shard vs the host reward."""
     import numpy as np
+    from flax import nnx
     from jax.experimental import multihost_utils
 
+    from rewardmap_jax.mapworld.questions import answer_text
+    from rewardmap_jax.rewards.registry import make_reward_fn
     from rewardmap_jax.rl import rollout as ro
-    from rewardmap_jax.rl import steps
+    from rewardmap_jax.rl import scoring, steps
     from rewardmap_jax.rl.placement import HostLocalInputError
 
     n, g = t.rl_data.batch_size, t.g
     batch, prompts = t._prompts(next(t.rl_data.iterator()))
     rows = t.place.rows(n)
-    # completions: a function of the global row (the hosts hold different rows)
-    comp = np.stack([np.random.default_rng(int(r)).integers(5, 200, 6)
-                     for r in rows for _ in range(g)]).astype(np.int32)
+    # completions and advantages: a function of the global row (the hosts hold different rows)
+    rngs = [np.random.default_rng(int(r)) for r in rows for _ in range(g)]
+    comp = np.stack([r.integers(5, 200, 6) for r in rngs]).astype(np.int32)
+    extra = dict(advantages=np.array([r.normal() for r in rngs], np.float32),
+                 old_logps=np.full(comp.shape, -3.0, np.float32),
+                 ref_logps=np.full(comp.shape, -3.0, np.float32))
     mask = np.ones(comp.shape, bool)
-    # Reference: each host's own rows, on one local device, with the params on the host.
-    host_params = jax.tree.map(np.asarray, multihost_utils.process_allgather(
-        t.params, tiled=True))
-    local_fn = steps.make_logprob_fn(t.graphdef, g, chunk=int(t.config.rl.logprob_chunk))
-    dev0 = jax.local_devices()[0]
-    want = np.asarray(local_fn(jax.device_put(host_params, dev0), jax.device_put(
-        ro.seq_batch(prompts, comp, mask), dev0)))
-    report = {"process": jax.process_index()}
+    placed = steps.make_grpo_step(t.graphdef, t.tx, t.loss_cfg, g, placement=t.place)
+    report: dict = {"process": jax.process_index(), "rows": [int(r) for r in rows]}
     # 1. The guard: host-local arrays into the trainer's step fail at once, naming it.
     try:
-        t.logp_fn(t.params, ro.seq_batch(prompts, comp, mask))
+        placed(t.params, t.opt_state, ro.seq_batch(prompts, comp, mask, **extra))
         report["guard"] = None
     except HostLocalInputError as e:
         report["guard"] = str(e)
-    # 2. The old path (ce80e12): host arrays into jit next to FSDP-sharded params.
-    old = local_fn(t.params, ro.seq_batch(prompts, comp, mask))
-    old = np.asarray(old.addressable_data(0))
-    report["old_max_err"] = float(np.max(np.abs(old - want)))
-    # 3. The placed path: global arrays from each host's rows.
-    new = t.place.local(t.logp_fn(t.params, ro.seq_batch(prompts, comp, mask, t.place, n)), n)
-    report["new_max_err"] = float(np.max(np.abs(new - want)))
-    report["rows"] = [int(r) for r in rows]
+    # 2. The placed path: one global batch of both hosts' rows.
+    p_new, _, m_new = placed(t.params, t.opt_state,
+                             ro.seq_batch(prompts, comp, mask, t.place, n, **extra))
+    # 3. The old path (ce80e12): host arrays into a plain jit next to FSDP-sharded params.
+    old = steps.make_grpo_step(t.graphdef, t.tx, t.loss_cfg, g)
+    p_old, _, m_old = old(t.params, t.opt_state, ro.seq_batch(prompts, comp, mask, **extra))
+    report["loss_new"] = float(np.asarray(m_new["loss"].addressable_data(0)))
+    report["loss_old"] = float(np.asarray(m_old["loss"].addressable_data(0)))
+    a, b = (multihost_utils.process_allgather(nnx.to_pure_dict(p), tiled=True)
+            for p in (p_new, p_old))
+    report["params_old_vs_new"] = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+                                      for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b),
+                                                      strict=True))
+    # 4. The device reward per data shard (shard_map) == the host reward of each host's rows.
+    recs = [r for r in batch["records"] for _ in range(g)]
+    texts = [answer_text(r) if i % 3 else "no" for i, r in enumerate(recs)]
+    reward_fn = make_reward_fn(t.config.reward.to_dict() | {"fn": "rewardmap"})
+    mine = reward_fn(recs, texts)
+    every = scoring.score(reward_fn, recs, texts, t.place, n, g)
+    own = (rows[:, None] * g + np.arange(g)).reshape(-1)
+    report["reward_err"] = max(float(np.max(np.abs(every[k][own] - mine[k]))) for k in mine)
+    report["reward_overall_sum"] = float(every["overall"].sum())
     (out / f"mixing_{jax.process_index()}.json").write_text(json.dumps(report))
 
 
