@@ -124,7 +124,10 @@ def main() -> None:
     from rewardmap_jax.rl import trainer
     from rewardmap_jax.run import distributed as dist
 
+    from tests.rl.multihost_worker import join
+
     c = _config(args)
+    join(args)
     dist.initialize_distributed(c.mesh)
     assert jax.process_count() == args.num_processes and jax.device_count() == 8
     out, workdir = Path(args.out), Path(args.workdir)

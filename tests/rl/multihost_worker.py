@@ -15,6 +15,17 @@ import argparse
 import jax
 
 
+def join(args) -> None:
+    """Joins the process group with generous coordination timeouts: on a loaded 2-core machine
+    a process busy compiling can miss JAX's default 100 s heartbeat deadline (which aborts the
+    run). `initialize_distributed` then sees the group already joined."""
+    if args.num_processes > 1:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(f"127.0.0.1:{args.port}", args.num_processes,
+                                   args.process_id, heartbeat_timeout_seconds=1800,
+                                   initialization_timeout=1800)
+
+
 def set_mesh(m, args, shape):
     """`cfg.mesh` with `shape` (data, fsdp, tensor) and this worker's process group (gloo on
     127.0.0.1:`args.port`; a lone process runs without one)."""
@@ -54,6 +65,7 @@ def main() -> None:
 
     cfg = get_config()
     m = set_mesh(cfg.mesh, args, (1, 2, 2))
+    join(args)
     dist.initialize_distributed(m)
     assert jax.process_count() == args.num_processes and jax.device_count() == 4
 
