@@ -123,7 +123,6 @@ def main() -> None:
     from rewardmap_jax.data import pipeline
     from rewardmap_jax.rl import trainer
     from rewardmap_jax.run import distributed as dist
-
     from tests.rl.multihost_worker import join
 
     c = _config(args)
