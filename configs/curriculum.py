@@ -391,5 +391,9 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         # a micro-batch (one vision buffer per image: docs/training.md).
         c.rl.grad_accum = 2
         c.data.source = "reasonmap"
+        # A real map costs ~3 s of one core to decode and resize (benchmarks/pipeline.py
+        # --real-data): 16 maps per step over 8 Grain workers is ~6 s per batch, hidden behind
+        # a GRPO step of the order of 100 s (docs/data.md). In-process it would be ~48 s.
+        c.data.worker_count = 8
         c.eval.questions_per_task = 0  # the whole held-out split, as the papers report
     return c
