@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from rewardmap_jax.model import head
+from rewardmap_jax.model.layers import constrain
 
 Array = jax.Array
 LAYOUTS = ("shared", "repeated")
@@ -60,8 +61,10 @@ def embed(model: Any, ids: Array, vision: Any, vis_offsets: Array,
     stop = jax.lax.stop_gradient if freeze_vision else (lambda f: f)
     if vision.pixels.ndim == 3:  # stacked per-image buffers
         feats = stop(jax.vmap(model.visual)(vision).astype(x.dtype))
-        b_idx = jnp.arange(feats.shape[0])[:, None]
-        vis = feats[b_idx, jnp.clip(rank, 0, feats.shape[1] - 1)]
+        feats = constrain(feats, ("batch", None, None))  # (B, M, D): images stay on their shard
+        # Per-prompt gather (batched over B): prompt b reads only its own features, so a
+        # batch-sharded layout needs no all-gather of the image features.
+        vis = jax.vmap(lambda f, i: f[i])(feats, jnp.clip(rank, 0, feats.shape[1] - 1))
     else:
         feats = stop(model.visual(vision).astype(x.dtype))  # (M, D)
         idx = jnp.clip(vis_offsets[:, None] + rank, 0, feats.shape[0] - 1)
