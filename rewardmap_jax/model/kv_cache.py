@@ -47,6 +47,19 @@ class KVCache:
     def max_len(self) -> int:
         return self.valid.shape[1]
 
+    def take(self, rows: jax.Array, slots: int) -> KVCache:
+        """Rows `rows` (R,) int32 and the first `slots` slots (a compacted decode state; the write
+        index is kept, so it must be < `slots` for the next write)."""
+        f = lambda x: jnp.take(x, rows, axis=0)[:, :slots]  # noqa: E731
+        return self.replace(k=tuple(map(f, self.k)), v=tuple(map(f, self.v)), valid=f(self.valid))
+
+    def put(self, sub: KVCache, rows: jax.Array) -> KVCache:
+        """Writes `take(rows, slots)`'s (updated) result back: rows `rows`, slots [0, slots)."""
+        n = sub.valid.shape[1]
+        f = lambda x, y: x.at[rows, :n].set(y.astype(x.dtype))  # noqa: E731
+        return self.replace(k=tuple(map(f, self.k, sub.k)), v=tuple(map(f, self.v, sub.v)),
+                            valid=f(self.valid, sub.valid), index=sub.index)
+
     def repeat(self, n: int) -> KVCache:
         """Each row repeated n times (row-major: r0,r0,..,r1,..): share a prompt prefill across
         G samples of a group."""
@@ -94,6 +107,20 @@ class SharedKVCache:
     def index(self) -> jax.Array:
         """() int32 next absolute slot (prefix slots + suffix slots written)."""
         return self.prefix.max_len + self.suffix.index
+
+    def take(self, prompts: jax.Array, slots: int) -> SharedKVCache:
+        """The prompts `prompts` (R,) int32 with their G samples each (rows p * G + g), the first
+        `slots` per-sample slots: a compacted decode state (`KVCache.take`)."""
+        g = self.num_generations
+        rows = (prompts[:, None] * g + jnp.arange(g, dtype=prompts.dtype)).reshape(-1)
+        return SharedKVCache(prefix=self.prefix.take(prompts, self.prefix.max_len),
+                             suffix=self.suffix.take(rows, slots))
+
+    def put(self, sub: SharedKVCache, prompts: jax.Array) -> SharedKVCache:
+        """Writes `take(prompts, slots)`'s per-sample slots back (the prefix is read-only)."""
+        g = self.num_generations
+        rows = (prompts[:, None] * g + jnp.arange(g, dtype=prompts.dtype)).reshape(-1)
+        return self.replace(suffix=self.suffix.put(sub.suffix, rows))
 
     def unshare(self) -> KVCache:
         """The equivalent plain cache: B*G rows, P + S slots (prefix repeated G times)."""
