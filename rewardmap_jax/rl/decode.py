@@ -52,8 +52,8 @@ class DecodePlan:
     """
 
     segments: int = 4
-    min_segment: int = 16
-    unit_buckets: int = 4
+    min_segment: int = 32
+    unit_buckets: int = 3
 
     def __post_init__(self) -> None:
         if self.segments < 1 or self.min_segment < 1 or self.unit_buckets < 1:
@@ -88,6 +88,7 @@ class _State(NamedTuple):
     done: jax.Array  # (N,) bool
     lengths: jax.Array  # (N,) int32
     last: jax.Array  # (N,) int32, the latest token (the next step's input)
+    row_steps: jax.Array  # (N,) int32, decode steps the row was computed in
     step: jax.Array  # () int32
 
 
@@ -159,29 +160,30 @@ def _segment(loop: Loop, begin: int, end: int, units: int, total_units: int, con
         u_seg = None if uniforms is None else uniforms[rows, begin:end]
 
         def body(c):
-            i, cache, tok, done, lengths, bt, bs, bp = c
+            i, cache, tok, done, lengths, work, bt, bs, bp = c
             pos = jnp.broadcast_to((pos0 + i)[None, :, None], (3, n, 1))
             logits, cache = loop.step_fn(tok[:, None], pos, cache)
             u = None if u_seg is None else lax.dynamic_index_in_dim(u_seg, i - begin, 1, False)
             tok, lp_s, lp_p, done, lengths = _record(loop, knobs, stop_ids, forbidden, logits, u,
                                                      done, lengths)
             col = i - begin
-            return (i + 1, cache, tok, done, lengths, bt.at[:, col].set(tok),
+            return (i + 1, cache, tok, done, lengths, work + 1, bt.at[:, col].set(tok),
                     bs.at[:, col].set(lp_s), bp.at[:, col].set(lp_p))
 
         def cond(c):
             return (c[0] < end) & ~jnp.all(c[3])
 
-        carry = (st.step, cache, st.last[rows], st.done[rows], st.lengths[rows],
+        carry = (st.step, cache, st.last[rows], st.done[rows], st.lengths[rows], st.row_steps[rows],
                  jnp.full((n, cols), loop.pad_id, jnp.int32), jnp.zeros((n, cols), jnp.float32),
                  jnp.zeros((n, cols), jnp.float32))
-        i, cache, tok, done, lengths, bt, bs, bp = lax.while_loop(cond, body, carry)
+        i, cache, tok, done, lengths, work, bt, bs, bp = lax.while_loop(cond, body, carry)
         if not (whole and slots == loop.full_slots):
             cache = loop.put(st.cache, cache, sel)
         put_cols = lambda buf, seg: buf.at[rows, begin:end].set(seg)  # noqa: E731
         return _State(cache, put_cols(st.tokens, bt), put_cols(st.logp_s, bs),
                       put_cols(st.logp_p, bp), st.done.at[rows].set(done),
-                      st.lengths.at[rows].set(lengths), st.last.at[rows].set(tok), i)
+                      st.lengths.at[rows].set(lengths), st.last.at[rows].set(tok),
+                      st.row_steps.at[rows].set(work), i)
 
     return run
 
@@ -192,7 +194,8 @@ def decode(loop: Loop, plan: DecodePlan, cache: Any, logits: jax.Array, start: j
     """Decode over N rows from the prefill's (N, V) logits and decode state.
 
     start (N,) int32 is the position of completion token 0. Returns tokens, logp_sample,
-    logp_policy (N, T), lengths (N,), finished (N,), steps () (see `sampler.Rollout`).
+    logp_policy (N, T), lengths (N,), finished (N,), steps (), row_steps (N,) (see
+    `sampler.Rollout`).
     """
     rows, t = logits.shape[0], loop.max_new
     uniforms = None if loop.cls.greedy else row_uniforms(key, rows, t)
@@ -202,7 +205,7 @@ def decode(loop: Loop, plan: DecodePlan, cache: Any, logits: jax.Array, start: j
         zeros, jnp.zeros((rows,), jnp.int32))
     col0 = lambda x, fill: jnp.full((rows, t), fill, x.dtype).at[:, 0].set(x)  # noqa: E731
     st = _State(cache, col0(tok, loop.pad_id), col0(lp_s, 0.0), col0(lp_p, 0.0), done, lengths,
-                tok, jnp.int32(1))
+                tok, jnp.zeros((rows,), jnp.int32), jnp.int32(1))
     total = rows // loop.unit
     consts = (start, uniforms, knobs, stop_ids, forbidden)
     begin = 1
@@ -220,4 +223,4 @@ def decode(loop: Loop, plan: DecodePlan, cache: Any, logits: jax.Array, start: j
             index = jnp.where(alive == 0, 0, 1 + jnp.sum(fits < alive))
             st = lax.switch(index, [lambda s: s, *branches], st)
         begin = end
-    return st.tokens, st.logp_s, st.logp_p, st.lengths, st.done, st.step
+    return st.tokens, st.logp_s, st.logp_p, st.lengths, st.done, st.step, st.row_steps

@@ -47,6 +47,7 @@ TRACE_COUNTS: Counter[str] = Counter()
 MAX_STOP_IDS = 8
 DecodePlan = decode_lib.DecodePlan
 DEFAULT_PLAN = DecodePlan()
+SINGLE_LOOP = decode_lib.SINGLE_LOOP
 
 
 
@@ -149,6 +150,8 @@ class Rollout:
     lengths: (B*G,) int32 completion lengths, stop token included.
     finished: (B*G,) bool, True where a stop token was emitted within T tokens.
     steps: () int32 decode steps run (T, or fewer after an early exit).
+    row_steps: (B*G,) int32 decode steps each row was computed in: its cost. At most `steps`;
+      fewer once its prompt finished and was compacted away (`rl.decode`).
     """
 
     tokens: jax.Array
@@ -157,6 +160,7 @@ class Rollout:
     lengths: jax.Array
     finished: jax.Array
     steps: jax.Array
+    row_steps: jax.Array
 
 
 def _qwen_forward(model, ids, positions, mask, vision, cache):

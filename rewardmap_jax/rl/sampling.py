@@ -29,6 +29,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 NEG_INF = -jnp.inf
@@ -53,14 +54,14 @@ class SamplingClass:
         return cls(greedy=greedy, truncate=not greedy and (top_k > 0 or top_p < 1.0))
 
 
-def forbidden_mask(vocab_size: int, token_ids: tuple[int, ...]) -> jax.Array:
-    """(V,) bool mask, True at `token_ids` (ids outside [0, V) raise)."""
+def forbidden_mask(vocab_size: int, token_ids: tuple[int, ...]) -> np.ndarray:
+    """(V,) bool mask, True at `token_ids` (ids outside [0, V) raise). Built on the host (numpy):
+    no device dispatch per call."""
     bad = [t for t in token_ids if not 0 <= t < vocab_size]
     if bad:
         raise ValueError(f"forbidden token ids {bad} are outside the vocabulary [0, {vocab_size})")
-    mask = jnp.zeros((vocab_size,), bool)
-    if token_ids:
-        mask = mask.at[jnp.asarray(token_ids, jnp.int32)].set(True)
+    mask = np.zeros((vocab_size,), bool)
+    mask[list(token_ids)] = True
     return mask
 
 

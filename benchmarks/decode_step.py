@@ -1,0 +1,310 @@
+"""Per-step decode cost of the rollout sampler, before and after: time, loop-body HLO, cost.
+
+    python benchmarks/decode_step.py                         # this checkout
+    python benchmarks/decode_step.py --baseline 8eee384      # and the package at a git ref
+    python benchmarks/decode_step.py --model tiny-wide --temperature 0
+
+Each implementation runs in its own worker process: this checkout, and with `--baseline` the
+`rewardmap_jax` package of that commit (`git archive` into a temporary directory; the worker
+imports it ahead of this checkout, the benchmark inputs come from `benchmarks/inputs.py`). The
+parent runs the workers' rollouts interleaved through `benchmarks/harness.py`, so both see the
+same machine; the workers time their own calls (no pipe overhead).
+
+* Step time: rollouts of `--steps T1,T2` new tokens without a stop token; per round,
+  (t(T2) - t(T1)) / (T2 - T1) is one decode step of all B*G rows (prefill and compilation
+  excluded). Wall and process-CPU seconds.
+* Loop-body HLO: each worker dumps its optimised rollout programs (`--xla_dump_to`);
+  `benchmarks/hlo.py` reads the T2 program's decode loops (the while loops computing logits):
+  instructions, fusions, sorts, nested loops, conditionals, copies and the bytes one iteration
+  touches. The current program has several loops (one per key-length segment and row bucket),
+  each listed with its row count.
+* Cost analysis: XLA's estimate for one decode step in isolation: the model's cached one-token
+  call on a full decode state (prompt + T2 slots) and the token draw (flops, bytes accessed,
+  transcendentals).
+* `--trace`: the JAX profiler over 3 T2 rollouts; the 12 costliest XLA thunks (CPU backend).
+
+Prints one JSON object and Markdown rows (per implementation, and the step-time ratio).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+_REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker (runs against whichever rewardmap_jax is first on sys.path)
+# ---------------------------------------------------------------------------------------------
+
+
+def _step_costs(model, cfg, batch, g: int, t: int, temperature: float, shared: bool) -> dict:
+    """XLA cost analysis of one cached one-token model call and of one draw, N = B*G rows."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from rewardmap_jax.model.kv_cache import KVCache, SharedKVCache
+    from rewardmap_jax.rl import sampler, sampling
+
+    b, length = batch.input_ids.shape
+    n = b * g
+    cache = (SharedKVCache.share(KVCache.init(cfg, b, length), g, t) if shared
+             else KVCache.init(cfg, n, length + t))
+    graphdef, state = nnx.split(model)
+    tok = jnp.zeros((n, 1), jnp.int32)
+    pos = jnp.zeros((3, n, 1), jnp.int32)
+
+    def step(state, tok, pos, cache):
+        return nnx.merge(graphdef, state)(tok, pos, jnp.ones((n, 1), bool), cache=cache)
+
+    vocab = cfg.text.vocab_size
+    logits = jnp.zeros((n, vocab), jnp.float32)
+    forbidden = sampling.forbidden_mask(vocab, sampler.vision_special_ids(cfg))
+    knobs = (jnp.float32(temperature), jnp.int32(0), jnp.float32(1.0))
+    if hasattr(sampling, "draw"):  # static sampling class, one uniform per row
+        cls = sampling.SamplingClass.of(temperature, 0, 1.0)
+        draw = jax.jit(lambda u, x, k: sampling.draw(u, x, *k, forbidden, cls))
+        draw_args = (jnp.zeros((n,), jnp.float32), logits, knobs)
+    else:
+        draw = jax.jit(lambda key, x, k: sampling.sample_tokens(key, x, *k, forbidden))
+        draw_args = (jax.random.key(0), logits, knobs)
+
+    def cost(fn, *args) -> dict:
+        ca = fn.lower(*args).compile().cost_analysis()
+        ca = ca[0] if isinstance(ca, list) else ca
+        return {k: float(ca.get(k, 0.0)) for k in ("flops", "bytes accessed", "transcendentals")}
+
+    return {"model_step": cost(jax.jit(step), state, tok, pos, cache),
+            "draw": cost(draw, *draw_args)}
+
+
+def _trace(run) -> list[tuple[str, float, int]]:
+    import jax
+
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d):
+            for r in range(3):
+                run(r)
+        data = jax.profiler.ProfileData.from_file(
+            glob.glob(d + "/**/*.xplane.pb", recursive=True)[0])
+    total: collections.Counter[str] = collections.Counter()
+    count: collections.Counter[str] = collections.Counter()
+    for plane in data.planes:
+        for line in plane.lines:
+            if "XLA" not in line.name:
+                continue
+            for ev in line.events:
+                if not ev.name.startswith("ThunkExecutor") and "Await" not in ev.name:
+                    total[ev.name] += ev.duration_ns
+                    count[ev.name] += 1
+    return [(k, round(v / 3e3, 1), count[k] // 3) for k, v in total.most_common(12)]
+
+
+def worker(args: argparse.Namespace) -> None:
+    import jax
+
+    from benchmarks import inputs
+    from rewardmap_jax.model.qwen2_5_vl import init_model
+    from rewardmap_jax.rl import sampler
+
+    cfg = inputs.model_cfg(args.model)
+    model = init_model(cfg, args.seed)
+    ids, mask, grids, pv = inputs.build_prompts(cfg, args.prompts, args.seed)
+    batch = inputs.prompt_batch(cfg, ids, mask, grids, pv)
+    adapter = {"shared": sampler.QWEN2_5_VL, "repeat": sampler.QWEN2_5_VL_REPEAT}[args.adapter]
+    steps = [int(s) for s in args.steps.split(",")]
+
+    def params(t: int):
+        return sampler.SamplingParams(max_new_tokens=t, num_generations=args.generations,
+                                      temperature=args.temperature, pad_id=cfg.pad_token_id,
+                                      forbidden_ids=sampler.vision_special_ids(cfg))
+
+    def run(t: int, r: int):
+        out = sampler.generate(model, adapter, batch, params(t), jax.random.key(r + 1))
+        return jax.block_until_ready(out)
+
+    compile_s = {}
+    for t in steps:
+        t0 = time.perf_counter()
+        out = run(t, -1)
+        compile_s[t] = round(time.perf_counter() - t0, 2)
+        assert int(out.steps) == t, (int(out.steps), t)
+    ready = {"compile_s": compile_s, "trace_counts": dict(sampler.TRACE_COUNTS),
+             "cost": _step_costs(model, cfg, batch, args.generations, steps[-1],
+                                 args.temperature, args.adapter == "shared"),
+             "rows": int(ids.shape[0]) * args.generations, "prompt_len": int(ids.shape[1]),
+             "vocab": cfg.text.vocab_size}
+    print(json.dumps(ready), flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if cmd[0] == "run":
+            t0, c0 = time.perf_counter(), time.process_time()
+            run(int(cmd[1]), int(cmd[2]))
+            reply = {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}
+        elif cmd[0] == "trace":
+            reply = {"top_thunks_us_per_rollout": _trace(lambda r: run(steps[-1], r))}
+        else:
+            break
+        print(json.dumps(reply), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent
+# ---------------------------------------------------------------------------------------------
+
+
+class Worker:
+    def __init__(self, name: str, package_root: Path, args: argparse.Namespace, dump: str):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(package_root), str(_REPO)])
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_dump_to={dump} "
+                            "--xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*rollout.*")
+        cmd = [sys.executable, __file__, "--worker", "--model", args.model, "--prompts",
+               str(args.prompts), "--generations", str(args.generations), "--steps", args.steps,
+               "--temperature", str(args.temperature), "--adapter", args.adapter,
+               "--seed", str(args.seed)]
+        self.name, self.dump = name, dump
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, env=env, cwd=str(_REPO))
+        self.ready = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.name} died (see its stderr above)")
+        return json.loads(line)
+
+    def ask(self, cmd: str) -> dict[str, Any]:
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        self.proc.stdin.write("quit\n")
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def loop_profile(dump: str, rows_steps: str, vocab: int) -> list[dict[str, Any]]:
+    """hlo.body_stats of the decode loops of the rollout program whose tokens are (rows, T2)."""
+    from benchmarks import hlo
+
+    files = sorted(glob.glob(os.path.join(dump, "*rollout*after_optimizations.txt")))
+    text = next((Path(f).read_text() for f in files
+                 if rows_steps in Path(f).read_text().split("ENTRY")[-1].split("\n")[0]), None)
+    if text is None:
+        return []
+    out = []
+    for loop in hlo.decode_loops(text, vocab):
+        st = hlo.body_stats(text, loop)
+        comps = hlo.computations(text)
+        rows = next(i.shape.split("[")[1].split(",")[0] for i in comps[loop.attr("body")]
+                    if i.shape.startswith("f32[") and i.shape.split("{")[0].endswith(
+                        f",{vocab}]"))
+        out.append({"rows": int(rows), **{k: st[k] for k in (
+            "instructions", "fusions_by_kind", "nested", "copies", "copy_bytes",
+            "touched_bytes")}})
+    return out
+
+
+def _timed(w: Worker, t: int):
+    from benchmarks import harness
+
+    return lambda r: harness.Measured(**w.ask(f"run {t} {r}"))
+
+
+def export_ref(ref: str, into: str) -> Path:
+    """`rewardmap_jax` as of git `ref`, extracted under `into`."""
+    archive = subprocess.run(["git", "-C", str(_REPO), "archive", ref, "rewardmap_jax"],
+                             check=True, capture_output=True).stdout
+    os.makedirs(into, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
+    return Path(into)
+
+
+def main(argv=None) -> int:
+    from benchmarks import harness
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--baseline", help="git ref of the package to compare against")
+    ap.add_argument("--model", default="tiny", choices=("tiny", "tiny-wide"))
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--generations", type=int, default=4)
+    ap.add_argument("--steps", default="16,80", help="T1,T2 new tokens")
+    ap.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    ap.add_argument("--adapter", default="shared", choices=("shared", "repeat"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--trace", action="store_true", help="JAX profiler: costliest thunks")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    harness.add_arguments(ap)
+    args = ap.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    harness.check_arguments(args)
+    t1, t2 = (int(s) for s in args.steps.split(","))
+    with tempfile.TemporaryDirectory() as tmp:
+        roots = {"current": _REPO}
+        if args.baseline:
+            roots = {"baseline": export_ref(args.baseline, os.path.join(tmp, "base")), **roots}
+        workers = {n: Worker(n, r, args, os.path.join(tmp, f"dump_{n}"))
+                   for n, r in roots.items()}
+        try:
+            fns = {f"{n}@{t}": _timed(w, t) for n, w in workers.items() for t in (t1, t2)}
+            tm = harness.interleave(fns, args.repeats, load_limit=args.load_limit)
+            traces = {n: w.ask("trace") for n, w in workers.items()} if args.trace else {}
+        finally:
+            for w in workers.values():
+                w.close()
+        result: dict[str, Any] = {"bench": "decode_step", "model": args.model,
+                                  "adapter": args.adapter, "temperature": args.temperature,
+                                  "steps": [t1, t2], "baseline": args.baseline, "impl": {}}
+        per_step = {}
+        for n, w in workers.items():
+            per_step[n] = [(b - a) / (t2 - t1) for a, b in
+                           zip(tm.wall[f"{n}@{t1}"], tm.wall[f"{n}@{t2}"], strict=True)]
+            cpu = [(b - a) / (t2 - t1) for a, b in
+                   zip(tm.cpu[f"{n}@{t1}"], tm.cpu[f"{n}@{t2}"], strict=True)]
+            rows = w.ready["rows"]
+            result["impl"][n] = {
+                **w.ready, "step_ms": harness.summary([x * 1e3 for x in per_step[n]], 3),
+                "step_cpu_ms": harness.summary([x * 1e3 for x in cpu], 3),
+                "loops": loop_profile(w.dump, f"[{rows},{t2}]", w.ready["vocab"]),
+                **traces.get(n, {})}
+        if args.baseline:
+            result["speedup"] = harness.summary(
+                [b / c for b, c in zip(per_step["baseline"], per_step["current"], strict=True)],
+                3)
+    rows_md = []
+    for n, r in result["impl"].items():
+        loops = r["loops"]
+        full = max(loops, key=lambda x: (x["rows"], x["touched_bytes"])) if loops else {}
+        rows_md.append(harness.markdown_row([
+            f"{n} ({args.model}, {r['rows']} rows, L {r['prompt_len']})",
+            harness.spread(r["step_ms"]), f"{r['step_cpu_ms']['median']:.3g}",
+            len(loops), full.get("instructions"), full.get("nested", {}).get("sort"),
+            full.get("nested", {}).get("while"), f"{full.get('copy_bytes', 0) / 1e6:.2f}",
+            f"{full.get('touched_bytes', 0) / 1e6:.1f}",
+            f"{r['cost']['model_step']['bytes accessed'] / 1e6:.1f}",
+            f"{r['cost']['draw']['bytes accessed'] / 1e6:.2f}",
+            f"{r['cost']['draw']['transcendentals'] / 1e3:.0f}k"]))
+    if args.baseline:
+        rows_md.append(f"step-time ratio baseline / current: {harness.spread(result['speedup'])}")
+    status = harness.emit(result, tm, args)
+    print("\n".join(rows_md))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
