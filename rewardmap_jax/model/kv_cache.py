@@ -47,16 +47,24 @@ class KVCache:
     def max_len(self) -> int:
         return self.valid.shape[1]
 
-    def take(self, rows: jax.Array, slots: int) -> KVCache:
-        """Rows `rows` (R,) int32 and the first `slots` slots (a compacted decode state; the write
-        index is kept, so it must be < `slots` for the next write)."""
-        f = lambda x: jnp.take(x, rows, axis=0)[:, :slots]  # noqa: E731
+    def take(self, rows: jax.Array | None, slots: int) -> KVCache:
+        """Rows `rows` (R,) int32 (None: all, in place) and the first `slots` slots: a compacted
+        decode state. The write index is kept, so it must stay < `slots` for the next write."""
+        def f(x):
+            return (x if rows is None else jnp.take(x, rows, axis=0))[:, :slots]
+
         return self.replace(k=tuple(map(f, self.k)), v=tuple(map(f, self.v)), valid=f(self.valid))
 
-    def put(self, sub: KVCache, rows: jax.Array) -> KVCache:
+    def put(self, sub: KVCache, rows: jax.Array | None) -> KVCache:
         """Writes `take(rows, slots)`'s (updated) result back: rows `rows`, slots [0, slots)."""
         n = sub.valid.shape[1]
-        f = lambda x, y: x.at[rows, :n].set(y.astype(x.dtype))  # noqa: E731
+
+        def f(x, y):
+            y = y.astype(x.dtype)
+            if rows is None:
+                return jax.lax.dynamic_update_slice(x, y, (0,) * x.ndim)
+            return x.at[rows, :n].set(y)
+
         return self.replace(k=tuple(map(f, self.k, sub.k)), v=tuple(map(f, self.v, sub.v)),
                             valid=f(self.valid, sub.valid), index=sub.index)
 
@@ -108,19 +116,23 @@ class SharedKVCache:
         """() int32 next absolute slot (prefix slots + suffix slots written)."""
         return self.prefix.max_len + self.suffix.index
 
-    def take(self, prompts: jax.Array, slots: int) -> SharedKVCache:
-        """The prompts `prompts` (R,) int32 with their G samples each (rows p * G + g), the first
-        `slots` per-sample slots: a compacted decode state (`KVCache.take`)."""
-        g = self.num_generations
-        rows = (prompts[:, None] * g + jnp.arange(g, dtype=prompts.dtype)).reshape(-1)
+    def take(self, prompts: jax.Array | None, slots: int) -> SharedKVCache:
+        """The prompts `prompts` (R,) int32 with their G samples each (rows p * G + g; None: all,
+        the prefix then stays as it is), the first `slots` per-sample slots: a compacted decode
+        state (`KVCache.take`)."""
+        if prompts is None:
+            return self.replace(suffix=self.suffix.take(None, slots))
         return SharedKVCache(prefix=self.prefix.take(prompts, self.prefix.max_len),
-                             suffix=self.suffix.take(rows, slots))
+                             suffix=self.suffix.take(self._rows(prompts), slots))
 
-    def put(self, sub: SharedKVCache, prompts: jax.Array) -> SharedKVCache:
+    def put(self, sub: SharedKVCache, prompts: jax.Array | None) -> SharedKVCache:
         """Writes `take(prompts, slots)`'s per-sample slots back (the prefix is read-only)."""
-        g = self.num_generations
-        rows = (prompts[:, None] * g + jnp.arange(g, dtype=prompts.dtype)).reshape(-1)
+        rows = None if prompts is None else self._rows(prompts)
         return self.replace(suffix=self.suffix.put(sub.suffix, rows))
+
+    def _rows(self, prompts: jax.Array) -> jax.Array:
+        g = self.num_generations
+        return (prompts[:, None] * g + jnp.arange(g, dtype=prompts.dtype)).reshape(-1)
 
     def unshare(self) -> KVCache:
         """The equivalent plain cache: B*G rows, P + S slots (prefix repeated G times)."""

@@ -134,6 +134,19 @@ def _record(loop: Loop, knobs, stop_ids, forbidden, logits, u, done, lengths):
     return tok, lp_s, lp_p, done, lengths
 
 
+def _select(st: _State, unit: int, units: int, total_units: int) -> jax.Array | None:
+    """(units,) int32 units for a bucket of `units`: the live ones first (in order), then
+    finished ones to fill it; None when the bucket holds every unit (rows stay in place)."""
+    if units == total_units:
+        return None
+    alive = ~jnp.all(st.done.reshape(total_units, unit), axis=-1)
+    rank = jnp.where(alive, jnp.cumsum(alive) - 1,
+                     jnp.sum(alive) + jnp.cumsum(~alive) - 1).astype(jnp.int32)
+    order = jnp.zeros((total_units,), jnp.int32).at[rank].set(
+        jnp.arange(total_units, dtype=jnp.int32))
+    return order[:units]
+
+
 def _segment(loop: Loop, begin: int, end: int, units: int, total_units: int, consts,
              trace_counts) -> Callable[[_State], _State]:
     """The branch running steps [state.step, end) on `units` units (static)."""
@@ -142,22 +155,21 @@ def _segment(loop: Loop, begin: int, end: int, units: int, total_units: int, con
 
     def run(st: _State) -> _State:
         trace_counts["decode_segment"] += 1
-        whole = units == total_units
-        if whole:  # every unit: no selection, rows stay in place
-            sel = jnp.arange(units, dtype=jnp.int32)
-        else:  # live units first (stable), then finished ones to fill the bucket
-            alive = ~jnp.all(st.done.reshape(total_units, loop.unit), axis=-1)
-            rank = jnp.where(alive, jnp.cumsum(alive) - 1,
-                             jnp.sum(alive) + jnp.cumsum(~alive) - 1).astype(jnp.int32)
-            order = jnp.zeros((total_units,), jnp.int32).at[rank].set(
-                jnp.arange(total_units, dtype=jnp.int32))
-            sel = order[:units]
-        rows = (sel[:, None] * loop.unit + jnp.arange(loop.unit, dtype=jnp.int32)).reshape(-1)
+        sel = _select(st, loop.unit, units, total_units)
+        if sel is None:
+            pick = lambda x: x  # noqa: E731
+            place = lambda x, y: x.at[:, begin:end].set(y) if x.ndim == 2 else y  # noqa: E731
+        else:
+            rows = (sel[:, None] * loop.unit + jnp.arange(loop.unit, dtype=jnp.int32)).ravel()
+            pick = lambda x: x[rows]  # noqa: E731
+            place = lambda x, y: (x.at[rows, begin:end].set(y) if x.ndim == 2  # noqa: E731
+                                  else x.at[rows].set(y))
         slots = loop.slots_for(end)
-        cache = st.cache if whole and slots == loop.full_slots else loop.take(st.cache, sel, slots)
-        n = rows.shape[0]
-        pos0 = start[rows] - 1
-        u_seg = None if uniforms is None else uniforms[rows, begin:end]
+        in_place = sel is None and slots == loop.full_slots
+        cache = st.cache if in_place else loop.take(st.cache, sel, slots)
+        pos0 = pick(start) - 1
+        n = pos0.shape[0]
+        u_seg = None if uniforms is None else pick(uniforms)[:, begin:end]
 
         def body(c):
             i, cache, tok, done, lengths, work, bt, bs, bp = c
@@ -173,17 +185,15 @@ def _segment(loop: Loop, begin: int, end: int, units: int, total_units: int, con
         def cond(c):
             return (c[0] < end) & ~jnp.all(c[3])
 
-        carry = (st.step, cache, st.last[rows], st.done[rows], st.lengths[rows], st.row_steps[rows],
-                 jnp.full((n, cols), loop.pad_id, jnp.int32), jnp.zeros((n, cols), jnp.float32),
-                 jnp.zeros((n, cols), jnp.float32))
+        carry = (st.step, cache, pick(st.last), pick(st.done), pick(st.lengths),
+                 pick(st.row_steps), jnp.full((n, cols), loop.pad_id, jnp.int32),
+                 jnp.zeros((n, cols), jnp.float32), jnp.zeros((n, cols), jnp.float32))
         i, cache, tok, done, lengths, work, bt, bs, bp = lax.while_loop(cond, body, carry)
-        if not (whole and slots == loop.full_slots):
+        if not in_place:
             cache = loop.put(st.cache, cache, sel)
-        put_cols = lambda buf, seg: buf.at[rows, begin:end].set(seg)  # noqa: E731
-        return _State(cache, put_cols(st.tokens, bt), put_cols(st.logp_s, bs),
-                      put_cols(st.logp_p, bp), st.done.at[rows].set(done),
-                      st.lengths.at[rows].set(lengths), st.last.at[rows].set(tok),
-                      st.row_steps.at[rows].set(work), i)
+        return _State(cache, place(st.tokens, bt), place(st.logp_s, bs), place(st.logp_p, bp),
+                      place(st.done, done), place(st.lengths, lengths), place(st.last, tok),
+                      place(st.row_steps, work), i)
 
     return run
 

@@ -68,8 +68,8 @@ class ModelAdapter:
       rows are repeated G times.
     decode: optional `decode(model, tokens (N,1), positions (3,N,1), state) -> (logits (N,V),
       state)` for one decode step; unset, decode steps call `forward` on the decode state.
-    take / put: optional `take(state, units (R,) int32, slots) -> sub-state` keeping R units
-      (prompts with a `share`d cache, else rows) and the first `slots` decode-state slots
+    take / put: optional `take(state, units (R,) int32 or None = all, slots) -> sub-state`
+      keeping R units (prompts with a `share`d cache, else rows) and the first `slots` slots
       (completion slots of a shared cache, prompt + completion slots otherwise), and
       `put(state, sub, units) -> state` writing it back (`rl.decode`'s compaction and key-length
       segments). Unset: every non-scalar leaf is gathered / scattered along `batch_axis`, slots
@@ -267,12 +267,17 @@ def _prefill(adapter, model, ids, positions, mask, vision, num_generations, max_
     return last, _repeat_rows(cache, num_generations, adapter.batch_axis)
 
 
-def _take_rows(axis: int, state: Any, rows: jax.Array, slots: int) -> Any:
+def _take_rows(axis: int, state: Any, rows: jax.Array | None, slots: int) -> Any:
     del slots  # generic: slots are kept whole
+    if rows is None:
+        return state
     return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.take(x, rows, axis=axis), state)
 
 
-def _put_rows(axis: int, state: Any, sub: Any, rows: jax.Array) -> Any:
+def _put_rows(axis: int, state: Any, sub: Any, rows: jax.Array | None) -> Any:
+    if rows is None:
+        return sub
+
     def put(x, y):
         if x.ndim == 0:
             return y

@@ -194,19 +194,28 @@ def test_compacted_decode_returns_the_uncompacted_rollout(g, temperature, bias):
     lengths = np.asarray(want.lengths)
     assert lengths.min() <= 3 and lengths.max() >= 12  # early stops and long rows
     np.testing.assert_array_equal(want.row_steps, steps - 1)  # the single loop: every row
-    # compacted: each segment runs the smallest bucket (16, 8, 4 rows) holding the rows still
-    # running, live rows first, then finished ones in row order to fill it
-    fin = np.asarray(want.finished)
-    expect = np.zeros_like(lengths)
-    for k, (begin, end) in enumerate([(1, 4), (4, 8), (8, 16)]):
-        live = ~fin | (lengths > begin)
-        if not live.any():
-            break
-        size = 16 if k == 0 else min(b for b in (16, 8, 4) if b >= live.sum())
-        rows = np.concatenate([np.flatnonzero(live), np.flatnonzero(~live)])[:size]
-        expect[rows] += min(end, lengths[live].max()) - begin
+    expect = expected_row_steps(lengths, np.asarray(want.finished), 1,
+                                [(1, 4), (4, 8), (8, 16)], (16, 8, 4))
     np.testing.assert_array_equal(got.row_steps, expect)
     assert expect.sum() < 0.8 * expect.size * (steps - 1)
+
+
+def expected_row_steps(lengths, finished, unit, segments, buckets):
+    """Decode steps each row is computed in under `rl.decode`'s schedule: each segment after the
+    first runs the smallest bucket (in units of `unit` rows) holding the units still running,
+    live units first, then finished ones in order to fill it; the loop ends when they stop."""
+    n_units = lengths.size // unit
+    live_row = lambda begin: ~finished | (lengths > begin)  # noqa: E731
+    out = np.zeros_like(lengths)
+    for k, (begin, end) in enumerate(segments):
+        live = live_row(begin).reshape(n_units, unit).any(-1)
+        if not live.any():
+            break
+        size = buckets[0] if k == 0 else min(b for b in buckets if b >= live.sum())
+        units = np.concatenate([np.flatnonzero(live), np.flatnonzero(~live)])[:size]
+        rows = (units[:, None] * unit + np.arange(unit)).ravel()
+        out[rows] += min(end, lengths[live_row(begin)].max()) - begin
+    return out
 
 
 def test_row_streams_do_not_depend_on_the_batch_shape():
