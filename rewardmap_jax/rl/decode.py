@@ -5,26 +5,27 @@ prefill. It draws completion token 0 from the prefill logits, then decode steps 
 feeding the previous token through the model's cached call and drawing the next one.
 
 Segments. The steps are cut into a few segments ending at T/2^k (`DecodePlan.segment_ends`,
-e.g. T = 64: [1, 16), [16, 32), [32, 64)). Step i writes completion slot i - 1, so a segment
+e.g. T = 128: [1, 32), [32, 64), [64, 128)). Step i writes completion slot i - 1, so a segment
 ending at e needs only the first e completion slots: each segment's loop runs on a decode state
 cut to those slots (`ModelAdapter.take`), and attention reads e slots instead of T (the key
-length is bucketed, at most 2x the filled length after the first segment).
+length is bucketed: at most twice the filled length after the first segment).
 
-Compaction. Before each segment after the first, the prompts with a live sample are counted;
-the segment runs on the smallest unit bucket (U, U/2, U/4, ... prompts) that holds them, with
-the live ones gathered into it; the finished ones cost nothing more (as vLLM's continuous
-batching frees the slots of finished sequences). A unit is one prompt and its G samples when the
-prompt cache is shared (the G rows read one prefix row), else one row. Each segment is a
-`lax.switch` over the buckets (plus "nothing left": skip), each branch a `lax.while_loop` that
-also exits as soon as every row of its bucket has stopped; the branch's state is gathered from
-and scattered back to the full-size state (`ModelAdapter.take` / `put`) once per segment, never
-per step. The program therefore holds (1 + (segments - 1) * buckets) copies of the step, traced
-once per compilation (`TRACE_COUNTS["decode_segment"]`).
+Compaction. Before each segment after the first, the units with a live row are counted; the
+segment runs on the smallest unit bucket (U, U/2, U/4 by default) that holds them, with the live
+ones gathered into it, so finished ones cost nothing more (as vLLM's continuous batching frees
+the slots of finished sequences). A unit is one prompt and its G samples when the prompt cache
+is shared (the G rows read one prefix row), else one row. Each segment is a `lax.switch` over
+the buckets (plus "nothing left": skip), each branch a `lax.while_loop` that also exits as soon
+as every row of its bucket has stopped; the branch's state is gathered from and scattered back
+to the full-size state (`ModelAdapter.take` / `put`) once per segment, never per step (a bucket
+of every unit keeps its rows in place and only cuts the slots). The program therefore holds
+1 + (segments - 1) * buckets copies of the step, traced once per compilation
+(`TRACE_COUNTS["decode_segment"]`); `SINGLE_LOOP` is one loop over the full state.
 
 Random streams. Row r's uniform for token i is `uniform(fold_in(fold_in(key, r), i))` (r the
-row's index in the full batch, prompt-major), drawn for all (r, i) before the loop: a row's
-tokens depend on the key, its prompt, its row index and the weights only, never on which slot or
-bucket it decodes in, so the compacted and the uncompacted programs return the same tokens.
+row's index in the batch, prompt-major), drawn for all (r, i) before the loop: a row's tokens
+depend on the key, its prompt, its row index and the weights only, never on which slot or bucket
+it is decoded in, so the compacted and the uncompacted programs return the same tokens.
 """
 
 from __future__ import annotations

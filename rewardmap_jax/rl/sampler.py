@@ -1,24 +1,25 @@
 """Rollout sampler: prefill each prompt once, share its KV cache with G samples, decode in jit.
 
-One jitted program per shape bucket (`_rollout`), in two phases:
+One jitted program per shape bucket and sampling class (`_rollout`), in two phases:
 
 * prefill (B prompts): encodes the images and the prompts once, writing a preallocated KV cache;
   the G samples of prompt b (rows `b * G + g`) then share it: by default through the model's
   group-shared cache (`model.kv_cache.SharedKVCache`: B*L prompt slots plus B*G*T per-sample
   slots, no copies; the decoder attends over both under one softmax), or with
   `QWEN2_5_VL_REPEAT` by repeating the cache rows G times (B*G*(L+T) slots).
-* decode (B*G rows): the whole loop is one `lax.while_loop`; it exits early once every row has
-  stopped. The first token is drawn from the prefill logits, so at most T - 1 model steps run.
-  The loop state is created inside the program, so XLA updates it in place (nothing to donate,
-  no host round trip between prefill and decode).
+* decode (B*G rows, `rl.decode`): `lax.while_loop`s over key-length segments; finished prompts
+  are compacted out between segments, and every loop exits once its rows have stopped. The
+  first token is drawn from the prefill logits, so at most T - 1 model steps run. The state is
+  created inside the program (nothing to donate, no host round trip between the phases).
 
 Positions: token i of the completion sits at 3-D position `L + rope_delta + i` on all three axes
 (rope delta against the padded prompt length L, the transformers 4.x convention; `rope_deltas`
 may be omitted and is then derived from the prompt positions: max over valid tokens + 1 - L).
 
 Vision special tokens are masked out of the sampling distribution, so no completion can change
-the prompt's image-token count. Sampling parameters are traced scalars: changing them never
-recompiles; only the shapes (batch, prompt bucket, patch bucket, T, G) select a compilation.
+the prompt's image-token count. Sampling values are traced scalars: changing them never
+recompiles; the shapes (batch, prompt bucket, patch bucket, T, G), the sampling class (greedy /
+plain / top-k-top-p: `sampling.SamplingClass`) and the `DecodePlan` select a compilation.
 """
 
 from __future__ import annotations
