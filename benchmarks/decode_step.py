@@ -140,7 +140,13 @@ def worker(args: argparse.Namespace) -> None:
         out = run(t, -1)
         compile_s[t] = round(time.perf_counter() - t0, 2)
         assert int(out.steps) == t, (int(out.steps), t)
-    ready = {"compile_s": compile_s, "trace_counts": dict(sampler.TRACE_COUNTS),
+    traces = dict(sampler.TRACE_COUNTS)
+    try:  # the decode-step copies per program (absent before rl/decode.py)
+        from rewardmap_jax.rl import decode
+        traces.update({f"decode_{k}": v for k, v in decode.TRACE_COUNTS.items()})
+    except ImportError:
+        pass
+    ready = {"compile_s": compile_s, "trace_counts": traces,
              "cost": _step_costs(model, cfg, batch, args.generations, steps[-1],
                                  args.temperature, args.adapter == "shared"),
              "rows": int(ids.shape[0]) * args.generations, "prompt_len": int(ids.shape[1]),

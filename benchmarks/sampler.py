@@ -136,9 +136,9 @@ def run_default(args, hf, model, cfg) -> int:
     fns = {name: ours(a) for name, a in adapters.items()}
     fns["hf"] = lambda r: hf_generate(hf, cfg, ids, mask, grids, pv, g, t, greedy=False,
                                       seed=r + 1)
-    traces = dict(sampler.TRACE_COUNTS)
+    traces = trace_counts()
     tm = harness.interleave(fns, args.repeats, load_limit=args.load_limit)
-    assert dict(sampler.TRACE_COUNTS) == traces, "a timed round recompiled"
+    assert trace_counts() == traces, "a timed round recompiled"
     new_tokens = args.prompts * g * t
     med = {n: tm.median(n) for n in fns}
     result = {
@@ -182,9 +182,9 @@ def run_mixed(args, hf, model, cfg) -> int:
         np.testing.assert_array_equal(np.asarray(outs[name].tokens), want, err_msg=name)
     lengths = np.asarray(outs["compact"].lengths).reshape(args.prompts, g)
     is_short = np.isin(np.arange(args.prompts), short)
-    traces = dict(sampler.TRACE_COUNTS)
+    traces = trace_counts()
     tm = harness.interleave(fns, args.repeats, warmup=0, load_limit=args.load_limit)
-    assert dict(sampler.TRACE_COUNTS) == traces, "a timed round recompiled"
+    assert trace_counts() == traces, "a timed round recompiled"
     result = {
         "bench": "sampler_mixed", "model": args.model, "prompts": args.prompts,
         "generations": g, "max_new_tokens": t, "stop_ids": list(stops),
@@ -237,6 +237,11 @@ def decode_tokens_per_s(cfg: model_config.ModelConfig | None = None, *, model: A
             "step_s": step, "decode_tokens_per_s": round(rows / step["median"], 1),
             "rollout_tokens_per_s": round(rows * max_new_tokens / tm.median("long"), 1),
             "backend": jax.default_backend(), **tm.as_dict()}
+
+
+def trace_counts() -> dict[str, int]:
+    """Rollout compilations and the decode-step copies traced into them."""
+    return {**sampler.TRACE_COUNTS, **{f"decode_{k}": v for k, v in decode.TRACE_COUNTS.items()}}
 
 
 def _versions() -> dict[str, Any]:

@@ -20,7 +20,7 @@ as every row of its bucket has stopped; the branch's state is gathered from and 
 to the full-size state (`ModelAdapter.take` / `put`) once per segment, never per step (a bucket
 of every unit keeps its rows in place and only cuts the slots). The program therefore holds
 1 + (segments - 1) * buckets copies of the step, traced once per compilation
-(`TRACE_COUNTS["decode_segment"]`); `SINGLE_LOOP` is one loop over the full state.
+(`TRACE_COUNTS["segment"]`); `SINGLE_LOOP` is one loop over the full state.
 
 Random streams. Row r's uniform for token i is `uniform(fold_in(fold_in(key, r), i))` (r the
 row's index in the batch, prompt-major), drawn for all (r, i) before the loop: a row's tokens
@@ -31,6 +31,7 @@ it is decoded in, so the compacted and the uncompacted programs return the same 
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -39,6 +40,10 @@ import jax.numpy as jnp
 from jax import lax
 
 from rewardmap_jax.rl import sampling
+
+# Copies of the decode step traced into rollout programs (one per segment and bucket): program
+# size, not compilations (those are `sampler.TRACE_COUNTS["rollout"]`).
+TRACE_COUNTS: Counter[str] = Counter()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,14 +153,14 @@ def _select(st: _State, unit: int, units: int, total_units: int) -> jax.Array | 
     return order[:units]
 
 
-def _segment(loop: Loop, begin: int, end: int, units: int, total_units: int, consts,
-             trace_counts) -> Callable[[_State], _State]:
+def _segment(loop: Loop, begin: int, end: int, units: int, total_units: int,
+             consts) -> Callable[[_State], _State]:
     """The branch running steps [state.step, end) on `units` units (static)."""
     start, uniforms, knobs, stop_ids, forbidden = consts
     cols = end - begin
 
     def run(st: _State) -> _State:
-        trace_counts["decode_segment"] += 1
+        TRACE_COUNTS["segment"] += 1
         sel = _select(st, loop.unit, units, total_units)
         if sel is None:
             pick = lambda x: x  # noqa: E731
@@ -200,8 +205,8 @@ def _segment(loop: Loop, begin: int, end: int, units: int, total_units: int, con
 
 
 def decode(loop: Loop, plan: DecodePlan, cache: Any, logits: jax.Array, start: jax.Array,
-           key: jax.Array, knobs, stop_ids: jax.Array, forbidden: jax.Array,
-           trace_counts) -> tuple[jax.Array, ...]:
+           key: jax.Array, knobs, stop_ids: jax.Array,
+           forbidden: jax.Array) -> tuple[jax.Array, ...]:
     """Decode over N rows from the prefill's (N, V) logits and decode state.
 
     start (N,) int32 is the position of completion token 0. Returns tokens, logp_sample,
@@ -224,7 +229,7 @@ def decode(loop: Loop, plan: DecodePlan, cache: Any, logits: jax.Array, start: j
         if end <= begin:
             continue
         buckets = plan.buckets(total) if k else (total,)
-        branches = [_segment(loop, begin, end, b, total, consts, trace_counts)
+        branches = [_segment(loop, begin, end, b, total, consts)
                     for b in reversed(buckets)]  # ascending
         if len(branches) == 1:
             st = lax.cond(jnp.all(st.done), lambda s: s, branches[0], st)

@@ -324,8 +324,7 @@ def _rollout(adapter, graphdef, state, ids, positions, mask, deltas, vision, key
     start = jnp.repeat(deltas + ids.shape[1], num_generations)
     stop_ids, forbidden = stop_and_forbidden
     loop = _loop(adapter, model, cls, num_generations, max_new, ids.shape[1], pad_id)
-    return decode_lib.decode(loop, plan, cache, logits, start, key, knobs, stop_ids, forbidden,
-                             TRACE_COUNTS)
+    return decode_lib.decode(loop, plan, cache, logits, start, key, knobs, stop_ids, forbidden)
 
 
 def generate(

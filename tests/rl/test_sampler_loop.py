@@ -148,6 +148,7 @@ def test_compiles_once_per_bucket():
     model = make_model()
     jax.clear_caches()  # earlier tests compiled some of these shapes already
     sampler.TRACE_COUNTS.clear()
+    decode.TRACE_COUNTS.clear()
     buckets = (8, 16)
     for i, lengths in enumerate([[3, 5], [7, 8], [9, 12], [16, 10], [2, 4], [11, 11]]):
         b = sampler.pick_bucket(max(lengths), buckets)
@@ -156,14 +157,14 @@ def test_compiles_once_per_bucket():
         sampler.generate(model, FAKE_ADAPTER, make_prompts(lengths, b, seed=i), p,
                          jax.random.key(i))
     # T = 10 is one segment: one copy of the decode step per compilation.
-    assert sampler.TRACE_COUNTS == {"rollout": 2, "decode_segment": 2}
+    assert sampler.TRACE_COUNTS == {"rollout": 2} and decode.TRACE_COUNTS == {"segment": 2}
     # Another class of setting (plain sampling, greedy) is another program, compiled once each;
     # its values stay traced.
     lengths = [3, 5]
     for i, (t, k, p) in enumerate([(0.7, 0, 1.0), (1.3, 0, 1.0), (0.0, 0, 1.0), (0.0, 3, 0.5)]):
         sampler.generate(model, FAKE_ADAPTER, make_prompts(lengths, 8, seed=i),
                          params(temperature=t, top_k=k, top_p=p), jax.random.key(i))
-    assert sampler.TRACE_COUNTS == {"rollout": 4, "decode_segment": 4}
+    assert sampler.TRACE_COUNTS == {"rollout": 4} and decode.TRACE_COUNTS == {"segment": 4}
 
 
 # Segment ends (4, 8, 16) and unit buckets (4, 2, 1): 1 + 2 * 3 copies of the step.
@@ -179,9 +180,9 @@ def test_compacted_decode_returns_the_uncompacted_rollout(g, temperature, bias):
     model.out.bias[...] = model.out.bias[...].at[STOP].set(bias)  # stops at varied steps
     prompts = make_prompts([5, 8, 3, 7, 6, 8, 2, 4], bucket=8, seed=3)
     p = params(max_new_tokens=16, num_generations=g, temperature=temperature)
-    sampler.TRACE_COUNTS.clear()
+    decode.TRACE_COUNTS.clear()
     got = sampler.generate(model, FAKE_ADAPTER, prompts, p, jax.random.key(5), SEGMENTED)
-    assert sampler.TRACE_COUNTS["decode_segment"] == 7
+    assert decode.TRACE_COUNTS["segment"] == 7
     want = sampler.generate(model, FAKE_ADAPTER, prompts, p, jax.random.key(5),
                             sampler.SINGLE_LOOP)
     np.testing.assert_array_equal(got.tokens, want.tokens)
