@@ -22,6 +22,9 @@ same machine; the workers time their own calls (no pipe overhead).
   call on a full decode state (prompt + T2 slots) and the token draw (flops, bytes accessed,
   transcendentals).
 * `--trace`: the JAX profiler over 3 T2 rollouts; the 12 costliest XLA thunks (CPU backend).
+* `--plans`: this checkout only, per `DecodePlan` (single loop, segments, default): decode loops
+  in the T2 program, the largest copy inside one, sorts, XLA's temp bytes and the process-CPU
+  seconds of its compilation (load-independent, no timing).
 
 Prints one JSON object and Markdown rows (per implementation, and the step-time ratio).
 """
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import glob
 import json
 import os
@@ -202,6 +206,16 @@ class Worker:
         self.proc.wait(timeout=60)
 
 
+def loop_rows(text: str, loop, vocab: int) -> int:
+    """Rows of a decode loop: the leading dim of its (rows, vocab) logits."""
+    from benchmarks import hlo
+
+    body = hlo.computations(text)[loop.attr("body")]
+    return int(next(i.shape.split("[")[1].split(",")[0] for i in body
+                    if i.shape.startswith("f32[") and i.shape.split("{")[0].endswith(
+                        f",{vocab}]")))
+
+
 def loop_profile(dump: str, rows_steps: str, vocab: int) -> list[dict[str, Any]]:
     """hlo.body_stats of the decode loops of the rollout program whose tokens are (rows, T2)."""
     from benchmarks import hlo
@@ -214,11 +228,7 @@ def loop_profile(dump: str, rows_steps: str, vocab: int) -> list[dict[str, Any]]
     out = []
     for loop in hlo.decode_loops(text, vocab):
         st = hlo.body_stats(text, loop)
-        comps = hlo.computations(text)
-        rows = next(i.shape.split("[")[1].split(",")[0] for i in comps[loop.attr("body")]
-                    if i.shape.startswith("f32[") and i.shape.split("{")[0].endswith(
-                        f",{vocab}]"))
-        out.append({"rows": int(rows), **{k: st[k] for k in (
+        out.append({"rows": loop_rows(text, loop, vocab), **{k: st[k] for k in (
             "instructions", "fusions_by_kind", "nested", "copies", "copy_bytes",
             "touched_bytes")}})
     return out
@@ -239,6 +249,75 @@ def export_ref(ref: str, into: str) -> Path:
     return Path(into)
 
 
+class _Captured(Exception):
+    pass
+
+
+def rollout_args(sampler_module, call) -> tuple:
+    """The arguments `sampler.generate` passes to its jitted `_rollout` (nothing runs)."""
+    real = sampler_module._rollout
+    seen: list[tuple] = []
+
+    def capture(*a):
+        seen.append(a)
+        raise _Captured
+
+    sampler_module._rollout = capture
+    try:
+        call()
+    except _Captured:
+        pass
+    finally:
+        sampler_module._rollout = real
+    return seen[0]
+
+
+def plan_profile(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """This checkout only, per `DecodePlan` (`--plans`): the T2 rollout program's decode loops,
+    copies inside them, XLA's temp bytes and the process-CPU seconds of the compilation."""
+    import jax
+
+    from benchmarks import hlo, inputs
+    from rewardmap_jax.model.qwen2_5_vl import init_model
+    from rewardmap_jax.rl import decode, sampler
+
+    cfg = inputs.model_cfg(args.model)
+    model = init_model(cfg, args.seed)
+    ids, mask, grids, pv = inputs.build_prompts(cfg, args.prompts, args.seed)
+    batch = inputs.prompt_batch(cfg, ids, mask, grids, pv)
+    t = int(args.steps.split(",")[-1])
+    params = sampler.SamplingParams(max_new_tokens=t, num_generations=args.generations,
+                                    temperature=args.temperature, pad_id=cfg.pad_token_id,
+                                    forbidden_ids=sampler.vision_special_ids(cfg))
+    adapter = {"shared": sampler.QWEN2_5_VL, "repeat": sampler.QWEN2_5_VL_REPEAT}[args.adapter]
+    out = []
+    for name, plan in (("single_loop", decode.SINGLE_LOOP),
+                       ("segments", decode.DecodePlan(unit_buckets=1)),
+                       ("default", decode.DecodePlan())):
+        args_of_call = rollout_args(sampler, functools.partial(
+            sampler.generate, model, adapter, batch, params, jax.random.key(0), plan))
+        c0 = time.process_time()
+        compiled = sampler._rollout.lower(*args_of_call).compile()
+        cpu = time.process_time() - c0
+        text = compiled.as_text()
+        found = hlo.decode_loops(text, cfg.text.vocab_size)
+        loops = [hlo.body_stats(text, w) for w in found]
+        # The full-batch loops, one per segment: their bytes grow with the segment's slots.
+        rows = max(loop_rows(text, w, cfg.text.vocab_size) for w in found)
+        full = sorted(st["touched_bytes"] for w, st in zip(found, loops, strict=True)
+                      if loop_rows(text, w, cfg.text.vocab_size) == rows)
+        ends = plan.segment_ends(t)
+        spans = [e - b for b, e in zip((1, *ends[:-1]), ends, strict=True)]
+        out.append({"plan": name, "segment_ends": list(ends),
+                    "step_touched_mib": round(sum(b * n for b, n in zip(full, spans, strict=True))
+                                              / (t - 1) / 2**20, 2),
+                    "compile_cpu_s": round(cpu, 2), "decode_loops": len(loops),
+                    "max_copy_bytes_per_step": max(x["copy_bytes"] for x in loops),
+                    "sorts": sum(x["nested"]["sort"] for x in loops),
+                    "temp_mib": round(compiled.memory_analysis().temp_size_in_bytes / 2**20, 2)})
+    return out
+
+
 def main(argv=None) -> int:
     from benchmarks import harness
 
@@ -252,6 +331,8 @@ def main(argv=None) -> int:
     ap.add_argument("--adapter", default="shared", choices=("shared", "repeat"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--trace", action="store_true", help="JAX profiler: costliest thunks")
+    ap.add_argument("--plans", action="store_true",
+                    help="this checkout: loops, copies, temp bytes, compile CPU per DecodePlan")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     harness.add_arguments(ap)
     args = ap.parse_args(argv)
@@ -259,6 +340,16 @@ def main(argv=None) -> int:
         worker(args)
         return 0
     harness.check_arguments(args)
+    if args.plans:
+        rows = plan_profile(args)
+        print(json.dumps({"bench": "decode_plans", "model": args.model, "steps": args.steps,
+                          "adapter": args.adapter, "plans": rows}))
+        for r in rows:
+            print(harness.markdown_row([r["plan"], r["segment_ends"], r["decode_loops"],
+                                        r["sorts"], r["max_copy_bytes_per_step"],
+                                        r["step_touched_mib"], r["temp_mib"],
+                                        r["compile_cpu_s"]]))
+        return 0
     t1, t2 = (int(s) for s in args.steps.split(","))
     with tempfile.TemporaryDirectory() as tmp:
         roots = {"current": _REPO}

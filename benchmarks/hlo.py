@@ -9,8 +9,9 @@ the compiled program (`jax.jit(...).lower(...).compile().as_text()` or an `--xla
 `body_stats` counts the body's top-level instructions by opcode, fusions by kind, and recursively
 the sorts, nested loops, conditionals and copies reachable from it (a nested loop's body is
 counted once, times its known trip count when XLA knows it). `touched_bytes` sums the output and
-operand bytes of the top-level instructions (fusions, copies, custom calls): the memory traffic
-of one iteration if nothing stayed in cache, as XLA's cost analysis estimates it.
+operand bytes of the top-level instructions (fusions, copies, custom calls; an in-place
+dynamic-update-slice counts its update twice, not its buffer): the memory traffic of one
+iteration if nothing stayed in cache, roughly as XLA's cost analysis estimates it.
 """
 
 from __future__ import annotations
@@ -93,8 +94,13 @@ def body_stats(hlo: str, loop: Instr) -> dict:
         if i.op in ("parameter", "get-tuple-element", "tuple", "constant", "bitcast", "while",
                     "conditional", "call"):
             continue
-        operands = re.findall(r"%([\w.\-]+)", i.rest.split("),")[0])
-        touched += shape_bytes(i.shape) + sum(shape_bytes(shapes.get(o, "")) for o in operands)
+        operands = [shapes.get(o, "") for o in re.findall(r"%([\w.\-]+)", i.rest.split("),")[0])]
+        if "dynamic-update-slice" in i.name and i.shape in operands:
+            # in place: the buffer is neither read nor written whole, only the update is
+            operands.remove(i.shape)
+            touched += 2 * sum(map(shape_bytes, operands))
+            continue
+        touched += shape_bytes(i.shape) + sum(map(shape_bytes, operands))
     deep = collections.Counter()
     copies: list[tuple[str, int]] = []
 
