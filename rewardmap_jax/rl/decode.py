@@ -100,11 +100,15 @@ class _State(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Loop:
-    """What a decode loop needs besides its state (static parts first).
+    """What the decode loops need besides their state (built by `sampler._loop`).
 
     step_fn: (tokens (R,1), positions (3,R,1), cache) -> (logits (R,V) fp32, cache).
-    take / put: (cache, units (R,), slots) -> sub-cache / (cache, sub, units) -> cache.
-    unit: rows per unit; slots_for: segment end -> cache slots a sub-cache keeps.
+    take / put: (cache, units (R,) or None, slots) -> sub-cache / (cache, sub, units) -> cache
+      (`sampler.ModelAdapter.take` / `put`).
+    unit: rows per unit (G with a shared prompt cache, else 1).
+    slots_for: segment end -> the cache slots a segment keeps; full_slots: all of them (a
+      segment keeping all units and all slots decodes on the state itself).
+    cls: the sampling class; max_new: T; pad_id: the token after a row's stop.
     """
 
     step_fn: Callable[..., Any]

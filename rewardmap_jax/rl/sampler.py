@@ -46,6 +46,7 @@ from rewardmap_jax.rl import sampling
 TRACE_COUNTS: Counter[str] = Counter()
 # Stop ids are padded to this many slots so the stop set is a traced value, not a compile key.
 MAX_STOP_IDS = 8
+# The decode program's static structure, an argument of `generate` (re-exported from rl.decode).
 DecodePlan = decode_lib.DecodePlan
 DEFAULT_PLAN = DecodePlan()
 SINGLE_LOOP = decode_lib.SINGLE_LOOP
