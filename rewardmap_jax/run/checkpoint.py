@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import signal
 import threading
 from collections.abc import Mapping
@@ -200,7 +201,8 @@ class CheckpointManager:
     """Orbax `CheckpointManager` for one run: every-N saves, keep-last-K, SIGTERM, resume.
 
     Args:
-        workdir: the run directory (local path or anything `etils.epath` opens, e.g. gs://).
+        workdir: the run directory (an absolute local path, or anything `etils.epath` opens,
+            e.g. gs://).
         every_steps: save when `step % every_steps == 0` (0 = only forced/preemption saves).
         keep: number of most recent checkpoints kept (older ones are deleted after a save).
         async_save: write in a background thread; `wait()`/`close()` block until written.
@@ -220,6 +222,10 @@ class CheckpointManager:
             raise ValueError(f"checkpoint.every_steps must be >= 0, got {every_steps}")
         if keep < 1:
             raise ValueError(f"checkpoint.keep must be >= 1, got {keep}")
+        if "://" not in str(workdir) and not os.path.isabs(workdir):
+            # Orbax refuses relative paths deep inside its first save; the CLIs make every path
+            # absolute at the edge (config_utils.absolute_path).
+            raise ValueError(f"checkpoint workdir must be an absolute path, got {str(workdir)!r}")
         self.every_steps = every_steps
         self.directory = checkpoint_dir(workdir)
         self._manager = ocp.CheckpointManager(
