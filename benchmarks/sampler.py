@@ -21,8 +21,7 @@ Timing goes through `benchmarks/harness.py` (interleaved rounds, median and spre
   cache), `hf`. All four must return the same tokens (asserted: the compacted program equals
   the uncompacted one and transformers).
 
-`decode_tokens_per_s` times the JAX sampler alone (no torch) on the default backend, for
-`benchmarks/accelerator.py`.
+Decode tokens/s on an accelerator, against the HBM roofline: `benchmarks/accelerator.py`.
 """
 
 from __future__ import annotations
@@ -43,7 +42,6 @@ from benchmarks import harness  # noqa: E402
 from benchmarks.inputs import build_prompts, model_cfg, prompt_batch  # noqa: E402
 from rewardmap_jax.model import config as model_config  # noqa: E402
 from rewardmap_jax.model import hf_io  # noqa: E402
-from rewardmap_jax.model.qwen2_5_vl import init_model  # noqa: E402
 from rewardmap_jax.rl import decode, sampler  # noqa: E402
 
 PLANS = {"compact": decode.DecodePlan(), "no_compact": decode.DecodePlan(unit_buckets=1),
@@ -199,44 +197,6 @@ def run_mixed(args, hf, model, cfg) -> int:
            harness.spread(result["speedup_compact_vs"]["no_compact"]) + "x",
            f"{tm.load_before[0]:.2f} / {tm.load_after[0]:.2f}"]
     return harness.emit(result, tm, args, row)
-
-
-def decode_tokens_per_s(cfg: model_config.ModelConfig | None = None, *, model: Any = None,
-                        prompts: int = 8, generations: int = 4, max_new_tokens: int = 64,
-                        extra_prompt_tokens: int = 0, repeats: int = harness.MIN_REPEATS,
-                        adapter: sampler.ModelAdapter = sampler.QWEN2_5_VL,
-                        plan: decode.DecodePlan = decode.SINGLE_LOOP,
-                        seed: int = 0) -> dict[str, Any]:
-    """Decode throughput of the JAX sampler alone on the default backend (no torch).
-
-    Times rollouts of `max_new_tokens` and of a quarter of it (no stop), interleaved; the
-    per-step time is their paired difference over the extra steps, so prefill and compile are
-    excluded. Returns rows, per-step seconds (median, spread), decode tokens/s (rows / step),
-    whole-rollout tokens/s and the timings (`harness.Timings.as_dict()`).
-    """
-    cfg = model_config.tiny() if cfg is None else cfg
-    model = init_model(cfg, seed) if model is None else model
-    ids, mask, grids, pv = build_prompts(cfg, prompts, seed, extra=extra_prompt_tokens)
-    batch = prompt_batch(cfg, ids, mask, grids, pv)
-    lengths = {"long": max_new_tokens, "short": max(2, max_new_tokens // 4)}
-
-    def rollout(t: int):
-        p = sampler.SamplingParams(max_new_tokens=t, num_generations=generations,
-                                   temperature=1.0, pad_id=cfg.pad_token_id,
-                                   forbidden_ids=sampler.vision_special_ids(cfg))
-        return lambda r: jax.block_until_ready(sampler.generate(
-            model, adapter, batch, p, jax.random.key(r + 1), plan))
-
-    fns = {name: rollout(t) for name, t in lengths.items()}
-    tm = harness.interleave(fns, repeats)
-    steps = lengths["long"] - lengths["short"]
-    per_step = [(a - b) / steps for a, b in zip(tm.wall["long"], tm.wall["short"], strict=True)]
-    step = harness.summary(per_step, 7)
-    rows = prompts * generations
-    return {"rows": rows, "prompt_len": int(ids.shape[1]), "max_new_tokens": max_new_tokens,
-            "step_s": step, "decode_tokens_per_s": round(rows / step["median"], 1),
-            "rollout_tokens_per_s": round(rows * max_new_tokens / tm.median("long"), 1),
-            "backend": jax.default_backend(), **tm.as_dict()}
 
 
 def trace_counts() -> dict[str, int]:
