@@ -105,8 +105,9 @@ def test_bandit_reward_rises(tmp_path):
 @pytest.mark.slow
 def test_minibatches_epochs_and_dynamic_sampling(tmp_path):
     """ppo_epochs x mini-batches (learner-recomputed behaviour log-probs) and DAPO dynamic
-    sampling run end to end; the first update's learner/behaviour mismatch is at float32 rounding level
-    (the log-prob pass and the update are separate XLA programs, so not bit-identical on every CPU)."""
+    sampling run end to end; the first update's learner/behaviour mismatch is at float32
+    rounding level (the log-prob pass and the update are separate XLA programs: not
+    bit-identical on every CPU)."""
     c = get_config()
     c.sft.steps = 0
     c.train.rl_steps = 2
