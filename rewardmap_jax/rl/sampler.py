@@ -34,11 +34,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
+from flax.core import spmd as flax_spmd
 
 from rewardmap_jax.data.prompts import pick_bucket  # noqa: F401  (re-exported: bucketing API)
 from rewardmap_jax.model.config import ModelConfig
 from rewardmap_jax.model.kv_cache import KVCache, SharedKVCache
 from rewardmap_jax.model.layers import constrain
+from rewardmap_jax.model.sharding import logical_to_spec
 from rewardmap_jax.rl import decode as decode_lib
 from rewardmap_jax.rl import sampling
 from rewardmap_jax.rl.placement import check_global
@@ -353,7 +355,8 @@ def generate(
       params: sampling settings.
       key: PRNG key; the same key, prompts and weights reproduce the same rollout, whatever the
         `plan` (row r's draws depend on the key, r and the step only: `rl.decode`).
-      plan: the decode program's static structure (segments, compaction buckets).
+      plan: the decode program's static structure (segments, compaction buckets). With the
+        rows split over devices (data parallelism) compaction is off (`unit_buckets` 1).
     Returns:
       A `Rollout` with B * num_generations rows (laid out like the prompts under the activation
       sharding rules, `rl.placement.Placement.context`).
@@ -378,10 +381,26 @@ def generate(
     stop = np.full((MAX_STOP_IDS,), -1, np.int32)
     stop[: len(params.stop_ids)] = params.stop_ids
     forbidden = sampling.forbidden_mask(vocab, params.forbidden_ids)
+    if plan.unit_buckets > 1 and _rows_split(ids):
+        # Compaction gathers live prompts from every shard: under data parallelism XLA turns
+        # that into an all-reduce of the whole compacted decode state on every device. Rows stay
+        # on their shards instead (segments only); shard-local compaction is not built.
+        plan = dataclasses.replace(plan, unit_buckets=1)
     out = _rollout(adapter, graphdef, state, ids, pos, mask, deltas, prompts.vision, key, knobs,
                    (jnp.asarray(stop), forbidden), g, t, params.pad_id, params.sampling_class,
                    plan)
     return Rollout(*out)
+
+
+def _rows_split(ids: jax.Array) -> bool:
+    """Whether the prompt rows are split over devices: a batch-sharded input, or activation
+    sharding rules (`Placement.context`) that shard the `batch` axis of these B rows."""
+    if ids.sharding.shard_shape(ids.shape)[0] < ids.shape[0]:
+        return True
+    rules, mesh = flax_spmd.get_logical_axis_rules(), jax.sharding.get_abstract_mesh()
+    if not rules or mesh.empty:
+        return False
+    return logical_to_spec(("batch",), dict(rules), ids.shape[:1], mesh)[0] is not None
 
 
 def _on_device(x: Any, dtype: Any) -> jax.Array:

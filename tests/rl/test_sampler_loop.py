@@ -219,6 +219,27 @@ def expected_row_steps(lengths, finished, unit, segments, buckets):
     return out
 
 
+def test_no_compaction_when_rows_are_split_over_devices():
+    """Under data parallelism (rows over 8 devices) the plan keeps its segments but compacts
+    nothing (a cross-shard gather would all-reduce the decode state): every row runs every step,
+    though some stop early."""
+    from rewardmap_jax.rl.placement import Placement
+
+    model = make_model(2)
+    model.out.bias[...] = model.out.bias[...].at[STOP].set(2.5)
+    prompts = make_prompts([5, 8, 3, 7, 6, 8, 2, 4], bucket=8, seed=3)
+    p = params(max_new_tokens=16, temperature=1.3)
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    decode.TRACE_COUNTS.clear()
+    with Placement(mesh, {"batch": "data"}).context():
+        got = sampler.generate(model, FAKE_ADAPTER, prompts, p, jax.random.key(5),
+                               sampler.DecodePlan(segments=2, min_segment=8, unit_buckets=3))
+    assert decode.TRACE_COUNTS["segment"] == 2  # segments ending at 8 and 16, one bucket each
+    lengths = np.asarray(got.lengths)
+    assert lengths.min() < 8 and int(got.steps) > 8  # compaction would have dropped rows
+    np.testing.assert_array_equal(got.row_steps, int(got.steps) - 1)
+
+
 def test_row_streams_do_not_depend_on_the_batch_shape():
     key = jax.random.key(3)
     small = np.asarray(decode.row_uniforms(key, 3, 5))

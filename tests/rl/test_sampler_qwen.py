@@ -214,7 +214,7 @@ def test_sharded_model_and_batch_same_rollout(models):
     graphdef, state = nnx.split(model)
     state = sharding.shard_state(state, sharding.state_shardings(state, mesh, rules))
     sharded_model = nnx.merge(graphdef, state)
-    rows_sh = jax.sharding.NamedSharding(mesh, sharding.batch_spec(2, {"batch": "data"}))
+    rows_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", None))
     pos_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
     sharded = sampler.PromptBatch(
         input_ids=jax.device_put(batch.input_ids, rows_sh),
