@@ -24,7 +24,10 @@ same machine; the workers time their own calls (no pipe overhead).
 * `--trace`: the JAX profiler over 3 T2 rollouts; the 12 costliest XLA thunks (CPU backend).
 * `--plans`: this checkout only, per `DecodePlan` (single loop, segments, default): decode loops
   in the T2 program, the largest copy inside one, sorts, XLA's temp bytes and the process-CPU
-  seconds of its compilation (load-independent, no timing).
+  seconds of its compilation (load-independent, no timing). With `--data-parallel N`: the same
+  programs with the rows over N (fake CPU) devices (`Placement.context`, data = N), each plan
+  compiled as given (`generate` itself turns compaction off there), and the collectives in them:
+  count and bytes, outside and inside the decode loops.
 
 Prints one JSON object and Markdown rows (per implementation, and the step-time ratio).
 """
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import functools
 import glob
 import json
@@ -290,15 +294,24 @@ def plan_profile(args: argparse.Namespace) -> list[dict[str, Any]]:
                                     temperature=args.temperature, pad_id=cfg.pad_token_id,
                                     forbidden_ids=sampler.vision_special_ids(cfg))
     adapter = {"shared": sampler.QWEN2_5_VL, "repeat": sampler.QWEN2_5_VL_REPEAT}[args.adapter]
+    context = contextlib.nullcontext()
+    if args.data_parallel > 1:
+        from rewardmap_jax.rl.placement import Placement
+
+        mesh = jax.make_mesh((args.data_parallel,), ("data",),
+                             axis_types=(jax.sharding.AxisType.Auto,))
+        context = Placement(mesh, {"batch": "data"}).context()
     out = []
     for name, plan in (("single_loop", decode.SINGLE_LOOP),
                        ("segments", decode.DecodePlan(unit_buckets=1)),
                        ("default", decode.DecodePlan())):
-        args_of_call = rollout_args(sampler, functools.partial(
-            sampler.generate, model, adapter, batch, params, jax.random.key(0), plan))
-        c0 = time.process_time()
-        compiled = sampler._rollout.lower(*args_of_call).compile()
-        cpu = time.process_time() - c0
+        with context:
+            args_of_call = rollout_args(sampler, functools.partial(
+                sampler.generate, model, adapter, batch, params, jax.random.key(0), plan))
+            args_of_call = (*args_of_call[:-1], plan)  # as given, also under data parallelism
+            c0 = time.process_time()
+            compiled = sampler._rollout.lower(*args_of_call).compile()
+            cpu = time.process_time() - c0
         text = compiled.as_text()
         found = hlo.decode_loops(text, cfg.text.vocab_size)
         loops = [hlo.body_stats(text, w) for w in found]
@@ -314,7 +327,39 @@ def plan_profile(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "compile_cpu_s": round(cpu, 2), "decode_loops": len(loops),
                     "max_copy_bytes_per_step": max(x["copy_bytes"] for x in loops),
                     "sorts": sum(x["nested"]["sort"] for x in loops),
-                    "temp_mib": round(compiled.memory_analysis().temp_size_in_bytes / 2**20, 2)})
+                    "temp_mib": round(compiled.memory_analysis().temp_size_in_bytes / 2**20, 2),
+                    **({"collectives": collectives(text, found)} if args.data_parallel > 1
+                       else {})})
+    return out
+
+
+_COLLECTIVES = ("all-reduce", "all-gather", "all-to-all", "collective-permute", "reduce-scatter")
+
+
+def collectives(text: str, loops: list) -> dict[str, dict[str, int]]:
+    """Collective ops of a compiled program and their result bytes, split into those in the
+    decode loops (once per step) and the rest (once per rollout or segment)."""
+    from benchmarks import hlo
+
+    comps = hlo.computations(text)
+    inside: set[str] = set()
+    todo = [w.attr(k) for w in loops for k in ("body", "condition")]
+    while todo:  # a loop's body and condition, and everything they call
+        name = todo.pop()
+        if name in inside or name not in comps:
+            continue
+        inside.add(name)
+        todo += [c for i in comps[name] for c in i.called()]
+    out = {"in_loops": {"count": 0, "bytes": 0, "largest": 0},
+           "outside": {"count": 0, "bytes": 0, "largest": 0}}
+    for name, instrs in comps.items():
+        for i in instrs:
+            if i.op.removesuffix("-start") in _COLLECTIVES:
+                size = hlo.shape_bytes(i.shape)
+                d = out["in_loops" if name in inside else "outside"]
+                d["count"] += 1
+                d["bytes"] += size
+                d["largest"] = max(d["largest"], size)
     return out
 
 
@@ -333,6 +378,8 @@ def main(argv=None) -> int:
     ap.add_argument("--trace", action="store_true", help="JAX profiler: costliest thunks")
     ap.add_argument("--plans", action="store_true",
                     help="this checkout: loops, copies, temp bytes, compile CPU per DecodePlan")
+    ap.add_argument("--data-parallel", type=int, default=1,
+                    help="--plans: rows over this many fake CPU devices; report collectives")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     harness.add_arguments(ap)
     args = ap.parse_args(argv)
@@ -340,6 +387,11 @@ def main(argv=None) -> int:
         worker(args)
         return 0
     harness.check_arguments(args)
+    if args.data_parallel > 1:
+        if not args.plans:
+            ap.error("--data-parallel applies to --plans")
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={args.data_parallel}")
     if args.plans:
         rows = plan_profile(args)
         print(json.dumps({"bench": "decode_plans", "model": args.model, "steps": args.steps,
@@ -348,7 +400,8 @@ def main(argv=None) -> int:
             print(harness.markdown_row([r["plan"], r["segment_ends"], r["decode_loops"],
                                         r["sorts"], r["max_copy_bytes_per_step"],
                                         r["step_touched_mib"], r["temp_mib"],
-                                        r["compile_cpu_s"]]))
+                                        r["compile_cpu_s"],
+                                        *([r["collectives"]] if "collectives" in r else [])]))
         return 0
     t1, t2 = (int(s) for s in args.steps.split(","))
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,7 +20,9 @@ as every row of its bucket has stopped; the branch's state is gathered from and 
 to the full-size state (`ModelAdapter.take` / `put`) once per segment, never per step (a bucket
 of every unit keeps its rows in place and only cuts the slots). The program therefore holds
 1 + (segments - 1) * buckets copies of the step, traced once per compilation
-(`TRACE_COUNTS["segment"]`); `SINGLE_LOOP` is one loop over the full state.
+(`TRACE_COUNTS["segment"]`); `SINGLE_LOOP` is one loop over the full state. With the rows
+split over devices `sampler.generate` turns compaction off (a cross-shard gather all-reduces the
+compacted state on every device); the segments stay (cutting slots is shard-local).
 
 Random streams. Row r's uniform for token i is `uniform(fold_in(fold_in(key, r), i))` (r the
 row's index in the batch, prompt-major), drawn for all (r, i) before the loop: a row's tokens
