@@ -294,18 +294,21 @@ def plan_profile(args: argparse.Namespace) -> list[dict[str, Any]]:
                                     temperature=args.temperature, pad_id=cfg.pad_token_id,
                                     forbidden_ids=sampler.vision_special_ids(cfg))
     adapter = {"shared": sampler.QWEN2_5_VL, "repeat": sampler.QWEN2_5_VL_REPEAT}[args.adapter]
-    context = contextlib.nullcontext()
+    context = contextlib.nullcontext
     if args.data_parallel > 1:
+        from configs.curriculum import get_config
+        from rewardmap_jax.model import sharding
         from rewardmap_jax.rl.placement import Placement
 
-        mesh = jax.make_mesh((args.data_parallel,), ("data",),
-                             axis_types=(jax.sharding.AxisType.Auto,))
-        context = Placement(mesh, {"batch": "data"}).context()
+        mesh_cfg = get_config().mesh
+        mesh_cfg.update(data=args.data_parallel, fsdp=1, tensor=1)
+        mesh = sharding.make_mesh(mesh_cfg, jax.devices()[:args.data_parallel])
+        context = Placement(mesh, sharding.rules_from_config(mesh_cfg)).context
     out = []
     for name, plan in (("single_loop", decode.SINGLE_LOOP),
                        ("segments", decode.DecodePlan(unit_buckets=1)),
                        ("default", decode.DecodePlan())):
-        with context:
+        with context():
             args_of_call = rollout_args(sampler, functools.partial(
                 sampler.generate, model, adapter, batch, params, jax.random.key(0), plan))
             args_of_call = (*args_of_call[:-1], plan)  # as given, also under data parallelism
