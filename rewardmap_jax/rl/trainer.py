@@ -45,19 +45,12 @@ from flax import nnx
 
 from rewardmap_jax import evaluation
 from rewardmap_jax.config_utils import ConfigError
-from rewardmap_jax.data.curriculum import Schedule, Stage, schedule_from_config
-from rewardmap_jax.data.fast_tokenizer import FastTokenizer
-from rewardmap_jax.data.pipeline import DataPipeline
-from rewardmap_jax.data.sources import mapworld_sources
-from rewardmap_jax.data.tokenizer import tokenizer_source
-from rewardmap_jax.mapworld.generator import get_world
 from rewardmap_jax.model import sharding
-from rewardmap_jax.model.build import build_model, model_config
-from rewardmap_jax.model.qwen2_5_vl import Qwen2_5_VL  # noqa: F401 (tests build through it)
+from rewardmap_jax.model.build import build_model
 from rewardmap_jax.rewards import reward as reward_lib
-from rewardmap_jax.rewards.registry import make_reward_fn
-from rewardmap_jax.rl import grpo, optim, sampler, steps
+from rewardmap_jax.rl import grpo, inputs, optim, sampler, steps
 from rewardmap_jax.rl import rollout as ro
+from rewardmap_jax.rl.inputs import check_config  # noqa: F401 (the trainer's checks)
 from rewardmap_jax.rl.placement import Placement
 from rewardmap_jax.run import checkpoint as ck
 from rewardmap_jax.run import metrics_writer, plots
@@ -82,59 +75,6 @@ def _optimizer(config: mlc.ConfigDict, phase: str, total_updates: int):
         for key in ("lr", "schedule", "warmup_steps", "min_lr_ratio"):
             o[key] = config.sft[key]
     return optim.make_optimizer(o, max(total_updates, 1))
-
-
-def _world(config: mlc.ConfigDict):
-    return get_world(config.data.mapworld_world,
-                     highlight=bool(config.train.highlight_stations))
-
-
-def _sources(config: mlc.ConfigDict, split: str, size: int, tasks) -> dict[str, Any] | None:
-    if config.data.source != "mapworld":
-        return None  # the pipeline reads the real datasets itself
-    return mapworld_sources(_world(config), split, size, tasks)
-
-
-def sft_pipeline(config: mlc.ConfigDict, place: Placement | None = None) -> DataPipeline:
-    weights = dict(config.sft.tasks)
-    schedule = Schedule((Stage("sft", weights, int(config.sft.steps)),))
-    b = int(config.sft.batch_size)
-    kw = dict(schedule=schedule, batch_size=b, with_targets=True, repeat=False)
-    if place is not None:
-        kw["rows"] = place.rows(b)
-    src = _sources(config, "train", int(config.data.mapworld_questions_per_task), tuple(weights))
-    if src is not None:
-        kw["sources"] = src
-    return DataPipeline.from_config(config, **kw)
-
-
-def rl_pipeline(config: mlc.ConfigDict, place: Placement | None = None) -> DataPipeline:
-    schedule = schedule_from_config(config.curriculum)
-    kw: dict[str, Any] = dict(schedule=schedule)
-    if place is not None:
-        kw["rows"] = place.rows(int(config.data.batch_size))
-    src = _sources(config, "train", int(config.data.mapworld_questions_per_task),
-                   schedule.task_types)
-    if src is not None:
-        kw["sources"] = src
-    return DataPipeline.from_config(config, **kw)
-
-
-def check_config(config: mlc.ConfigDict) -> None:
-    """Consistency of keys that would otherwise fail deep inside a compiled step or the
-    optimizer; raises `ConfigError` naming the keys."""
-    c = config
-    errors = steps.config_errors(c) + evaluation.config_errors(
-        c, model_config(c).vision.patch_size)
-    if c.data.get("shard", "jax_process") != "jax_process" and jax.process_count() > 1:
-        errors.append(f"data.shard={c.data.shard!r}: in a multi-process run each process reads "
-                      "the rows its devices hold (data.shard='jax_process')")
-    if c.rl.dynamic_sampling and jax.process_count() > 1:
-        errors.append("rl.dynamic_sampling runs in one process only: its refill moves prompt "
-                      "groups between the hosts that read them (set rl.dynamic_sampling=False "
-                      "for multi-process runs)")
-    if errors:
-        raise ConfigError("; ".join(errors))
 
 
 def _batch_sizes(config: mlc.ConfigDict) -> dict[str, int]:
@@ -163,18 +103,14 @@ class Trainer:
         """`mesh`: the device mesh (default `sharding.make_mesh(config.mesh)` over all devices)."""
         self.config, self.workdir = config, Path(workdir)
         rl = config.rl
-        check_config(config)
         self.mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
         self.place = Placement(self.mesh, sharding.rules_from_config(config.mesh))
-        self.place.warn_unsharded(_batch_sizes(config))
-        self.model = build_model(config, self.mesh)
-        self.graphdef, self.params = nnx.split(self.model, nnx.Param)
-        self.mcfg = self.model.cfg
-        self.tokenizer = FastTokenizer(tokenizer_source(config))
-        self.reward_fn = make_reward_fn(config.reward)
+        # Config, tokenizer, reward and data first: a run that cannot work fails in seconds
+        # with every problem named, not after loading the weights (rl/inputs.py).
+        got = inputs.prepare_inputs(config, self.workdir, self.place)
+        self.tokenizer, self.reward_fn = got.tokenizer, got.reward_fn
+        self.sft_data, self.rl_data, self.evaluator = got.sft_data, got.rl_data, got.evaluator
         self.sft_steps = int(config.sft.steps)
-        self.sft_data = sft_pipeline(config, self.place) if self.sft_steps else None
-        self.rl_data = rl_pipeline(config, self.place)
         self.rl_steps = int(config.train.rl_steps) or (self.rl_data.num_steps or 0)
         if not self.rl_steps and config.curriculum.repeat:
             raise ConfigError("train.rl_steps must be > 0 when curriculum.repeat is set")
@@ -186,7 +122,11 @@ class Trainer:
             raise ConfigError(f"data.batch_size {b} is not divisible by rl.mini_batch_size {mb}")
         self.minibatches = b // mb
         self.loss_cfg = grpo.GRPOLossConfig.from_config(rl)
-        self.sp = sampler.params_from_config(rl, self.mcfg)
+        self.sp = sampler.params_from_config(rl, got.model_cfg)
+        self.place.warn_unsharded(_batch_sizes(config))
+        self.model = build_model(config, self.mesh)
+        self.graphdef, self.params = nnx.split(self.model, nnx.Param)
+        self.mcfg = self.model.cfg
         # Replicated over the mesh (not committed to one device): restored into this run's
         # mesh on resume, whatever the saving run's, and global in multi-process runs.
         seed = int(config.seed)
@@ -196,7 +136,6 @@ class Trainer:
         self.ref_params = None
         self._done = 0  # the last completed step (for the failure message)
         self.reports: list[dict[str, Any]] = []  # evaluation summaries (no per-question rows)
-        self.evaluator = evaluation.TrainingEvaluator(config, self.workdir)
 
     # -- phases --------------------------------------------------------------------------------
 

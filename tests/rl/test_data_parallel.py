@@ -15,11 +15,12 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from rewardmap_jax.data.sources import mapworld_sources
 from rewardmap_jax.evaluation import data as eval_data
 from rewardmap_jax.evaluation import generate as eval_generate
 from rewardmap_jax.model import sharding as sh
 from rewardmap_jax.rewards.registry import make_reward_fn
-from rewardmap_jax.rl import placement, sampler, scoring, steps, trainer
+from rewardmap_jax.rl import inputs, placement, sampler, scoring, steps, trainer
 from rewardmap_jax.rl import rollout as ro
 from rewardmap_jax.rl.placement import Placement
 from rewardmap_jax.run import metrics_writer
@@ -131,7 +132,7 @@ def test_sharded_reward_equals_host_reward():
     reward of every row, on 8 and on 4 shards."""
     c = get_config()
     tasks = ("TorF1", "Counting3", "planning", "Counting1")
-    sources = trainer.mapworld_sources(trainer._world(c), "test", 4, tasks)
+    sources = mapworld_sources(inputs.world(c), "test", 4, tasks)
     records = [s[i] for s in sources.values() for i in range(4)]  # 16 prompts
     rng = np.random.default_rng(0)
     g = 2
@@ -175,7 +176,7 @@ def _run(config, workdir, mesh):
     t.train()
     params = jax.tree.map(np.asarray, nnx.to_pure_dict(t.params))
     model = nnx.merge(t.graphdef, t.params)
-    records = eval_data.mapworld_data(trainer._world(config), "test", 4,
+    records = eval_data.mapworld_data(inputs.world(config), "test", 4,
                                       ("TorF1", "Counting3")).records
     got = eval_generate.generate(model, records, config, place=t.place, progress=False)
     texts = [got.completions[r.uid] for r in records]

@@ -12,6 +12,8 @@ import pytest
 from flax import nnx
 
 from rewardmap_jax.data.pipeline import DataPipeline
+from rewardmap_jax.model.build import model_config
+from rewardmap_jax.model.qwen2_5_vl import Qwen2_5_VL
 from rewardmap_jax.model.vision_layout import pack_vision_inputs
 from rewardmap_jax.rl import rollout as ro
 from rewardmap_jax.rl import sampler, steps, trainer
@@ -24,8 +26,8 @@ HERE = Path(__file__).resolve().parent
 @pytest.fixture(scope="module")
 def setup():
     c = get_config()
-    mcfg = trainer.model_config(c)
-    model = nnx.merge(*nnx.split(trainer.Qwen2_5_VL(mcfg, nnx.Rngs(params=3))))
+    mcfg = model_config(c)
+    model = nnx.merge(*nnx.split(Qwen2_5_VL(mcfg, nnx.Rngs(params=3))))
     pipe = DataPipeline.from_config(c, batch_size=4)
     batch = next(pipe.iterator())
     return c, model, batch
