@@ -185,7 +185,11 @@ def _sft_config() -> mlc.ConfigDict:
 def _train_config() -> mlc.ConfigDict:
     """Loop settings (rewardmap_jax/rl/trainer.py)."""
     t = mlc.ConfigDict()
-    t.rl_steps = 0  # GRPO steps after the warm start; 0 = one pass of the curriculum
+    # GRPO steps after the warm start; 0 = one pass of the curriculum, -1 = none (SFT only)
+    t.rl_steps = 0
+    # A run directory: a fresh run starts from the params of its latest checkpoint (optimizer,
+    # step and data state start afresh; rewardmap_jax/experiments/ablation.py shares warm starts).
+    t.init_from = ""
     # Map world: also mark the stations a question names on its map (ring = 1st, square = 2nd);
     # the tiny model learns Counting2 from the marker, not from reading labels (tiny_world.md).
     t.highlight_stations = False

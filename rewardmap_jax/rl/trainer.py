@@ -163,9 +163,12 @@ class Trainer:
         self.sft_steps = int(config.sft.steps)
         self.sft_data = sft_pipeline(config) if self.sft_steps else None
         self.rl_data = rl_pipeline(config)
-        self.rl_steps = int(config.train.rl_steps) or (self.rl_data.num_steps or 0)
-        if not self.rl_steps and config.curriculum.repeat:
+        rl_steps = int(config.train.rl_steps)  # -1: no RL phase (SFT only)
+        self.rl_steps = 0 if rl_steps < 0 else rl_steps or (self.rl_data.num_steps or 0)
+        if not self.rl_steps and rl_steps >= 0 and config.curriculum.repeat:
             raise ConfigError("train.rl_steps must be > 0 when curriculum.repeat is set")
+        if rl_steps < 0 and not int(config.sft.steps):
+            raise ConfigError("train.rl_steps=-1 (SFT only) needs sft.steps > 0")
         self.total = self.sft_steps + self.rl_steps
         self.g = int(rl.num_generations)
         b = self.rl_data.batch_size
@@ -226,6 +229,10 @@ class Trainer:
         self.sft_it = self.sft_data.iterator() if self.sft_data else None
         self.rl_it = self.rl_data.iterator()
         if latest is None:
+            init_from = self.config.train.get("init_from")
+            if init_from:  # a fresh run starting from another run's params
+                self.params, from_step = load_params(init_from, self.params)
+                log.info("initialised from the params of step %d of %s", from_step, init_from)
             if self.phase == "rl" and self._needs_ref():  # no warm start: RL from step 0
                 self.ref_params = jax.tree.map(jnp.copy, self.params)
             return 0
@@ -462,6 +469,16 @@ def _close_quietly(writer: Any, ckpt: ck.CheckpointManager) -> None:
             log.error("closing the %s failed: %s: %s", name, type(e).__name__, e)
 
 
+def load_params(workdir: str | Path, like: Any, step: int | None = None) -> tuple[Any, int]:
+    """(params of checkpoint `step` (default: the latest) of the run in `workdir`, its step),
+    laid out like `like`; FileNotFoundError when the run has no complete checkpoint."""
+    with ck.CheckpointManager(workdir, async_save=False, handle_preemption=False) as mgr:
+        got = mgr.restore({"params": ck.abstract_like(like)}, step, data_state=False)
+    if got is None:
+        raise FileNotFoundError(f"no complete checkpoint in {workdir}")
+    return got.state["params"], got.step
+
+
 def generate_completions(config: mlc.ConfigDict, sources: dict[str, Any], *,
                          workdir: str | None = None, hf_dir: str | None = None,
                          step: int | None = None) -> tuple[list, list[str]]:
@@ -477,12 +494,9 @@ def generate_completions(config: mlc.ConfigDict, sources: dict[str, Any], *,
         if not workdir:
             raise ValueError("generate_completions needs workdir or hf_dir")
         graphdef, params = nnx.split(model, nnx.Param)
-        with ck.CheckpointManager(workdir, async_save=False, handle_preemption=False) as mgr:
-            got = mgr.restore({"params": ck.abstract_like(params)}, step, data_state=False)
-        if got is None:
-            raise FileNotFoundError(f"no complete checkpoint in {workdir}")
-        log.info("evaluating checkpoint step %d of %s", got.step, workdir)
-        model = nnx.merge(graphdef, got.state["params"])
+        params, got_step = load_params(workdir, params, step)
+        log.info("evaluating checkpoint step %d of %s", got_step, workdir)
+        model = nnx.merge(graphdef, params)
     tokenizer = FastTokenizer(config.data.get("tokenizer") or config.model.get("hf_dir") or TINY)
     return evaluation.generate_answers(model, config, sources, tokenizer)
 
