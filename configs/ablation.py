@@ -29,7 +29,7 @@ from rewardmap_jax.config_utils import DEFAULT_CONFIG
 from rewardmap_jax.config_utils import get_config as _load
 
 # Study sizes (docs/reproduction.md says why and what they cost).
-WARM_START_STEPS = 1000
+WARM_START_STEPS = 1500  # = the demo's warm start (configs/curriculum.py tiny)
 RL_STEPS = 200
 EVAL_PER_TASK = 256  # held-out questions per task type in the final evaluation
 CURVE_EVERY = 50  # a held-out evaluation every CURVE_EVERY steps (learning curves)
@@ -93,7 +93,10 @@ def arms(rl_steps: int) -> dict[str, dict[str, Any]]:
 
 
 ARMS = arms(RL_STEPS)
-WARM_START_OVERRIDES: dict[str, Any] = {"sft.steps": WARM_START_STEPS, "train.rl_steps": -1}
+WARM_START_OVERRIDES: dict[str, Any] = {
+    "sft.steps": WARM_START_STEPS, "train.rl_steps": -1, "eval.every_steps": 300,
+    "eval.periodic_questions_per_task": 128, "checkpoint.every_steps": 300,
+    "checkpoint.keep": 10}
 RL_ARM: dict[str, Any] = {"sft.steps": 0, "train.rl_steps": RL_STEPS}
 PRESETS = ("warm_start", *ARMS)
 

@@ -102,7 +102,7 @@ def summarize_report(report: Mapping[str, Any], world: Any, reward_fn: Any | Non
             entry["reward_full"] = [round(float(x), 4) for x in full]
             row["reward_full"][task] = _mean(full)
         row["per_question"][task] = entry
-    if "planning" in row["per_question"] and "reward_full" in row["per_question"]["planning"]:
+    if "planning" in row["per_question"]:
         row["planning"] = planning_breakdown(row["per_question"]["planning"], world,
                                              report["tasks"]["planning"]["per_question"]["uid"])
     return row
@@ -110,10 +110,11 @@ def summarize_report(report: Mapping[str, Any], world: Any, reward_fn: Any | Non
 
 def planning_breakdown(entry: Mapping[str, Any], world: Any, uids: Sequence[str]
                        ) -> dict[str, Any]:
-    """Planning accuracy and full reward by question transfer count and by map difficulty."""
+    """Planning accuracy (and full reward, when re-scored) by question transfer count and by
+    map difficulty."""
     records = [record_of(u, world) for u in uids]
     acc = np.asarray(entry["accuracy"], np.float64)
-    rew = np.asarray(entry["reward_full"], np.float64)
+    rew = np.asarray(entry.get("reward_full", [math.nan] * len(acc)), np.float64)
     out: dict[str, Any] = {"transfers": {}, "difficulty": {}}
     keys = {"transfers": [str(r.question_transfer_count) for r in records],
             "difficulty": [r.difficulty_city for r in records]}
@@ -188,7 +189,7 @@ def _format_table(row: Mapping[str, Any]) -> str:
     for axis, groups in row.get("planning", {}).items():
         for value, g in groups.items():
             lines.append(f"  planning {axis}={value}: n {g['n']}, accuracy {g['accuracy']:.3f}, "
-                         f"reward {g['reward_full']:.2f}")
+                         f"full reward {g['reward_full']:.2f}")
     return "\n".join(lines)
 
 
@@ -201,8 +202,9 @@ def main(argv: Sequence[str]) -> int:
         world = world_of(config)
         reports = load_reports(run_dir)
         print(f"== {run_dir}")
-        for rep in reports:
-            print(_format_table(summarize_report(rep, world, None)))
+        for i, rep in enumerate(reports):  # only the last report keeps its completions
+            fn = full_reward_fn(config) if i == len(reports) - 1 else None
+            print(_format_table(summarize_report(rep, world, fn)))
     return 0
 
 

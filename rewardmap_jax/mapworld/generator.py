@@ -123,12 +123,16 @@ PRESETS: dict[str, WorldConfig] = {
         city_difficulty_bounds=(3, 5),
     ),
     # Route planning a small model can learn (docs/training.md): 2-3 connected lines on the
-    # tiny grid, transfers drawn as filled discs, short-template questions with 0-1 transfers.
+    # tiny grid in 4 colours, drawn thick (more line pixels per image token) with small station
+    # dots, transfers as filled discs, short-template questions with 0-1 transfers.
     "route": WorldConfig(
         name="route",
         min_lines=2,
         max_lines=3,
         connected=True,
+        palette_size=4,
+        line_width_scale=0.3,
+        station_radius_scale=0.1,
         planning_templates=("short",),
         transfer_style="dot",
         city_difficulty_bounds=(3, 5),
