@@ -38,8 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks import shapes
 from rewardmap_jax.config_utils import get_config
-from rewardmap_jax.model import rope_index, vision_layout
 from rewardmap_jax.model.config import ModelConfig, TextConfig, VisionConfig, get_preset
 from rewardmap_jax.model.qwen2_5_vl import init_model, param_count
 from rewardmap_jax.rl import grpo, optim, steps
@@ -90,30 +90,7 @@ def build_batch(cfg: ModelConfig, side: int, prompt_len: int, completion_len: in
                 seed: int = 0) -> dict[str, Any]:
     """SeqBatch (see rl/steps.py) of one prompt: text, a (1, side, side)-patch image, text;
     `reps` completions of `completion_len` tokens; the step is the trainer's own."""
-    rs = np.random.RandomState(seed)
-    grid = np.array([[1, side, side]])
-    n_img = vision_layout.num_vision_tokens(grid, cfg.vision)
-    n_text = prompt_len - n_img - 2
-    if n_text < 2:
-        raise ValueError(f"prompt_len {prompt_len} too short for {n_img} image tokens + 4 text")
-    text = rs.randint(0, 1000, size=n_text)
-    head = n_text // 8
-    ids = np.concatenate([text[:head], [cfg.vision_start_token_id], [cfg.image_token_id] * n_img,
-                          [cfg.vision_end_token_id], text[head:]]).astype(np.int32)[None]
-    mask = np.ones_like(ids, bool)
-    pos, deltas = rope_index.get_rope_index(ids, cfg, mask, grid)
-    pv = rs.randn(side * side, cfg.vision.patch_dim).astype(np.float32)
-    vision = vision_layout.pack_vision_inputs(pv, grid, cfg.vision)
-    n = reps
-    batch = {
-        "prompt_ids": ids, "prompt_mask": mask, "positions": pos, "rope_deltas": deltas,
-        "vision": vision, "vis_offsets": np.zeros((1,), np.int32),
-        "completion": rs.randint(0, 1000, size=(n, completion_len)).astype(np.int32),
-        "completion_mask": np.ones((n, completion_len), bool),
-        "old_logps": np.full((n, completion_len), -7.0, np.float32),
-        "ref_logps": np.full((n, completion_len), -7.0, np.float32),
-        "advantages": np.linspace(-1.0, 1.0, n).astype(np.float32) if n > 1 else np.ones(1, "f4"),
-    }
+    batch = shapes.seq_batch(cfg, 1, reps, prompt_len, completion_len, side, seed, stacked=False)
     return jax.tree.map(jnp.asarray, batch)
 
 
@@ -219,19 +196,22 @@ OFFICIAL = {"prompt": 20000, "response": 2048, "gens": 4, "prompts_per_update": 
 TEXT_TOKENS = 500  # prompt tokens that are not image tokens (system + question + template)
 
 
-def estimate(name: str, k: dict[str, float], n: int, b: float, act_bytes: int = 2
-             ) -> dict[str, float]:
+def estimate(name: str, k: dict[str, float], n: int, b: float, act_bytes: int = 2,
+             prompt: int | None = None, patches: int | None = None) -> dict[str, float]:
     """Per-device bytes of each memory term for a real preset at the official lengths.
 
     n: devices in the FSDP axis; b: sequences (prompt + response) per device in one
     value_and_grad. Activation terms use the calibration factors k["none"], k["full"].
+    prompt / patches: prompt tokens and patches of its one image (default: the official
+    20,000-token prompt filled by its map; `benchmarks/real_shapes.py` compiles 20,480 / 65,536).
     """
     cfg = get_preset(name)
     t, v = cfg.text, cfg.vision
     g = OFFICIAL["gens"]
-    s = OFFICIAL["prompt"] + OFFICIAL["response"]
+    prompt = prompt or OFFICIAL["prompt"]
+    s = prompt + OFFICIAL["response"]
     kvd = t.num_key_value_heads * t.head_dim
-    patches = v.merge_unit * (OFFICIAL["prompt"] - TEXT_TOKENS)  # one image per prompt
+    patches = patches or v.merge_unit * (prompt - TEXT_TOKENS)  # one image per prompt
     p = PARAMS[name]
     prompts = max(1.0, b / g)  # images encoded per device (once per prompt, shared by G rows)
     t_none = layer_act_elems(t.hidden_size, t.intermediate_size, kvd, "none")
@@ -253,7 +233,7 @@ def estimate(name: str, k: dict[str, float], n: int, b: float, act_bytes: int = 
         # sampler (default group-shared cache): per prompt L prompt slots + G x T sample slots,
         # k and v, bf16; `kv_cache_repeat` = the QWEN2_5_VL_REPEAT mode, G x (L + T) slots
         "kv_cache": max(1.0, OFFICIAL["prompts_per_update"] / n)
-        * (OFFICIAL["prompt"] + g * OFFICIAL["response"]) * t.num_hidden_layers * 2 * kvd
+        * (prompt + g * OFFICIAL["response"]) * t.num_hidden_layers * 2 * kvd
         * act_bytes,
         "kv_cache_repeat": max(1.0, OFFICIAL["prompts_per_update"] / n) * g * s
         * t.num_hidden_layers * 2 * kvd * act_bytes,

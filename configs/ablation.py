@@ -6,7 +6,8 @@ trains the supervised warm start once (`warm_start`), then every arm from it wit
 run alone is
 
     python -m rewardmap_jax.main --config configs/ablation.py:rewardmap --config.seed=1 \
-      --config.train.init_from=runs/ablation/warm_start/seed0 --workdir runs/ablation/rewardmap/seed1
+      --config.train.init_from=runs/ablation/warm_start/seed1 \
+      --workdir runs/ablation/rewardmap/seed1
 
 Every arm is `base()` plus the overrides listed in `arms()` and nothing else, following the rows
 of the paper's ablation (arXiv 2510.02240): the sparse RL baseline (correctness reward only,

@@ -93,10 +93,7 @@ def _rl_config() -> mlc.ConfigDict:
     rl.norm_len = 0  # seq-sum-token-mean divisor; 0 = max_new_tokens (static T)
     rl.logprob_chunk = 256  # positions per LM-head call when computing log-probs
     rl.tis_cap = 0.0  # truncated IS weight cap for sampler/trainer mismatch (0 = off; TRL/verl 2)
-    # rl/sampler.py: prompts are left-padded to the smallest bucket that fits (one compilation
-    # per bucket); stop ids () = the model's eos (<|im_end|>).
-    rl.prompt_buckets = (1024, 2048, 4096, 8192, 12288, 16384, 24576)
-    rl.stop_ids = ()
+    rl.stop_ids = ()  # () = the model's eos (<|im_end|>)
     return rl
 
 
@@ -144,19 +141,20 @@ def _log_config() -> mlc.ConfigDict:
 
 
 def _eval_config() -> mlc.ConfigDict:
-    """Evaluation (`python -m rewardmap_jax.evaluate`, and periodic eval during training)."""
+    """Evaluation (rewardmap_jax/evaluation/; docs/evaluation.md): inside training on the
+    configured data (`data.source`: the map world's `split` maps, or the held-out files of the
+    ReasonMap / ReasonMap-Plus directories), and `python -m rewardmap_jax.evaluate`. Greedy
+    decoding always."""
     ev = mlc.ConfigDict()
     ev.every_steps = 0  # 0 = only at the end of training
-    ev.max_questions = 0  # 0 = the whole split
-    ev.batch_size = 16
-    ev.temperature = 0.0  # greedy decoding for evaluation
-    ev.max_new_tokens = 2048
-    # Held-out evaluation inside training (rewardmap_jax/rl/evaluation.py; map world only).
-    ev.split = "val"  # map-world split never used for training
+    ev.batch_size = 16  # questions per generation batch (batches grouped by map size)
+    ev.max_new_tokens = 2048  # the official ReasonMap evaluation's limit
+    ev.split = "val"  # map world: split never used for training; real data: held-out files
     ev.tasks = ("TorF1", "TorF2", "Counting1", "Counting2", "Counting3", "planning")
+    # Map world: questions generated per task type; real data: a cap per task type, 0 = all.
     ev.questions_per_task = 1024  # warm-start and final evaluations (SE ~1.5 pts at p=.5)
     ev.periodic_questions_per_task = 128  # evaluations every `every_steps`
-    ev.at_sft_end = True  # evaluate the warm-start model (the baseline GRPO must beat)
+    ev.at_sft_end = True  # evaluate the warm-start model (only when sft.steps > 0)
     ev.final = True  # evaluate when training ends
     return ev
 
@@ -304,10 +302,12 @@ def _base() -> mlc.ConfigDict:
     c.model.remat = "none"  # none | full | dots
     c.model.attn_impl = "xla"  # xla | cudnn (GPU flash kernel; bf16/fp16 only)
     c.model.attn_chunk = 512  # query chunk of full/LM attention (memory O(chunk * keys))
-    # 0, or a bound on the slots one image spans in the packed vision buffer (a multiple of 64
-    # for the real models; a 16,384-token square map is 1,024 windows = 65,536 slots): vision
-    # full attention then reads attn_chunk + 2 * span keys per query chunk, not the whole buffer.
-    c.model.vision_frame_span = 0
+    # Bound on the slots one image spans in a packed vision buffer: vision full attention then
+    # reads attn_chunk + 2 * span keys per query chunk, not the whole buffer. -1 = derived from
+    # data.max_pixels (the most slots a resized image can span: 87,360 for the real models at
+    # the default max_pixels; model/build.py), 0 = every key, > 0 = this bound (a multiple of
+    # the model's window_patches, 64 for the real models).
+    c.model.vision_frame_span = -1
 
     c.mesh = _mesh_config()
 
@@ -379,7 +379,6 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         c.model.preset = "tiny"
         _tiny_data(c.data)
         c.rl.max_new_tokens = 64
-        c.rl.prompt_buckets = (64, 128, 256)
         c.rl.mini_batch_size = 8
         c.optim.lr = 1e-4
         c.checkpoint.every_steps = 50
@@ -392,5 +391,12 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         c.model.param_dtype = "float32"
         c.model.compute_dtype = "bfloat16"
         c.model.remat = "full"
+        # One prompt group (G sequences of up to 22,528 tokens + its map) per device per
+        # micro-step on 8 devices (the paper's 8 GPUs): 16 prompts / 8 devices / 2 micro-steps.
+        # Use rl.mini_batch_size / (data x fsdp devices): 4 on a v5p-8, 1 on 16 chips. Per-device
+        # peaks and headroom from the AOT compiles: docs/memory.md §5. (grad_accum > 1 needs
+        # same-size images per micro-batch until the trainer buckets them: docs/training.md.)
+        c.rl.grad_accum = 2
         c.data.source = "reasonmap"
+        c.eval.questions_per_task = 0  # the whole held-out split, as the papers report
     return c

@@ -5,9 +5,10 @@
 
 Rebuilds the run's model from WORKDIR/config.json (`model.hf_dir`'s config.json, else the
 `model.preset`), restores the `params` item of the checkpoint (the latest unless --step) into
-it, and writes safetensors + config.json + generation_config.json + tokenizer/processor files
-through `rewardmap_jax.model.hf_io.save_hf`; `Qwen2_5_VLForConditionalGeneration.from_pretrained`
-loads the result.
+it, and writes safetensors + config.json + generation_config.json + the run's tokenizer files and
+chat template through `rewardmap_jax.model.hf_io.save_hf`, then `preprocessor_config.json` (the
+image processor with the run's pixel limits). `Qwen2_5_VLForConditionalGeneration` and
+`AutoProcessor.from_pretrained` load the result.
 
 Checkpoint contract (what the trainer saves): `state["params"] = nnx.state(model, nnx.Param)`.
 """
@@ -28,38 +29,60 @@ from rewardmap_jax import config_utils
 from rewardmap_jax.run import checkpoint as ck
 
 PARAMS_ITEM = "params"
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
 
-def model_config_for_run(config: mlc.ConfigDict) -> Any:
-    """The `ModelConfig` a run trains: `model.hf_dir`'s config.json, else `model.preset`."""
-    from rewardmap_jax.model import config as model_config
-    from rewardmap_jax.model import hf_io
+def _tokenizer_dir(config: mlc.ConfigDict) -> str:
+    """Where tokenizer files (and the chat template) come from: the tokenizer the run used."""
+    from rewardmap_jax.data.tokenizer import resolve_dir, tokenizer_source
 
-    m = config.model
-    policy = {"param_dtype": m.param_dtype, "compute_dtype": m.compute_dtype}
-    if m.get("hf_dir"):
-        return hf_io.load_hf_config(m.hf_dir, **policy)
-    return model_config.get_preset(m.preset, **policy)
+    return str(resolve_dir(tokenizer_source(config)))
 
 
-def _tokenizer_dir(config: mlc.ConfigDict) -> str | None:
-    """Where tokenizer/processor files come from: the HF dir, else the data tokenizer."""
-    if config.model.get("hf_dir"):
-        return str(config.model.hf_dir)
-    name = config.get("data", {}).get("tokenizer", "") or "tiny"
-    from rewardmap_jax.data.tokenizer import resolve_dir
+def preprocessor_config(config: mlc.ConfigDict, model_cfg: Any) -> dict[str, Any]:
+    """`preprocessor_config.json` of the run: transformers' Qwen2-VL image processor with the
+    settings the run's pipeline used (`rewardmap_jax.data.image_processing`): the run's
+    `data.min_pixels`/`max_pixels` (under both the transformers 4.x keys and 5.x `size`), the
+    vision tower's patch, merge and temporal sizes, CLIP mean/std, bicubic resize."""
+    from rewardmap_jax.data.image_processing import ImageProcessorConfig
 
-    return str(resolve_dir(name))
+    v = model_cfg.vision
+    ip = ImageProcessorConfig(
+        min_pixels=int(config.data.min_pixels),
+        max_pixels=int(config.data.max_pixels),
+        patch_size=v.patch_size,
+        merge_size=v.spatial_merge_size,
+        temporal_patch_size=v.temporal_patch_size,
+    )
+    return {
+        "image_processor_type": "Qwen2VLImageProcessor",
+        "processor_class": "Qwen2_5_VLProcessor",
+        "do_convert_rgb": True,
+        "do_resize": True,
+        "resample": 3,  # PIL.Image.BICUBIC
+        "do_rescale": True,
+        "rescale_factor": ip.rescale_factor,
+        "do_normalize": True,
+        "image_mean": list(ip.image_mean),
+        "image_std": list(ip.image_std),
+        "min_pixels": ip.min_pixels,
+        "max_pixels": ip.max_pixels,
+        "size": {"shortest_edge": ip.min_pixels, "longest_edge": ip.max_pixels},
+        "patch_size": ip.patch_size,
+        "temporal_patch_size": ip.temporal_patch_size,
+        "merge_size": ip.merge_size,
+    }
 
 
 def restore_model(workdir: str | Path, step: int | None = None) -> tuple[int, Any, Any]:
     """(step, model, run config): the run's model with the checkpoint's params, on one device."""
     from flax import nnx
 
+    from rewardmap_jax.model.build import model_config
     from rewardmap_jax.model.qwen2_5_vl import Qwen2_5_VL
 
     config = config_utils.load_config(workdir)
-    cfg = model_config_for_run(config)
+    cfg = model_config(config)
     model = nnx.eval_shape(lambda: Qwen2_5_VL(cfg, nnx.Rngs(params=0)))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(
@@ -96,6 +119,10 @@ def export_checkpoint(
     # the Hugging Face checkpoints are published in.
     dtype = dtype or config.model.compute_dtype
     files = hf_io.save_hf(model, str(out_dir), dtype=dtype, source_dir=_tokenizer_dir(config))
+    # Written after save_hf's copies: the run's pixel limits, not those of model.hf_dir.
+    (out_dir / PREPROCESSOR_CONFIG).write_text(
+        json.dumps(preprocessor_config(config, model.cfg), indent=2) + "\n"
+    )
     summary = {
         "workdir": str(workdir),
         "step": step,
@@ -121,8 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="default: the run's model.compute_dtype"
     )
     args = parser.parse_args(argv)
+    # Resolved once, here: Orbax refuses relative checkpoint paths.
+    workdir, out = config_utils.absolute_path(args.workdir), config_utils.absolute_path(args.out)
     try:
-        summary = export_checkpoint(args.workdir, args.out, step=args.step, dtype=args.dtype)
+        summary = export_checkpoint(workdir, out, step=args.step, dtype=args.dtype)
     except (FileNotFoundError, KeyError, ValueError) as e:
         print(f"export: {e}", file=sys.stderr)
         return 1

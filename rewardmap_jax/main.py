@@ -5,6 +5,7 @@ r"""RewardMap training entry point.
 
 Initialises multi-process JAX when launched as several processes (TPU pod, SLURM, or the
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables that `launch/` sets),
+makes the workdir and every path in the config absolute (relative to the current directory),
 saves the resolved config to WORKDIR/config.{json,yaml}, then runs
 `rewardmap_jax.rl.trainer.run(config, workdir)`, which resumes from the latest checkpoint in
 WORKDIR. Unknown keys and values of the wrong type stop the run before any compute.
@@ -128,11 +129,16 @@ def run(config: mlc.ConfigDict, workdir: str | Path) -> int:
             "written with local file I/O, so use a local path or a mounted bucket (gcsfuse) "
             "shared by all hosts"
         )
+    # Relative paths are resolved once, here: Orbax refuses them, and config.json must name
+    # the same directories for `export`/`evaluate` run from elsewhere.
+    workdir = Path(config_utils.absolute_path(workdir))
+    config_utils.absolute_config_paths(config)
+    if missing := config_utils.missing_paths(config):
+        raise config_utils.ConfigError("invalid config:\n  " + "\n  ".join(missing))
     initialize_distributed(config)
     primary = jax.process_index() == 0
     if not primary:
         logging.set_verbosity(logging.WARNING)  # logs come from process 0 only
-    workdir = Path(workdir)
     if primary:
         json_path, _ = config_utils.save_config(config, workdir)
         logging.info("config (preset %s) saved to %s", config.get("preset"), json_path)

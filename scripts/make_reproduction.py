@@ -24,7 +24,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from rewardmap_jax.experiments import ablation, tables  # noqa: E402
-from rewardmap_jax.mapworld.records import PLUS_TYPES  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results" / "ablation.jsonl"
 DOC = ROOT / "docs" / "reproduction.md"

@@ -13,6 +13,8 @@ import jax
 import numpy as np
 import pytest
 
+from tests import browser
+
 REPO = Path(__file__).resolve().parents[1]
 OVERRIDES = [
     "--config.sft.steps=3", "--config.sft.batch_size=8", "--config.sft.warmup_steps=1",
@@ -53,19 +55,34 @@ def test_cli_writes_every_artefact(run_dir):
     assert (run_dir / "plots" / "curves.png").stat().st_size > 1000
     assert (run_dir / "gallery" / "index.html").exists()
     assert (run_dir / "gallery" / "step_4.html").exists()
-    report = (run_dir / "eval" / "report.md").read_text()
-    assert "warm_start" in report and "final" in report
+    assert (run_dir / "gallery" / "eval_final.html").exists()
+    report = (run_dir / "eval" / "summary.md").read_text()
+    assert "| warm_start | 3 |" in report and "| final | 5 |" in report
+    assert "# final vs warm_start (paired" in report and "| accuracy/Counting3 | 8 |" in report
     import json
 
-    reps = json.loads((run_dir / "eval" / "report.json").read_text())
+    reps = json.loads((run_dir / "eval" / "summary.json").read_text())
     assert [r["tag"] for r in reps] == ["warm_start", "final"]
-    assert reps[-1]["tasks"]["Counting3"]["n"] == 8
-    assert len(reps[0]["tasks"]["Counting3"]["per_question"]["uid"]) == 8
-    change = reps[-1]["change_vs_first"]
-    assert change["first"] == "warm_start" and change["tasks"]["Counting3"]["paired"]
+    assert reps[-1]["summary"]["accuracy/Counting3"]["n"] == 8
+    warm = json.loads((run_dir / "eval" / "warm_start.json").read_text())
+    assert sum(s["type"] == "Counting3" for s in warm["samples"]) == 8
+    assert "ReasonMap-Plus (VQA)" in (run_dir / "eval" / "final.md").read_text()
     summary = json.loads((run_dir / "train_summary.json").read_text())
     # Fixed shapes: one compilation of each update step per prompt-length bucket in use.
     assert summary["trace_counts"]["grpo_step"] <= 2 and summary["trace_counts"]["sft_step"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(browser.CHROMIUM is None,
+                    reason="chromium not installed (apt-get install chromium)")
+def test_gallery_pages_in_a_browser(run_dir, tmp_path):
+    """The run's own pages: a training page (GRPO step 4, 2 questions) and the final held-out
+    page (one question per task type) draw every map and show no warning."""
+    for page, n in (("step_4.html", 2), ("eval_final.html", 6)):
+        info = browser.inspect_page(run_dir / "gallery" / page, tmp_path / page)
+        browser.assert_maps_drawn(info, n)
+        assert info["flags"] in ([], ["all rewards equal: zero advantage"] * len(info["flags"]))
+        assert not any("non-finite" in f for f in info["flags"])
 
 
 @pytest.mark.slow
@@ -75,9 +92,10 @@ def test_export_matches_transformers_greedy(run_dir, tmp_path):
 
     from rewardmap_jax import config_utils
     from rewardmap_jax.data.fast_tokenizer import FastTokenizer
+    from rewardmap_jax.evaluation import data, generate
     from rewardmap_jax.export import restore_model
-    from rewardmap_jax.rl import evaluation, sampler
     from rewardmap_jax.rl import rollout as ro
+    from rewardmap_jax.rl import sampler
 
     hf_dir = tmp_path / "hf"
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -89,11 +107,9 @@ def test_export_matches_transformers_greedy(run_dir, tmp_path):
     assert step == 5
     config = config_utils.load_config(run_dir)
     hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir).eval()
-    sources = evaluation.eval_sources("tiny", "val", 4, tuple(config.eval.tasks))
-    with config.unlocked():
-        config.eval.batch_size = N_QUESTIONS
-    batch = next(evaluation._pipeline(config, sources, N_QUESTIONS).iterator())
-    prompts = ro.prepare_prompts(batch, model.cfg)
+    records = data.mapworld_data("tiny", "val", 4, tuple(config.eval.tasks)).records[:N_QUESTIONS]
+    batch, prompts, kept, bad = generate.Batcher(config, "tiny", model.cfg, N_QUESTIONS)(records)
+    assert len(kept) == N_QUESTIONS and not bad
     t = 24
     sp = sampler.params_from_config(config.rl, model.cfg, num_generations=1, temperature=0.0,
                                     max_new_tokens=t)

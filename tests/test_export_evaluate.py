@@ -1,4 +1,4 @@
-"""export (checkpoint -> HF directory) and evaluate (records + completions -> reports) CLIs."""
+"""export (checkpoint -> HF directory); the evaluate CLI is tested in tests/evaluation/."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ import pytest
 from flax import nnx
 
 from rewardmap_jax import config_utils, evaluate, export
-from rewardmap_jax.mapworld.questions import answer_text
-from rewardmap_jax.mapworld.records import TASK_TYPES
-from rewardmap_jax.model import hf_io
+from rewardmap_jax.model import build, hf_io
 from rewardmap_jax.model.qwen2_5_vl import Qwen2_5_VL
 from rewardmap_jax.run import checkpoint as ck
 
@@ -24,7 +22,7 @@ def tiny_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
     config = config_utils.get_config(preset="tiny")
     config_utils.save_config(config, workdir)
-    model_cfg = export.model_config_for_run(config)
+    model_cfg = build.model_config(config)
     params = {}
     with ck.CheckpointManager(workdir, async_save=False, handle_preemption=False) as mgr:
         for step, seed in ((4, 1), (8, 2)):
@@ -73,66 +71,6 @@ def test_export_errors_are_clear(tiny_run, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def _records(per_type: int = 2):
-    return evaluate.load_records("mapworld:tiny", split="test", per_type=per_type)
-
-
-def test_load_records_from_mapworld():
-    records = _records()
-    assert [r.type for r in records] == [t for t in TASK_TYPES for _ in range(2)]
-    assert len({r.uid for r in records}) == len(records)
-    with pytest.raises(ValueError, match="--data must be"):
-        evaluate.load_records("imagenet", split="test", per_type=1)
-
-
-def test_evaluate_scores_completions_file(tmp_path, capsys):
-    records = _records()
-    # First record of each type answered with the reference, the second with junk.
-    rows = [
-        {"uid": r.uid, "completion": answer_text(r) if i % 2 == 0 else "I am not sure."}
-        for i, r in enumerate(records)
-    ]
-    path = tmp_path / "outputs.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    argv = ["--completions", str(path), "--data", "mapworld:tiny", "--per_type", "2"]
-    assert evaluate.main([*argv, "--out", str(tmp_path / "rep")]) == 0
-    printed = json.loads(capsys.readouterr().out)
-    assert printed["plus/acc"] == 0.5
-    report = json.loads((tmp_path / "rep" / "eval_outputs.json").read_text())
-    summary = report["summary"]
-    assert summary["count/plus/acc"] == 10
-    for t in TASK_TYPES[:-1]:
-        assert summary[f"plus/acc_{t}"] == 0.5
-    planning = [s for s in report["samples"] if s["type"] == "planning"]
-    assert [s["acc"] for s in planning] == [1.0, 0.0]
-    assert planning[0]["map_score"] > planning[1]["map_score"] == 0.0
-    assert report["completions"][1]["completion"] == "I am not sure."
-    md = (tmp_path / "rep" / "eval_outputs.md").read_text()
-    assert "| plus/acc | 50.00% | 10 |" in md
-
-
-def test_evaluate_input_errors(tmp_path, capsys):
-    records = _records(1)
-    path = tmp_path / "partial.jsonl"
-    path.write_text(json.dumps({"uid": records[0].uid, "completion": "yes"}) + "\n")
-    argv = ["--data", "mapworld:tiny", "--per_type", "1", "--out", str(tmp_path)]
-    assert evaluate.main(["--completions", str(path), *argv]) == 1
-    assert "no completion for 5 of 6 records" in capsys.readouterr().err
-    path.write_text('{"uid": "x"}\n')
-    assert evaluate.main(["--completions", str(path), *argv]) == 1
-    assert "partial.jsonl:1: expected" in capsys.readouterr().err
-    with pytest.raises(SystemExit):  # exactly one source of completions
-        evaluate.main(["--completions", str(path), "--hf_dir", str(tmp_path)])
-
-
-def test_evaluate_generation_needs_the_trainer_hook(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(evaluate, "GENERATE_MODULE", "rewardmap_jax.rl.no_such_trainer")
-    argv = ["--hf_dir", str(tmp_path), "--data", "mapworld:tiny", "--per_type", "1"]
-    assert evaluate.main([*argv, "--out", str(tmp_path)]) == 1
-    assert "--completions FILE.jsonl" in capsys.readouterr().err
-    assert not list(tmp_path.glob("eval_*"))
-
-
 def test_exported_directory_loads_in_transformers(tiny_run, tmp_path):
     """The product: `from_pretrained` takes the export with no missing or unexpected keys."""
     torch = pytest.importorskip("torch")
@@ -154,29 +92,30 @@ def test_exported_directory_loads_in_transformers(tiny_run, tmp_path):
     np.testing.assert_array_equal(hf_lm.layers[0].mlp.down_proj.weight.detach().numpy(), down.T)
 
 
-def test_evaluate_generates_through_the_trainer_hook(tiny_run, tmp_path, monkeypatch, capsys):
-    import importlib.machinery
-    import sys
-    import types
+def test_export_and_evaluate_with_relative_paths(tiny_run, monkeypatch, capsys):
+    """`export --workdir RUN --out DIR` and `evaluate --workdir RUN --out DIR` with paths
+    relative to the current directory (Orbax refuses relative paths; the CLIs resolve them)."""
+    workdir, params = tiny_run
+    monkeypatch.chdir(workdir.parent)
+    run = workdir.name
+    assert export.main(["--workdir", run, "--step", "4", "--out", "exported/rel"]) == 0, (
+        capsys.readouterr().err
+    )
+    summary = json.loads(capsys.readouterr().out)
+    out = workdir.parent / "exported" / "rel"
+    assert summary["workdir"] == str(workdir) and summary["out"] == str(out)
+    loaded = hf_io.load_hf(str(out))
+    a, b = _leaves(nnx.state(loaded, nnx.Param))[0], _leaves(params[4])[0]
+    np.testing.assert_array_equal(a, b)
+    # The image processor of the run: its pixel limits, the tower's patch and merge sizes.
+    pre = json.loads((out / export.PREPROCESSOR_CONFIG).read_text())
+    config = config_utils.load_config(workdir)
+    assert (pre["min_pixels"], pre["max_pixels"]) == (config.data.min_pixels,
+                                                      config.data.max_pixels)
+    assert pre["size"] == {"shortest_edge": pre["min_pixels"], "longest_edge": pre["max_pixels"]}
+    assert (pre["patch_size"], pre["merge_size"], pre["temporal_patch_size"]) == (14, 2, 2)
 
-    calls = []
-
-    def generate_completions(config, sources, *, workdir, hf_dir, step):
-        calls.append((config.preset, sorted(sources), workdir, hf_dir, step))
-        records = [sources[t][i] for t in sorted(sources) for i in range(len(sources[t]))]
-        return records, [answer_text(r) for r in records]
-
-    fake = types.ModuleType("fake_trainer_hook")
-    fake.__spec__ = importlib.machinery.ModuleSpec("fake_trainer_hook", None)
-    fake.generate_completions = generate_completions
-    monkeypatch.setitem(sys.modules, "fake_trainer_hook", fake)
-    monkeypatch.setattr(evaluate, "GENERATE_MODULE", "fake_trainer_hook")
-    workdir, _ = tiny_run
-    out = tmp_path / "rep"
-    argv = ["--workdir", str(workdir), "--step", "4", "--per_type", "1", "--out", str(out)]
-    assert evaluate.main(argv) == 0
-    assert calls == [("tiny", sorted(TASK_TYPES), str(workdir), None, 4)]
-    report = json.loads((out / "eval_step_4.json").read_text())
-    assert report["summary"]["plus/acc"] == 1.0
-    assert [s["acc"] for s in report["samples"]] == [1.0] * len(TASK_TYPES)
-    assert json.loads(capsys.readouterr().out)["plus/acc"] == 1.0
+    argv = ["--workdir", run, "--step", "4", "--questions_per_task", "1", "--out", "reports",
+            "--no_progress"]
+    assert evaluate.main(argv) == 0, capsys.readouterr().err
+    assert (workdir.parent / "reports" / "cli_step4.json").exists()

@@ -39,9 +39,35 @@ _CLI_WITH_FAKE_TRAINER = textwrap.dedent(
 )
 
 
-def _cli(*args: str, cwd: Path, fake_trainer: bool = True) -> subprocess.CompletedProcess:
+# A stand-in trainer that resumes as the real one does: one step per start, restoring the
+# latest Orbax checkpoint in the workdir main hands it (Orbax refuses relative paths).
+_CLI_WITH_CHECKPOINTING_TRAINER = textwrap.dedent(
+    """
+    import importlib.machinery, sys, types
+    import jax.numpy as jnp
+    from rewardmap_jax import main
+    from rewardmap_jax.run import checkpoint as ck
+    fake = types.ModuleType("fake_trainer")
+    fake.__spec__ = importlib.machinery.ModuleSpec("fake_trainer", None)
+    def run(config, workdir):
+        with ck.CheckpointManager(workdir, async_save=False, handle_preemption=False) as mgr:
+            got = mgr.restore({"step": ck.abstract_like(jnp.int32(0))})
+            step = 0 if got is None else int(got.state["step"])
+            mgr.save(step + 1, {"step": jnp.int32(step + 1)}, data_state={"seen": step + 1})
+        print(f"resumed from {step}, saved {step + 1} in {workdir}")
+    fake.run = run
+    sys.modules["fake_trainer"] = fake
+    main.TRAINER_MODULE = "fake_trainer"
+    main.cli(["main"] + sys.argv[1:])
+    """
+)
+
+
+def _cli(
+    *args: str, cwd: Path, fake_trainer: bool = True, script: str = _CLI_WITH_FAKE_TRAINER
+) -> subprocess.CompletedProcess:
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-c", _CLI_WITH_FAKE_TRAINER] if fake_trainer else [
+    cmd = [sys.executable, "-c", script] if fake_trainer else [
         sys.executable, "-m", "rewardmap_jax.main"
     ]  # fmt: skip
     return subprocess.run(
@@ -54,7 +80,7 @@ def test_cli_saves_config_and_dispatches_to_trainer(tmp_path):
     assert out.returncode == 0, out.stderr
     workdir = tmp_path / "runs" / "tiny"  # the default workdir
     called = json.loads((workdir / "trainer_called_0.json").read_text())
-    assert called == {"workdir": "runs/tiny", "num_generations": 8, "processes": 1}
+    assert called == {"workdir": str(workdir), "num_generations": 8, "processes": 1}
     saved = json.loads((workdir / "config.json").read_text())
     expected = config_utils.config_to_dict(curriculum.get_config("tiny"))
     expected["rl"]["num_generations"] = 8
@@ -73,6 +99,57 @@ def test_cli_preset_and_workdir(tmp_path):
     assert (saved.model.param_dtype, saved.model.compute_dtype) == ("float32", "bfloat16")
 
 
+def test_cli_makes_every_relative_path_absolute(tmp_path):
+    """A relative --workdir and relative paths in the config are resolved against the current
+    directory once, in main: the trainer gets an absolute workdir and config.json holds absolute
+    paths, so export/evaluate work from any directory. Empty values and "tiny" stay."""
+    for d in ("models/qwen", "data/ReasonMap", "t"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "my_reward.py").write_text("def score(records, completions):\n    return {}\n")
+    out = _cli(
+        "--workdir=runs/rel", "--config.model.hf_dir=models/qwen",
+        "--config.data.reasonmap_dir=data/ReasonMap", "--config.data.reasonmap_train_dir=./t",
+        "--config.reward.fn=my_reward.py:score", cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    workdir = tmp_path / "runs" / "rel"
+    assert json.loads((workdir / "trainer_called_0.json").read_text())["workdir"] == str(workdir)
+    saved = config_utils.load_config(workdir)
+    assert saved.model.hf_dir == str(tmp_path / "models" / "qwen")
+    assert saved.data.reasonmap_dir == str(tmp_path / "data" / "ReasonMap")
+    assert saved.data.reasonmap_train_dir == str(tmp_path / "t")
+    assert saved.reward.fn == f"{tmp_path / 'my_reward.py'}:score"
+    assert saved.data.reasonmap_plus_dir == "" and saved.data.tokenizer == ""
+    out = _cli("--workdir=runs/tok", "--config.data.tokenizer=tiny", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert config_utils.load_config(tmp_path / "runs" / "tok").data.tokenizer == "tiny"
+
+
+def test_absolute_config_paths_helper(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert config_utils.absolute_path("a/b") == str(tmp_path / "a" / "b")
+    assert config_utils.absolute_path("gs://bucket/run") == "gs://bucket/run"
+    assert config_utils.absolute_path("~") == os.path.expanduser("~")
+    config = curriculum.get_config("tiny")
+    config.data.tokenizer = "tok"
+    config.reward.fn = "rewardmap"  # a registered name, not a path
+    config_utils.absolute_config_paths(config)
+    assert config.data.tokenizer == str(tmp_path / "tok") and config.reward.fn == "rewardmap"
+    assert config.model.hf_dir == ""
+
+
+def test_resume_with_a_relative_workdir(tmp_path):
+    """The same command started twice with a relative --workdir: the second start restores the
+    first one's Orbax checkpoint (which a relative path made Orbax refuse) and goes on."""
+    args = ("--workdir", "runs/tiny", "--config.checkpoint.keep=5")
+    for step in (1, 2):
+        out = _cli(*args, cwd=tmp_path, script=_CLI_WITH_CHECKPOINTING_TRAINER)
+        assert out.returncode == 0, out.stderr[-3000:]
+        workdir = tmp_path / "runs" / "tiny"
+        assert f"resumed from {step - 1}, saved {step} in {workdir}" in out.stdout
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["1", "2"]
+
+
 @pytest.mark.parametrize(
     "flag, message",
     [
@@ -84,6 +161,8 @@ def test_cli_preset_and_workdir(tmp_path):
         (f"--config={REPO}/configs/curriculum.py:huge", "unknown preset 'huge'"),
         ("--workdir=gs://bucket/run", "invalid --workdir gs://bucket/run: a URL"),
         ("--config=/no/such/config.py", "No such file or directory: '/no/such/config.py'"),
+        ("--config.model.hf_dir=no/such", "config.model.hf_dir: no directory '/"),
+        ("--config.reward.fn=no_such.py:score", "config.reward.fn: no file '/"),
     ],
 )
 def test_cli_rejects_bad_config_before_compute(tmp_path, flag, message):

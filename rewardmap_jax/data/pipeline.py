@@ -59,7 +59,7 @@ from rewardmap_jax.data.sources import (
     real_sources,
     source_sizes,
 )
-from rewardmap_jax.data.tokenizer import TINY, special_token_ids
+from rewardmap_jax.data.tokenizer import TINY, special_token_ids, tokenizer_source
 from rewardmap_jax.mapworld.records import TASK_TYPES, Record
 
 log = logging.getLogger(__name__)
@@ -143,29 +143,40 @@ class ProcessElement:
 
     def _process(self, record: Record, task: str, stage: int, element: int) -> dict[str, Any]:
         tok, special = self._tokenizer()
-        spec = self.spec
-        image = open_figure(record.figure, spec.image.max_image_pixels)
-        pixels, grid = preprocess(image, spec.image, dtype=np.dtype(spec.pixel_dtype))
-        ids = prompts.encode_prompt(tok, record, grid, special, spec.image.merge_size,
-                                    spec.system_prompt)
-        ids = prompts.fit_prompt(ids, spec.max_prompt_len, special, spec.truncation, record.uid)
-        out = {
-            "input_ids": ids,
-            "pixel_values": pixels,
-            "image_grid_thw": grid,
+        out = encode_example(record, self.spec, tok, special)
+        out.update({
             "task_id": TASK_TYPES.index(task),
             "stage": stage,
             "element": element,
             "valid": int(self.cycle.is_valid(element)),
             "record": _host_record(record),
-        }
-        if spec.with_targets:
-            target = prompts.encode_target(tok, record, special)
-            if len(target) > spec.max_answer_len:
-                raise ValueError(f"target has {len(target)} tokens, above the largest answer "
-                                 f"bucket {spec.max_answer_len} (data.answer_buckets)")
-            out["target_ids"] = target
+        })
         return out
+
+
+def image_rows(record: Record, spec: ProcessSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(pixel_values, image_grid_thw) of a record's figure under `spec`'s image settings."""
+    image = open_figure(record.figure, spec.image.max_image_pixels)
+    return preprocess(image, spec.image, dtype=np.dtype(spec.pixel_dtype))
+
+
+def encode_example(record: Record, spec: ProcessSpec, tok: Any, special: Any,
+                   image: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """A record's model inputs: `input_ids`, `pixel_values`, `image_grid_thw` (and
+    `target_ids` with targets). `image` reuses `image_rows(record, spec)` computed earlier
+    (records sharing a map)."""
+    pixels, grid = image if image is not None else image_rows(record, spec)
+    ids = prompts.encode_prompt(tok, record, grid, special, spec.image.merge_size,
+                                spec.system_prompt)
+    ids = prompts.fit_prompt(ids, spec.max_prompt_len, special, spec.truncation, record.uid)
+    out = {"input_ids": ids, "pixel_values": pixels, "image_grid_thw": grid}
+    if spec.with_targets:
+        target = prompts.encode_target(tok, record, special)
+        if len(target) > spec.max_answer_len:
+            raise ValueError(f"target has {len(target)} tokens, above the largest answer "
+                             f"bucket {spec.max_answer_len} (data.answer_buckets)")
+        out["target_ids"] = target
+    return out
 
 
 def _host_record(record: Record) -> Record:
@@ -335,22 +346,9 @@ class DataPipeline:
         self.sources = {t: sources[t] for t in schedule.task_types}
         self.cycle = PlanCycle(schedule, source_sizes(self.sources), self.batch_size, seed,
                                repeat, drop_remainder)
-        self.buckets = Buckets(tuple(data_cfg.prompt_buckets), tuple(data_cfg.patch_buckets),
-                               tuple(data_cfg.answer_buckets))
+        self.buckets = buckets_from_config(data_cfg)
         self.pixel_dtype = np.dtype(_pixel_dtype(data_cfg.pixel_dtype))
-        self.spec = ProcessSpec(
-            tokenizer=tokenizer,
-            image=ImageProcessorConfig(
-                min_pixels=int(data_cfg.min_pixels), max_pixels=int(data_cfg.max_pixels),
-                max_image_pixels=int(data_cfg.max_image_pixels)),
-            system_prompt=data_cfg.system_prompt,
-            truncation=data_cfg.truncation,
-            max_prompt_len=max(self.buckets.prompt),
-            max_answer_len=max(self.buckets.answer),
-            with_targets=with_targets,
-            on_bad_row=data_cfg.on_bad_row,
-            pixel_dtype=self.pixel_dtype.name if self.pixel_dtype.kind == "f" else "float32",
-        )
+        self.spec = process_spec(data_cfg, tokenizer, with_targets)
         self.worker_count = int(data_cfg.worker_count)
         self.read_threads = int(data_cfg.get("read_threads", 1))
         self.prefetch = int(data_cfg.get("prefetch", 2))
@@ -374,7 +372,7 @@ class DataPipeline:
             else:
                 raise ValueError(f"unknown data.source {d.source!r}; expected mapworld|reasonmap")
         schedule = overrides.pop("schedule", None) or schedule_from_config(config.curriculum)
-        tokenizer = d.get("tokenizer") or config.model.get("hf_dir") or TINY
+        tokenizer = tokenizer_source(config)
         overrides.setdefault("tokenizer", tokenizer)
         overrides.setdefault("seed", int(config.seed))
         overrides.setdefault("repeat", bool(config.curriculum.repeat))
@@ -426,6 +424,30 @@ class DataPipeline:
     def iterator(self) -> grain.DatasetIterator:
         """A fresh iterator from the start; `get_state()`/`set_state()` resume exactly."""
         return iter(self.dataset())
+
+
+def buckets_from_config(data_cfg: Any) -> Buckets:
+    return Buckets(tuple(data_cfg.prompt_buckets), tuple(data_cfg.patch_buckets),
+                   tuple(data_cfg.answer_buckets))
+
+
+def process_spec(data_cfg: Any, tokenizer: str, with_targets: bool = False) -> ProcessSpec:
+    """The per-record processing settings of the `data` config section."""
+    buckets = buckets_from_config(data_cfg)
+    pixel_dtype = np.dtype(_pixel_dtype(data_cfg.pixel_dtype))
+    return ProcessSpec(
+        tokenizer=tokenizer,
+        image=ImageProcessorConfig(
+            min_pixels=int(data_cfg.min_pixels), max_pixels=int(data_cfg.max_pixels),
+            max_image_pixels=int(data_cfg.max_image_pixels)),
+        system_prompt=data_cfg.system_prompt,
+        truncation=data_cfg.truncation,
+        max_prompt_len=max(buckets.prompt),
+        max_answer_len=max(buckets.answer),
+        with_targets=with_targets,
+        on_bad_row=data_cfg.on_bad_row,
+        pixel_dtype=pixel_dtype.name if pixel_dtype.kind == "f" else "float32",
+    )
 
 
 def _ensure_absl_flags_parsed() -> None:

@@ -86,7 +86,7 @@ _SPLIT_ALIASES = {"train": ("train",), "val": ("val", "validation"),
                   "test": ("test", "validation", "val")}
 
 
-def _split_paths(path: Path, split: str) -> list[Path]:
+def split_paths(path: Path, split: str) -> list[Path]:
     """The parquet files of `split` under a dataset directory (HF layout `data/<split>*.parquet`);
     all of them if no file name mentions a split, or `path` itself if it is a file."""
     if path.is_file():
@@ -115,7 +115,7 @@ def _load_real(loader: str, path: str, split: str, data_cfg: Any) -> tuple[list[
         kwargs["root"] = root  # figure/metro paths are relative to the dataset root
     records: list[Record] = []
     skipped = 0
-    for file in _split_paths(root, split):
+    for file in split_paths(root, split):
         result = fn(file, **kwargs)
         records.extend(result.records)
         skipped += len(result.skipped)

@@ -67,6 +67,12 @@ def resolve_dir(path_or_builtin: str | os.PathLike) -> Path:
     return path
 
 
+def tokenizer_source(config: Any) -> str:
+    """The tokenizer a run uses, the one rule every entry point follows: `data.tokenizer`, else
+    the weights' directory `model.hf_dir`, else the built-in `"tiny"`."""
+    return str(config.data.get("tokenizer") or config.model.get("hf_dir") or TINY)
+
+
 def load_tokenizer(path_or_builtin: str | os.PathLike = TINY) -> Any:
     """Returns a transformers tokenizer (`PreTrainedTokenizerBase`), left padding, offline."""
     from transformers import AutoTokenizer

@@ -184,8 +184,9 @@ def _format_table(row: Mapping[str, Any]) -> str:
              "  task        n   accuracy  reward  reward_full"]
     for task in TASK_TYPES:
         if task in row["n"]:
+            full = row["reward_full"].get(task, math.nan)
             lines.append(f"  {task:10s} {row['n'][task]:4d}  {row['accuracy'][task]:.3f}    "
-                         f"{row['reward'][task]:6.2f}  {row['reward_full'].get(task, math.nan):6.2f}")
+                         f"{row['reward'][task]:6.2f}  {full:6.2f}")
     for axis, groups in row.get("planning", {}).items():
         for value, g in groups.items():
             lines.append(f"  planning {axis}={value}: n {g['n']}, accuracy {g['accuracy']:.3f}, "

@@ -37,7 +37,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from PIL import Image
 
-from rewardmap_jax.mapworld.network import clean_station_name
+from rewardmap_jax.mapworld.cleaner import clean_rm
 from rewardmap_jax.mapworld.records import PLUS_TYPES, TASK_TYPES, Record
 
 Image.MAX_IMAGE_PIXELS = None  # bounded by `max_pixels` at every open below (module docstring)
@@ -226,10 +226,13 @@ def _int(row: dict[str, Any], name: str, default: int = 0) -> int:
 
 
 def _check_stations(row: dict[str, Any], metro: dict[str, list[str]]) -> None:
-    known = {clean_station_name(s) for stations in metro.values() for s in stations}
+    """The named stations are stations of the metro dict as the official scorer compares
+    names (`cleaner.clean_rm`: case, spaces and bracketed notes ignored, so "坝堰站" names
+    "坝堰（机场）站"); a row failing this cannot be answered correctly."""
+    known = {clean_rm(s) for stations in metro.values() for s in stations}
     for key in ("station_1", "station_2"):
         name = row.get(key)
-        if name is not None and clean_station_name(str(name)) not in known:
+        if name is not None and clean_rm(str(name)) not in known:
             raise _Bad(f"{key} {name!r} is not a station of the metro json")
 
 
@@ -248,10 +251,9 @@ def _common(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def long_template(question_long: str) -> str:
-    """`long_via` if the long question asks for "Via Stops" lists, else `long_num_via`."""
-    if "Number of Via Stops" in question_long:
-        return "long_num_via"
-    return "long_via" if "Via Stops" in question_long else "long_num_via"
+    """`long_num_via` when the long question asks for "Number of Via Stops:" (with the colon,
+    exactly the official test), else `long_via`."""
+    return "long_num_via" if "Number of Via Stops:" in question_long else "long_via"
 
 
 # ---------------------------------------------------------------------------------------------

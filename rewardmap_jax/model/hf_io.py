@@ -1,7 +1,8 @@
 """Hugging Face Qwen2.5-VL directory <-> NNX model (safetensors only).
 
-Import streams tensors one at a time into a shape-only model (peak memory ~ model + one tensor),
-accepting every key layout in the wild (spec §5): canonical 4.x/5.x saves (`visual.*`, `model.*`,
+Import reads each tensor straight into its shards (`load_hf(..., shardings=...)`: a block per
+device, read from the memory-mapped safetensors file; no whole-model copy anywhere), accepting
+every key layout in the wild (spec §5): canonical 4.x/5.x saves (`visual.*`, `model.*`,
 `lm_head.*`), the 5.x module tree (`model.visual.*`, `model.language_model.*`) and base-model saves
 (`visual.*` + `language_model.*`). Export writes the canonical layout with safetensors metadata
 `format: pt`, `config.json` and `generation_config.json`, and copies tokenizer/processor files.
@@ -13,8 +14,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -98,12 +98,24 @@ def canonical_key(key: str) -> str:
     return key
 
 
-def _to_ours(x: jax.Array, kind: str) -> jax.Array:
+def _our_shape(shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
+    """Shape of a file tensor in our layout (torch `weight` (out, in) -> kernel (in, out))."""
     if kind == "linear":
-        return x.T
+        return tuple(reversed(shape))
     if kind == "patch":
-        return x.reshape(x.shape[0], -1).T
-    return x
+        return (int(np.prod(shape[1:])), shape[0])
+    return tuple(shape)
+
+
+def _read_ours(sl: Any, kind: str, index: tuple[slice, ...]) -> np.ndarray:
+    """`index` (slices of our layout) of a safetensors slice object, read in our layout: only
+    the bytes of that block are read (transposed dims are sliced in the file's order)."""
+    if kind == "linear":
+        return sl[index[1], index[0]].T
+    if kind == "patch":  # rows index[1] of the (hidden, C, T, P, P) weight, flattened, then cols
+        rows = sl[index[1]]
+        return rows.reshape(rows.shape[0], -1)[:, index[0]].T
+    return sl[index]
 
 
 def _to_torch_layout(x: np.ndarray, kind: str, cfg: ModelConfig) -> np.ndarray:
@@ -140,12 +152,27 @@ def _safetensor_files(hf_dir: str) -> list[str]:
     return [os.path.join(hf_dir, f) for f in files]
 
 
-def iter_tensors(hf_dir: str) -> Iterator[tuple[str, str, jax.Array]]:
-    """Yields (file key, canonical key, array) one tensor at a time (dtype as stored)."""
+class _Entry(NamedTuple):
+    path: str  # safetensors file
+    key: str  # key in that file
+    shape: tuple[int, ...]  # as stored
+    dtype: str  # safetensors dtype name as stored ("BF16", "F32", ...)
+
+
+def checkpoint_index(hf_dir: str) -> tuple[dict[str, _Entry], list[str]]:
+    """Canonical key -> where the tensor is, from the safetensors headers only (no tensor data
+    is read); and the canonical keys found more than once (e.g. two layouts mixed)."""
+    index: dict[str, _Entry] = {}
+    dup: list[str] = []
     for path in _safetensor_files(hf_dir):
-        with safe_open(path, framework="flax") as f:
+        with safe_open(path, framework="np") as f:
             for key in f.keys():
-                yield key, canonical_key(key), f.get_tensor(key)
+                sl = f.get_slice(key)
+                ckey = canonical_key(key)
+                if ckey in index:
+                    dup.append(ckey)
+                index[ckey] = _Entry(path, key, tuple(sl.get_shape()), sl.get_dtype())
+    return index, dup
 
 
 def load_hf_config(hf_dir: str, **policy: Any) -> ModelConfig:
@@ -161,51 +188,92 @@ def load_hf(
     hf_dir: str,
     cfg: ModelConfig | None = None,
     *,
-    put: Callable[[Path, jax.Array], jax.Array] | None = None,
+    shardings: Any = None,
     **policy: Any,
 ) -> Qwen2_5_VL:
-    """Loads an HF Qwen2.5-VL directory into a new model.
+    """Loads an HF Qwen2.5-VL directory into a new model, each tensor streamed into its shards.
+
+    Every key, shape and dtype is checked from the safetensors headers before any tensor data
+    is read. Then, one tensor at a time, `jax.make_array_from_callback` asks for the block of
+    each addressable shard; the block is read from the memory-mapped file in the torch layout
+    (linear weights are transposed, the patch-embed Conv3d flattened, after slicing), cast to
+    the param dtype, and placed on its device. No device or host ever holds the whole model or
+    another device's shard; host memory peaks at the loaded shards plus one tensor's blocks,
+    and on a multi-host mesh each host reads only its own devices' blocks.
 
     Args:
       hf_dir: directory with config.json and *.safetensors (sharded or not, any dtype).
-      cfg: overrides the directory's config.json (its dtype policy decides the param dtype).
-      put: optional hook (our state path, array in param dtype) -> placed array, e.g. a
-        `jax.device_put` to a sharding; default keeps the array on the default device.
-      policy: ModelConfig fields (param_dtype, compute_dtype, remat, attn_impl, attn_chunk) used
-        when cfg is None.
+      cfg: the ModelConfig to build (architecture and execution policy); default: the
+        directory's config.json with `policy` (param_dtype, compute_dtype, remat, attn_impl,
+        attn_chunk, vision_frame_span).
+      shardings: target sharding per parameter: an `nnx.State` (or flat `{path: sharding}`)
+        of the model's structure, e.g. `build.param_shardings` / `sharding.state_shardings`
+        on the abstract model; default: every parameter on the first local device.
     Raises:
-      ValueError listing missing and unexpected keys, or shape mismatches.
+      ValueError listing missing, unexpected and duplicated keys and shape mismatches.
     """
     cfg = load_hf_config(hf_dir, **policy) if cfg is None else cfg
     model = nnx.eval_shape(lambda: Qwen2_5_VL(cfg, nnx.Rngs(params=0)))
     graphdef, state = nnx.split(model)
     flat = dict(nnx.to_flat_state(state))
     mapping = hf_param_map(cfg)
-    seen: set[str] = set()
-    unexpected, bad_shape = [], []
-    for key, ckey, arr in iter_tensors(hf_dir):
-        if ckey not in mapping:
-            if not (cfg.tie_word_embeddings and ckey == "lm_head.weight"):
-                unexpected.append(key)
-            continue
-        path, kind = mapping[ckey]
-        var = flat[path]
-        x = _to_ours(arr, kind)
-        if x.shape != var.shape:
-            bad_shape.append(f"{key}: file {tuple(arr.shape)} -> {tuple(x.shape)}, "
-                             f"model expects {tuple(var.shape)}")
-            continue
-        x = x.astype(cfg.pdtype)
-        var.set_value(put(path, x) if put else x)
-        seen.add(ckey)
-    missing = sorted(set(mapping) - seen)
-    if missing or unexpected or bad_shape:
+    index, dup = checkpoint_index(hf_dir)
+    unexpected = sorted(e.key for k, e in index.items() if k not in mapping
+                        and not (cfg.tie_word_embeddings and k == "lm_head.weight"))
+    missing = sorted(set(mapping) - set(index))
+    bad_shape = []
+    for ckey, (path, kind) in mapping.items():
+        if ckey in index and _our_shape(index[ckey].shape, kind) != tuple(flat[path].shape):
+            e = index[ckey]
+            bad_shape.append(f"{e.key}: file {e.shape} -> {_our_shape(e.shape, kind)}, "
+                             f"model expects {tuple(flat[path].shape)}")
+    if missing or unexpected or bad_shape or dup:
         raise ValueError(
             f"cannot load {hf_dir}:\n  missing keys ({len(missing)}): {missing}\n"
-            f"  unexpected keys ({len(unexpected)}): {sorted(unexpected)}\n"
-            f"  shape mismatches ({len(bad_shape)}): {bad_shape}"
+            f"  unexpected keys ({len(unexpected)}): {unexpected}\n"
+            f"  shape mismatches ({len(bad_shape)}): {bad_shape}\n"
+            f"  keys stored more than once ({len(dup)}): {sorted(dup)}"
         )
+    targets = _target_shardings(shardings, flat)
+    # File order, so consecutive reads stay within one shard file.
+    for ckey in sorted(mapping, key=lambda k: (index[k].path, index[k].key)):
+        path, kind = mapping[ckey]
+        flat[path].set_value(_load_tensor(index[ckey], kind, tuple(flat[path].shape),
+                                          cfg.pdtype, targets[path]))
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def _target_shardings(shardings: Any, flat: dict[Path, Any]) -> dict[Path, jax.sharding.Sharding]:
+    if shardings is None:
+        one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return dict.fromkeys(flat, one)
+    items = shardings.items() if isinstance(shardings, dict) else nnx.to_flat_state(shardings)
+    out = {tuple(p): (s.get_value() if isinstance(s, nnx.Variable) else s) for p, s in items}
+    if set(out) != set(flat):
+        raise ValueError(f"shardings do not match the model's parameters: missing "
+                         f"{sorted(set(flat) - set(out))[:5]}, "
+                         f"extra {sorted(set(out) - set(flat))[:5]}")
+    return out
+
+
+def _load_tensor(entry: _Entry, kind: str, shape: tuple[int, ...], dtype: jnp.dtype,
+                 target: jax.sharding.Sharding) -> jax.Array:
+    """One checkpoint tensor as a jax Array laid out by `target`; each distinct block is read
+    once (replicas of a block reuse it). The file is opened for this tensor only, so its mapped
+    pages leave the process with it."""
+    blocks: dict[tuple[tuple[int, int], ...], np.ndarray] = {}
+    with safe_open(entry.path, framework="np") as f:
+        sl = f.get_slice(entry.key)
+
+        def block(idx: tuple[slice, ...]) -> np.ndarray:
+            idx = tuple(idx) + (slice(None),) * (len(shape) - len(idx))
+            bounds = tuple(s.indices(n)[:2] for s, n in zip(idx, shape, strict=True))
+            if bounds not in blocks:
+                sub = tuple(slice(a, b) for a, b in bounds)
+                blocks[bounds] = np.ascontiguousarray(_read_ours(sl, kind, sub), dtype=dtype)
+            return blocks[bounds]
+
+        return jax.make_array_from_callback(shape, target, block, dtype=dtype)
 
 
 def _generation_config(cfg: ModelConfig) -> dict[str, Any]:

@@ -181,16 +181,19 @@ class TextModel(nnx.Module):
         ctx = _AttnContext(kv_seg, q_pos, kv_pos, index,
                            cache.prefix.valid if shared else None)
 
-        def run(layer, x, kv, prefix_kv):
-            return layer(x, cos, sin, kv, ctx, prefix_kv)
+        def run(graphdef, state, x, kv, prefix_kv):
+            return nnx.merge(graphdef, state)(x, cos, sin, kv, ctx, prefix_kv)
 
         if self.cfg.remat != "none":
-            run = nnx.remat(run, policy=remat_policy(self.cfg.remat))
+            # Functional remat (split -> jax.checkpoint -> merge), not nnx.remat: nnx.remat writes
+            # the layer's state back after the call, which fails when the model was merged
+            # outside the current trace (the sampler's decode loop, jax.vmap).
+            run = jax.checkpoint(run, policy=remat_policy(self.cfg.remat), static_argnums=(0,))
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             kv = None if own is None else (own.k[i], own.v[i])
             prefix_kv = (cache.prefix.k[i], cache.prefix.v[i]) if shared else None
-            x, (k, v) = run(layer, x, kv, prefix_kv)
+            x, (k, v) = run(*nnx.split(layer), x, kv, prefix_kv)
             new_k.append(k)
             new_v.append(v)
         x = constrain(self.norm(x), RESIDUAL_AXES)

@@ -124,13 +124,17 @@ class VisionTower(nnx.Module):
         seg = vi.segment_ids.astype(jnp.int32)
         x = self.patch_embed(vi.pixels)
 
-        def run(block, x):
+        def run(graphdef, state, x):
+            block = nnx.merge(graphdef, state)
             return block(x, cos, sin, seg, self.cfg.vision_frame_span)
 
         if self.cfg.remat != "none":
-            run = nnx.remat(run, policy=remat_policy(self.cfg.remat))
+            # Functional remat (split -> jax.checkpoint -> merge) rather than nnx.remat: nnx.remat
+            # writes the block's state back after the call, which fails when the tower runs
+            # under jax.vmap (one image per buffer, `rl.steps.embed`) with the params unbatched.
+            run = jax.checkpoint(run, policy=remat_policy(self.cfg.remat), static_argnums=(0,))
         for block in self.blocks:
-            x = run(block, x)
+            x = run(*nnx.split(block), x)
         return self.merger(x)
 
     def __call__(self, vi: VisionInputs) -> jax.Array:

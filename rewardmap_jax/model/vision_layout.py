@@ -14,6 +14,8 @@ sizes.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from flax import struct
 
@@ -50,6 +52,40 @@ def required_patches(grid_thw: np.ndarray, cfg: VisionConfig) -> int:
     """Minimum buffer slots for the items: windows * window_patches (>= sum t*h*w, because edge
     windows are padded to full size)."""
     return num_windows(grid_thw, cfg) * cfg.window_patches
+
+
+def max_frame_slots(max_pixels: int, cfg: VisionConfig, max_aspect_ratio: float = 200) -> int:
+    """The most buffer slots one image frame can span after the HF Qwen2-VL resize rule.
+
+    The processor (`smart_resize`, inputs of aspect ratio <= `max_aspect_ratio`) yields a grid
+    of H x W merged tokens (a token is px = `patch_size * spatial_merge_size` pixels a side),
+    H <= W, H * W <= T = max_pixels / px^2. For input sides a <= b (b <= r a, r the ratio):
+
+    * kept size: H = round(a / px), W = round(b / px), so W <= r (H + 1/2) + 1/2;
+    * shrunk by beta > 1: with x = a / (beta px), H = floor(x) and W <= T / x, where
+      x >= sqrt(T / r) because b <= r a. (Enlarging to min_pixels gives W <= r H.)
+
+    The frame's slots are its windows, ceil(H / ws) * ceil(W / ws) (ws = `window_tokens`),
+    times `window_patches`; the bound is the largest over every H of its longest admissible
+    W. Edge windows are padded to full size, so an elongated frame spans more slots than a
+    square one of the same area: at the real models' 112-px windows and max_pixels
+    12,845,056, a square 3,584-px map spans 65,536 slots and the bound is 87,360 (H = 9,
+    W = 1,820 tokens, e.g. a 265 x 50,960 px input). A multiple of `window_patches`.
+    """
+    token_px = cfg.patch_size * cfg.spatial_merge_size
+    tokens = int(max_pixels) // (token_px * token_px)
+    if tokens < 1:
+        raise ValueError(f"max_pixels={max_pixels} is smaller than one {token_px}x{token_px} "
+                         "merged token")
+    ws, x_min = cfg.window_tokens, math.sqrt(tokens / max_aspect_ratio)
+    most = 0
+    for h in range(1, math.isqrt(tokens) + 1):
+        w = min(tokens // h, math.floor(max_aspect_ratio * (h + 0.5) + 0.5))  # kept size
+        if x_min < h + 1:  # shrunk: x in [max(h, x_min), h + 1) (h = 1 also takes x < 1)
+            w = max(w, math.floor(tokens / max(h if h > 1 else 0, x_min) + 1e-9))
+        if w >= h:
+            most = max(most, -(-h // ws) * -(-w // ws))
+    return most * cfg.window_patches
 
 
 def bucket_patches(n_windows: int, cfg: VisionConfig, min_windows: int = 1) -> int:

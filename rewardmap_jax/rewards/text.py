@@ -18,6 +18,8 @@ import dataclasses
 import functools
 import re
 
+from rewardmap_jax.mapworld.cleaner import clean_rm  # noqa: F401  (ReasonMap's cleaner)
+
 # Annotations the datasets append to station names; the official loaders drop them first.
 STATION_ANNOTATIONS: tuple[str, ...] = (
     " (Transfer Station)",
@@ -34,6 +36,8 @@ ANSWER_FLAGS: tuple[str, ...] = (
     "the answer should be",
 )
 WRONG = "Wrong"  # what the official parser stores when a field regex does not match
+NUM_VIA_MARKER = "Number of Via Stops: "  # the official long-answer field splits
+VIA_MARKER = "Via Stops: "
 
 _PAREN_RE = re.compile(r"[\(\（][^\)\）]*[\)\）]")
 _SPACE_DASH_RE = re.compile(r"[\s\-]+")
@@ -51,9 +55,6 @@ _RW_REPLACEMENTS: tuple[tuple[str, str], ...] = (
     ("Tech", "Technology"), ("road", "lu"), ("Road", "lu"),
     ("Station", ""), ("station", ""), ("Asian Games Village", "yayuncun"),
 )  # fmt: skip
-_RM_REPLACEMENTS: tuple[tuple[str, str], ...] = (
-    ("Metro", ""), ("metro", ""), (",", ""), ("*", ""), ("\n", ""),
-)  # fmt: skip
 
 
 # Names repeat across a batch (every record of a city shares its stations): memoise the cleaners.
@@ -67,15 +68,6 @@ def clean_rw(s: str) -> str:
         s = s.replace(old, new)
     if s.endswith("站"):
         s = s[:-1]
-    s = _PAREN_RE.sub("", s)
-    return _SPACE_DASH_RE.sub("", s).lower()
-
-
-@functools.lru_cache(maxsize=_CLEAN_CACHE_SIZE)
-def clean_rm(s: str) -> str:
-    """ReasonMap's `clean_string` (the metric's name normaliser), rule for rule."""
-    for old, new in _RM_REPLACEMENTS:
-        s = s.replace(old, new)
     s = _PAREN_RE.sub("", s)
     return _SPACE_DASH_RE.sub("", s).lower()
 
@@ -245,6 +237,9 @@ class Section:
     `departure`/`arrival` are already cleaned once (or the literal `WRONG`), as in the official
     dicts; comparisons clean them again. `strict` says whether the section also passes the
     case-sensitive key check of the accuracy rule; `regex_ok` whether every field regex matched.
+    `num_via` / `via` hold the official remainder after "Number of Via Stops: " / "Via Stops: "
+    (the whole chunk when the marker is missing, as the official split gives); `long_found`
+    says whether the marker was there.
     """
 
     route: str
@@ -254,6 +249,7 @@ class Section:
     regex_ok: bool
     num_via: str | None = None
     via: str | None = None
+    long_found: bool = False
 
 
 _KEYS = ("Route Name:", "Departure Stop:", "Arrival Stop:")
@@ -308,11 +304,14 @@ def parse_sections(
             arr = clean(am.group(1)) if am else WRONG
             regex_ok = regex_ok and am is not None
         num_via = via = None
+        found = False
         if long_field == "num_via":
-            num_via = chunk.split("Number of Via Stops: ")[-1].strip()
+            num_via = chunk.split(NUM_VIA_MARKER)[-1].strip()
+            found = NUM_VIA_MARKER in chunk
         elif long_field == "via":
-            via = chunk.split("Via Stops: ")[-1].strip()
-        sections.append(Section(route, departure, arr, strict, regex_ok, num_via, via))
+            via = chunk.split(VIA_MARKER)[-1].strip()
+            found = VIA_MARKER in chunk
+        sections.append(Section(route, departure, arr, strict, regex_ok, num_via, via, found))
     return sections, n_chunks
 
 

@@ -25,7 +25,6 @@ from rewardmap_jax.model import rope_index
 from rewardmap_jax.model.config import ModelConfig
 from rewardmap_jax.model.vision_layout import pack_vision_inputs, required_patches
 from rewardmap_jax.rl import grpo, sampler, steps
-from rewardmap_jax.run import gallery
 
 PROMPT_KEYS = ("prompt_ids", "prompt_mask", "positions", "rope_deltas", "vision", "vis_offsets")
 
@@ -208,17 +207,6 @@ def select_rows(results: Sequence[RolloutResult], rows: Sequence[tuple[int, int]
         scores={k: np.stack([results[i].scores[k][r] for i, r in rows]) for k in first.scores},
         advantages=cat("advantages"), adv_metrics=first.adv_metrics,
         times={k: sum(x.times[k] for x in results) for k in first.times})
-
-
-def gallery_items(res: RolloutResult, g: int, n: int) -> list[Any]:
-    """Gallery items (`rewardmap_jax.run.gallery`) of the first `n` prompt groups of a rollout."""
-    items = []
-    for j in range(min(n, len(res.records) // g)):
-        rows = range(j * g, (j + 1) * g)
-        items.append(gallery.item_from_record(
-            res.records[j * g], [res.texts[i] for i in rows],
-            [{k: float(v[i]) for k, v in res.scores.items()} for i in rows]))
-    return items
 
 
 def dynamic_sampling(first: tuple[dict[str, Any], dict[str, Any], RolloutResult],

@@ -7,9 +7,12 @@
 * steps [0, sft.steps): cross-entropy on the answer tokens of map-world questions (`sft.tasks`
   mixture) - a random model cannot be rewarded into the answer format;
 * then the reference policy for the KL term is frozen (a copy of the warm-started params), the
-  warm-start model is evaluated on held-out maps, and GRPO runs: next prompt batch (curriculum) ->
-  G samples -> text -> reward components -> group advantages -> `ppo_epochs` x mini-batch updates
-  -> metrics; a checkpoint every `checkpoint.every_steps`, at the phase switch and on SIGTERM;
+  warm-start model is evaluated on the held-out data (`rewardmap_jax.evaluation`: the map
+  world's `eval.split`, or the held-out ReasonMap / ReasonMap-Plus files when
+  `data.source="reasonmap"`; SIGTERM stops it between batches), and GRPO runs: next prompt
+  batch (curriculum) -> G samples -> text -> reward components -> group advantages ->
+  `ppo_epochs` x mini-batch updates -> metrics; a checkpoint every `checkpoint.every_steps`,
+  at the phase switch and on SIGTERM;
 * a final held-out evaluation (JSON + Markdown report with standard errors), a rollout gallery
   and the reward/accuracy plot.
 
@@ -32,22 +35,23 @@ import ml_collections as mlc
 import numpy as np
 from flax import nnx
 
+from rewardmap_jax import evaluation
 from rewardmap_jax.config_utils import ConfigError
 from rewardmap_jax.data.curriculum import Schedule, Stage, schedule_from_config
 from rewardmap_jax.data.fast_tokenizer import FastTokenizer
 from rewardmap_jax.data.pipeline import DataPipeline
 from rewardmap_jax.data.sources import mapworld_sources
-from rewardmap_jax.data.tokenizer import TINY
+from rewardmap_jax.data.tokenizer import tokenizer_source
 from rewardmap_jax.mapworld.generator import get_world
 from rewardmap_jax.model import sharding
-from rewardmap_jax.model.config import get_preset
-from rewardmap_jax.model.qwen2_5_vl import Qwen2_5_VL
+from rewardmap_jax.model.build import build_model, model_config
+from rewardmap_jax.model.qwen2_5_vl import Qwen2_5_VL  # noqa: F401 (tests build through it)
 from rewardmap_jax.rewards import reward as reward_lib
 from rewardmap_jax.rewards.registry import make_reward_fn
-from rewardmap_jax.rl import evaluation, grpo, optim, sampler, steps
+from rewardmap_jax.rl import grpo, optim, sampler, steps
 from rewardmap_jax.rl import rollout as ro
 from rewardmap_jax.run import checkpoint as ck
-from rewardmap_jax.run import gallery, metrics_writer, plots
+from rewardmap_jax.run import metrics_writer, plots
 
 log = logging.getLogger(__name__)
 
@@ -61,34 +65,6 @@ def compile_count() -> int:
 # ----------------------------------------------------------------------------------------------
 # Setup
 # ----------------------------------------------------------------------------------------------
-
-
-def model_config(config: mlc.ConfigDict):
-    m = config.model
-    policy = dict(param_dtype=m.param_dtype, compute_dtype=m.compute_dtype, remat=m.remat,
-                  attn_impl=m.get("attn_impl", "xla"), attn_chunk=int(m.get("attn_chunk", 512)),
-                  vision_frame_span=int(m.get("vision_frame_span", 0)))
-    if m.get("hf_dir"):
-        from rewardmap_jax.model import hf_io
-
-        return hf_io.load_hf_config(m.hf_dir, **policy)
-    return get_preset(m.preset, **policy)
-
-
-def build_model(config: mlc.ConfigDict, mesh) -> Qwen2_5_VL:
-    """The policy, sharded over `mesh`: HF weights from `model.hf_dir`, else a random init."""
-    rules = sharding.rules_from_config(config.mesh)
-    path_rules = tuple(config.mesh.get("path_rules", ()))
-    if config.model.get("hf_dir"):
-        from rewardmap_jax.model import hf_io
-
-        model = hf_io.load_hf(config.model.hf_dir)
-        graphdef, state = nnx.split(model)
-        shardings = sharding.state_shardings(state, mesh, rules, path_rules)
-        return nnx.merge(graphdef, sharding.shard_state(state, shardings))
-    cfg = model_config(config)
-    return sharding.create_sharded_model(
-        lambda: Qwen2_5_VL(cfg, nnx.Rngs(params=int(config.seed))), mesh, rules, path_rules)
 
 
 def _optimizer(config: mlc.ConfigDict, phase: str, total_updates: int):
@@ -157,8 +133,7 @@ class Trainer:
         self.model = build_model(config, self.mesh)
         self.graphdef, self.params = nnx.split(self.model, nnx.Param)
         self.mcfg = self.model.cfg
-        self.tokenizer = FastTokenizer(config.data.get("tokenizer") or
-                                       config.model.get("hf_dir") or TINY)
+        self.tokenizer = FastTokenizer(tokenizer_source(config))
         self.reward_fn = make_reward_fn(config.reward)
         self.sft_steps = int(config.sft.steps)
         self.sft_data = sft_pipeline(config) if self.sft_steps else None
@@ -182,7 +157,8 @@ class Trainer:
         self.freeze_vision = bool(config.optim.freeze_vision)
         self.ref_params = None
         self._done = 0  # the last completed step (for the failure message)
-        self.reports: list[dict[str, Any]] = []
+        self.reports: list[dict[str, Any]] = []  # evaluation summaries (no per-question rows)
+        self.evaluator = evaluation.TrainingEvaluator(config, self.workdir)
 
     # -- phases --------------------------------------------------------------------------------
 
@@ -231,7 +207,7 @@ class Trainer:
         if latest is None:
             init_from = self.config.train.get("init_from")
             if init_from:  # a fresh run starting from another run's params
-                self.params, from_step = load_params(init_from, self.params)
+                self.params, from_step = ck.load_params(init_from, self.params)
                 log.info("initialised from the params of step %d of %s", from_step, init_from)
             if self.phase == "rl" and self._needs_ref():  # no warm start: RL from step 0
                 self.ref_params = jax.tree.map(jnp.copy, self.params)
@@ -353,27 +329,22 @@ class Trainer:
 
     # -- evaluation and artefacts ----------------------------------------------------------------
 
-    def evaluate(self, step: int, tag: str, per_task: int) -> dict[str, Any]:
-        ev = self.config.eval
-        tasks = tuple(ev.tasks)
-        sources = mapworld_sources(_world(self.config), ev.split, per_task, tasks)
-        model = nnx.merge(self.graphdef, self.params)
-        report, records, texts, scores = evaluation.evaluate(
-            model, self.config, sources, self.tokenizer, self.reward_fn, step=step, tag=tag,
-            max_questions=int(ev.max_questions))
-        if jax.process_index() == 0:
-            items = evaluation.gallery_items(records, texts, scores, sources, tasks,
-                                             int(self.config.log.gallery_questions))
-            gallery.write_gallery(self.workdir, step, items, title=f"Held-out ({tag}) step {step}")
-        slim = {k: v for k, v in report.items() if k != "samples"}
-        self.reports = [r for r in self.reports if r["tag"] != tag] + [slim]
-        if jax.process_index() == 0:
-            evaluation.write_report(self.reports[:-1] + [report], self.workdir)
-        return report
+    def evaluate(self, step: int, tag: str, per_task: int,
+                 should_stop: Any = None) -> dict[str, Any] | None:
+        """Held-out evaluation on the configured data (`evaluation.TrainingEvaluator`); None
+        when `should_stop` (a preemption) interrupted it."""
+        rep = self.evaluator.run(nnx.merge(self.graphdef, self.params), self.reward_fn,
+                                 step=step, tag=tag, per_task=per_task, should_stop=should_stop)
+        if rep is not None:
+            self.reports = [r for r in self.reports if r["tag"] != tag] + [evaluation.slim(rep)]
+            if jax.process_index() == 0:
+                self.evaluator.write_summary(self.reports)
+        return rep
 
     def _train_gallery(self, step: int) -> None:
-        gallery.write_gallery(self.workdir, step, ro.gallery_items(
-            self._last_rollout, self.g, int(self.config.log.gallery_questions)))
+        evaluation.write_training_gallery(self.workdir, step, self._last_rollout, self.g,
+                                          int(self.config.log.gallery_questions),
+                                          self.rl_data.sources)
 
     # -- driver ------------------------------------------------------------------------------------
 
@@ -407,7 +378,7 @@ class Trainer:
                 {"step": step, "total": self.total, "preempted": preempted,
                  "compiles": compile_count(), "trace_counts": {
                      **sampler.TRACE_COUNTS, **steps.TRACE_COUNTS, **reward_lib.TRACE_COUNT},
-                 "reports": [evaluation.without_per_question(r) for r in self.reports]},
+                 "reports": self.reports},
                 indent=1))
 
     def _loop(self, ckpt: ck.CheckpointManager, writer, step: int) -> tuple[int, bool]:
@@ -417,9 +388,12 @@ class Trainer:
         preempted = False
         self._done = step
         while step < self.total:
-            if step == self.sft_steps and cfg.eval.at_sft_end and not self._has_report(
-                    "warm_start"):
-                self._eval(writer, step, "warm_start", int(cfg.eval.questions_per_task))
+            if (self.sft_steps and step == self.sft_steps and cfg.eval.at_sft_end
+                    and not self._has_report("warm_start")):
+                self._eval(writer, ckpt, step, "warm_start", int(cfg.eval.questions_per_task))
+                if ckpt.preempted:  # the state at the switch is already checkpointed
+                    preempted = True
+                    break
             t0 = time.perf_counter()
             m = self.sft_step() if self.phase == "sft" else self.rl_step(step)
             step += 1
@@ -428,14 +402,13 @@ class Trainer:
             writer.write(step, m)
             every = int(cfg.eval.every_steps)
             if every and step % every == 0 and step < self.total:
-                self._eval(writer, step, f"step{step}",
+                self._eval(writer, ckpt, step, f"step{step}",
                            int(cfg.eval.periodic_questions_per_task))
             g_every = int(cfg.log.gallery_every_steps)
-            if (primary and self.phase == "rl" and g_every and step % g_every == 0
-                    and step < self.total):  # the final evaluation's page takes the last step
-                self._train_gallery(step)
+            if primary and self.phase == "rl" and g_every and step % g_every == 0:
+                self._train_gallery(step)  # held-out pages are gallery/eval_<tag>.html
             if step == self.total and cfg.eval.final:
-                self._eval(writer, step, "final", int(cfg.eval.questions_per_task))
+                self._eval(writer, ckpt, step, "final", int(cfg.eval.questions_per_task))
             if step == self.sft_steps and self.phase == "sft" and step < self.total:
                 self._switch_to_rl()  # the checkpoint at the switch holds the RL state
             if ckpt.should_save(step) or step in (self.total, self.sft_steps):
@@ -447,14 +420,22 @@ class Trainer:
                 log.warning("preempted: checkpoint at step %d saved, exiting", step)
                 preempted = True
                 break
-        return step, preempted
+        if (not preempted and step == self.total and cfg.eval.final and not ckpt.preempted
+                and not self._has_report("final")):  # resumed after an interrupted final eval
+            self._eval(writer, ckpt, step, "final", int(cfg.eval.questions_per_task))
+        return step, preempted or ckpt.preempted
 
     def _has_report(self, tag: str) -> bool:
         return any(r["tag"] == tag for r in self.reports)
 
-    def _eval(self, writer, step: int, tag: str, per_task: int) -> None:
-        rep = self.evaluate(step, tag, per_task)
-        writer.write(step, evaluation.eval_metrics(rep))
+    def _eval(self, writer, ckpt: ck.CheckpointManager, step: int, tag: str,
+              per_task: int) -> None:
+        def stop() -> bool:  # a collective (every process polls between the same batches)
+            return ckpt.should_save(step) and ckpt.preempted
+
+        rep = self.evaluate(step, tag, per_task, should_stop=stop)
+        if rep is not None:
+            writer.write(step, evaluation.eval_metrics(rep), force=True)
 
 
 def _close_quietly(writer: Any, ckpt: ck.CheckpointManager) -> None:
@@ -467,38 +448,6 @@ def _close_quietly(writer: Any, ckpt: ck.CheckpointManager) -> None:
             obj.close()
         except Exception as e:  # noqa: BLE001
             log.error("closing the %s failed: %s: %s", name, type(e).__name__, e)
-
-
-def load_params(workdir: str | Path, like: Any, step: int | None = None) -> tuple[Any, int]:
-    """(params of checkpoint `step` (default: the latest) of the run in `workdir`, its step),
-    laid out like `like`; FileNotFoundError when the run has no complete checkpoint."""
-    with ck.CheckpointManager(workdir, async_save=False, handle_preemption=False) as mgr:
-        got = mgr.restore({"params": ck.abstract_like(like)}, step, data_state=False)
-    if got is None:
-        raise FileNotFoundError(f"no complete checkpoint in {workdir}")
-    return got.state["params"], got.step
-
-
-def generate_completions(config: mlc.ConfigDict, sources: dict[str, Any], *,
-                         workdir: str | None = None, hf_dir: str | None = None,
-                         step: int | None = None) -> tuple[list, list[str]]:
-    """Hook of `rewardmap_jax.evaluate`: greedy completions (`config.eval` settings) of every
-    question of `sources`, each once, from the params of checkpoint `step` (default: the
-    latest) in `workdir`, or from the Hugging Face directory `hf_dir`. Returns (records,
-    completions) in the same order."""
-    config = mlc.ConfigDict(config.to_dict())  # a run's config.json is locked
-    if hf_dir:
-        config.model.hf_dir = str(hf_dir)
-    model = build_model(config, sharding.make_mesh(config.mesh))
-    if not hf_dir:
-        if not workdir:
-            raise ValueError("generate_completions needs workdir or hf_dir")
-        graphdef, params = nnx.split(model, nnx.Param)
-        params, got_step = load_params(workdir, params, step)
-        log.info("evaluating checkpoint step %d of %s", got_step, workdir)
-        model = nnx.merge(graphdef, params)
-    tokenizer = FastTokenizer(config.data.get("tokenizer") or config.model.get("hf_dir") or TINY)
-    return evaluation.generate_answers(model, config, sources, tokenizer)
 
 
 def run(config: mlc.ConfigDict, workdir: str) -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import signal
 import threading
 from collections.abc import Mapping
@@ -200,7 +201,8 @@ class CheckpointManager:
     """Orbax `CheckpointManager` for one run: every-N saves, keep-last-K, SIGTERM, resume.
 
     Args:
-        workdir: the run directory (local path or anything `etils.epath` opens, e.g. gs://).
+        workdir: the run directory (an absolute local path, or anything `etils.epath` opens,
+            e.g. gs://).
         every_steps: save when `step % every_steps == 0` (0 = only forced/preemption saves).
         keep: number of most recent checkpoints kept (older ones are deleted after a save).
         async_save: write in a background thread; `wait()`/`close()` block until written.
@@ -220,6 +222,10 @@ class CheckpointManager:
             raise ValueError(f"checkpoint.every_steps must be >= 0, got {every_steps}")
         if keep < 1:
             raise ValueError(f"checkpoint.keep must be >= 1, got {keep}")
+        if "://" not in str(workdir) and not os.path.isabs(workdir):
+            # Orbax refuses relative paths deep inside its first save; the CLIs make every path
+            # absolute at the edge (config_utils.absolute_path).
+            raise ValueError(f"checkpoint workdir must be an absolute path, got {str(workdir)!r}")
         self.every_steps = every_steps
         self.directory = checkpoint_dir(workdir)
         self._manager = ocp.CheckpointManager(
@@ -431,3 +437,14 @@ def restore_latest(
         return None
     with CheckpointManager(workdir, async_save=False, handle_preemption=False) as mgr:
         return mgr.restore(abstract_state)
+
+
+def load_params(workdir: str | epath.PathLike, like: Any,
+                step: int | None = None) -> tuple[Any, int]:
+    """(params of checkpoint `step` (default: the latest) of the run in `workdir`, its step),
+    laid out like `like`; FileNotFoundError when the run has no complete checkpoint."""
+    with CheckpointManager(workdir, async_save=False, handle_preemption=False) as mgr:
+        got = mgr.restore({"params": abstract_like(like)}, step, data_state=False)
+    if got is None:
+        raise FileNotFoundError(f"no complete checkpoint in {workdir}")
+    return got.state["params"], int(got.step)

@@ -1,14 +1,16 @@
 """Rollout gallery: one self-contained HTML page per logged step, for looking at what the policy
 writes and how each completion was scored.
 
-`<workdir>/gallery/step_<N>.html` shows, for a sample of questions, the map thumbnail (inline
-base64 PNG), the question and its ground truth, and the G completions with their reward
-components; groups whose G rewards are all equal are flagged (zero advantage: GRPO learns
-nothing from them). `<workdir>/gallery/index.html` links the pages. Every piece of text is
-HTML-escaped: completions are model output, untrusted.
+`<workdir>/gallery/step_<N>.html` (training rollouts) and `eval_<tag>.html` (held-out
+evaluations) show, for a sample of questions, the map thumbnail (inline base64 PNG), the
+question and its ground truth, and the completions with their reward components (`overall`, the
+reward's total, ranks them); groups whose G rewards are all equal are flagged (zero advantage:
+GRPO learns nothing from them). `<workdir>/gallery/index.html` links the pages. Every piece of
+text is HTML-escaped: completions are model output, untrusted.
 
-The trainer builds one `GalleryItem` per question (`item_from_record` does it from a `Record`)
-and calls `write_gallery(workdir, step, items)` on process 0.
+The trainer's pipeline batches carry records without their images: the callers
+(`rewardmap_jax.evaluation.gallery`) look the figure up in the data sources and pass it as
+`image=`. Call `write_gallery(workdir, step, items)` on process 0.
 """
 
 from __future__ import annotations
@@ -30,16 +32,17 @@ from rewardmap_jax.mapworld.questions import answer_text
 from rewardmap_jax.mapworld.records import Record
 
 GALLERY_SUBDIR = "gallery"
-TOTAL_KEY = "total"
-_PAGE_RE = re.compile(r"^step_(\d+)\.html$")
+TOTAL_KEY = "overall"  # the reward's total component (`rewardmap_jax.rewards`)
+_STEP_RE = re.compile(r"^step_(\d+)\.html$")
+_EVAL_RE = re.compile(r"^eval_(.+)\.html$")
 
 
 @dataclasses.dataclass
 class GalleryItem:
     """One question with its G completions.
 
-    `rewards[g]` maps reward component name -> value for completion g (e.g. `total`, `format`,
-    `correct`, `detail`, `weight`); `total` is used to rank and flag groups when present.
+    `rewards[g]` maps reward component name -> value for completion g (e.g. `overall`,
+    `format_ok`, `accuracy`, `detail`, `weight`); `overall` ranks and flags groups when present.
     `answer` is the ground truth as text. `image` is a PIL image, encoded PNG/JPEG bytes, a
     path, an HxWx{1,3,4} uint8 array or None.
     """
@@ -68,14 +71,18 @@ def _ground_truth(record: Record) -> str:
 
 
 def item_from_record(
-    record: Record, completions: Sequence[str], rewards: Sequence[Mapping[str, float]]
+    record: Record,
+    completions: Sequence[str],
+    rewards: Sequence[Mapping[str, float]],
+    image: Any = None,
 ) -> GalleryItem:
-    """A `GalleryItem` for `record` (ground truth: the answer, or the reference routes)."""
+    """A `GalleryItem` for `record` (ground truth: the answer, or the reference routes); the
+    map is `image` when given, else `record.figure`."""
     return GalleryItem(
         question=record.question,
         completions=list(completions),
         rewards=list(rewards),
-        image=record.figure,
+        image=record.figure if image is None else image,
         answer=_ground_truth(record),
         info={
             "uid": record.uid,
@@ -146,8 +153,9 @@ def _item_html(i: int, item: GalleryItem, thumb_px: int) -> str:
     flags = []
     if len(finite) > 1 and max(finite) == min(finite):
         flags.append("all rewards equal: zero advantage")
-    if len(finite) < len(totals):
-        flags.append(f"{len(totals) - len(finite)} non-finite or missing totals")
+    missing = sum(1 for r in item.rewards if TOTAL_KEY not in r)
+    if len(finite) + missing < len(totals):  # a reward that is there but NaN / inf
+        flags.append(f"{len(totals) - len(finite) - missing} non-finite {TOTAL_KEY} rewards")
     stats = ""
     if finite:
         stats = f"{TOTAL_KEY}: mean {np.mean(finite):.3g}, std {np.std(finite):.3g}"
@@ -214,14 +222,19 @@ def write_gallery(
     *,
     thumb_px: int = 384,
     title: str | None = None,
+    eval_tag: str | None = None,
 ) -> Path:
-    """Writes `<workdir>/gallery/step_<step>.html` and refreshes `index.html`; returns the page.
+    """Writes `<workdir>/gallery/step_<step>.html` (or `eval_<eval_tag>.html`, a held-out
+    evaluation's page) and refreshes `index.html`; returns the page.
 
     Call on process 0 only (the trainer's logging process).
     """
     out_dir = Path(workdir) / GALLERY_SUBDIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    page = out_dir / f"step_{int(step)}.html"
+    name = f"eval_{eval_tag}.html" if eval_tag is not None else f"step_{int(step)}.html"
+    if "/" in name or "\\" in name:
+        raise ValueError(f"bad gallery page name {name!r}")
+    page = out_dir / name
     tmp = page.with_suffix(".html.tmp")
     tmp.write_text(
         render_gallery(items, title=title or f"Rollouts at step {int(step)}", thumb_px=thumb_px),
@@ -233,11 +246,17 @@ def write_gallery(
 
 
 def _write_index(out_dir: Path) -> None:
-    steps = sorted(int(m.group(1)) for p in out_dir.iterdir() if (m := _PAGE_RE.match(p.name)))
+    names = [p.name for p in out_dir.iterdir()]
+    steps = sorted(int(m.group(1)) for n in names if (m := _STEP_RE.match(n)))
+    evals = sorted(n for n in names if _EVAL_RE.match(n))
     links = "".join(f'<li><a href="step_{s}.html">step {s}</a></li>' for s in reversed(steps))
+    held = "".join(f'<li><a href="{_esc(n)}">{_esc(_EVAL_RE.match(n).group(1))}</a></li>'
+                   for n in evals)
+    body = f"<h2>Training rollouts</h2><ul>{links}</ul>" if steps else ""
+    body += f"<h2>Held-out evaluations</h2><ul>{held}</ul>" if evals else ""
     (out_dir / "index.html").write_text(
         '<!DOCTYPE html><html><head><meta charset="utf-8"><title>Rollout gallery</title>'
-        f"<style>{_CSS}</style></head><body><h1>Rollout gallery</h1><ul>{links}</ul>"
+        f"<style>{_CSS}</style></head><body><h1>Rollout gallery</h1>{body}"
         "</body></html>\n",
         encoding="utf-8",
     )

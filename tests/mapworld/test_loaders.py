@@ -235,3 +235,31 @@ def test_fixtures_are_deterministic_and_match_the_committed_ones(tmp_path):
         else:
             assert a.read_bytes() == c.read_bytes(), rel
     assert total < 1_000_000
+
+
+def test_station_check_follows_the_official_cleaner(tmp_path):
+    """Named stations match the metro dict as the official scorer compares names (case,
+    spaces and bracketed notes ignored): such rows load; a truly unknown name is a bad row."""
+    from rewardmap_jax.mapworld.export import reasonmap_rows, write_parquet
+
+    good = reasonmap_rows(generator.get_world("tiny"), "test", [5])[0]
+    first_line = next(iter(good["json"]))
+    rows = []
+    for s1 in (good["station_1"].upper(), "  " + good["station_1"].replace(" ", "  "), "坝堰站",
+               "Nowhere"):
+        row = dict(good, json={**good["json"], first_line: [*good["json"][first_line],
+                                                             "坝堰（机场）站"]})
+        row["station_1"] = s1
+        rows.append(row)
+    write_parquet(rows, tmp_path / "names.parquet")
+    result = loaders.load_reasonmap(tmp_path / "names.parquet", on_bad_row="skip")
+    assert len(result.records) == 6  # 3 rows x (short, long)
+    assert [b.row for b in result.skipped] == [3]
+    assert "station_1 'Nowhere' is not a station" in result.skipped[0].reason
+
+
+def test_long_template_needs_the_colon_as_the_official_code():
+    assert loaders.long_template("... Number of Via Stops: <n> ...") == "long_num_via"
+    # Without the colon the official scorer reads a via-stop list.
+    assert loaders.long_template("... Number of Via Stops <n> ... Via Stops: x") == "long_via"
+    assert loaders.long_template("... Via Stops: <list> ...") == "long_via"

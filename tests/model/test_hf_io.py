@@ -1,4 +1,5 @@
-"""HF directory import (every key layout, bf16, shards) and export reloaded by transformers."""
+"""HF directory import (every key layout, bf16, shards, streamed into shardings) and export
+reloaded by transformers."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file as torch_save_file
 from transformers import Qwen2_5_VLForConditionalGeneration
 
-from rewardmap_jax.model import hf_io, rope_index
+from configs.curriculum import get_config
+from rewardmap_jax.model import hf_io, qwen2_5_vl, rope_index
+from rewardmap_jax.model import sharding as sh
 from tests.model import hf_reference as ref
 
 GRIDS = np.array([[1, 6, 10], [1, 4, 4]])
@@ -170,16 +174,83 @@ def test_missing_directory_and_shape_mismatch(hf_untied, tmp_path):
         hf_io.load_hf(d, smaller)
 
 
-def test_put_hook_places_every_tensor(hf_tied):
-    _, d = hf_tied
-    target = jax.devices()[-1]
-    seen = []
+def _whole_tensor_reference(hf_dir, cfg):
+    """The loader as it was before streaming (kept here as the reference): every tensor read
+    whole onto the default device through safetensors' flax framework, put in our layout with
+    jnp (transpose; Conv3d flattened), cast with jnp to the param dtype."""
+    mapping = hf_io.hf_param_map(cfg)
+    out = {}
+    for path in hf_io._safetensor_files(hf_dir):
+        with safe_open(path, framework="flax") as fh:
+            for key in fh.keys():
+                ckey = hf_io.canonical_key(key)
+                if ckey not in mapping:
+                    continue
+                ours, kind = mapping[ckey]
+                x = fh.get_tensor(key)
+                x = x.T if kind == "linear" else x.reshape(x.shape[0], -1).T if kind == "patch" \
+                    else x
+                out[ours] = np.asarray(x.astype(cfg.pdtype))
+    return out
 
-    def put(path, x):
-        seen.append(path)
-        return jax.device_put(x, target)
 
-    model = hf_io.load_hf(d, put=put)
+def _mesh(shape):
+    return jax.sharding.Mesh(np.asarray(jax.devices()[:8]).reshape(shape), sh.MESH_AXES)
+
+
+@pytest.mark.parametrize("mesh_shape,file_dtype,param_dtype", [
+    ((1, 8, 1), torch.float32, "float32"),
+    ((2, 2, 2), torch.bfloat16, "float32"),
+    ((1, 4, 2), torch.float32, "bfloat16"),
+    ((2, 4, 1), torch.bfloat16, "bfloat16"),
+])
+def test_streamed_sharded_load_equals_whole_tensor_load(tmp_path, mesh_shape, file_dtype,
+                                                        param_dtype):
+    """Each tensor read block by block into its shards (partly replicated on (2, 2, 2) and
+    (2, 4, 1)) from a multi-shard 5.x-layout save: bit-identical to the whole-tensor loader,
+    every parameter in the sharding `state_shardings` asks for."""
+    src = tmp_path / "src"
+    ref.hf_model(tie=False, seed=3).to(file_dtype).save_pretrained(
+        src, save_original_format=False, max_shard_size="100KB")
+    assert len(hf_io._safetensor_files(str(src))) > 2
+    cfg = hf_io.load_hf_config(str(src), param_dtype=param_dtype)
+    mesh = _mesh(mesh_shape)
+    rules = sh.rules_from_config(get_config().mesh)
+    _, abstract = nnx.split(qwen2_5_vl.abstract_model(cfg))
+    shardings = sh.state_shardings(abstract, mesh, rules)
+    model = hf_io.load_hf(str(src), cfg, shardings=shardings)
+    want = _whole_tensor_reference(str(src), cfg)
+    targets = dict(nnx.to_flat_state(shardings))
     params = nnx.to_flat_state(nnx.state(model, nnx.Param))
-    assert len(seen) == len(params) == len(hf_io.hf_param_map(model.cfg))
-    assert all(v.get_value().devices() == {target} for _, v in params)
+    assert len(params) == len(want) == len(hf_io.hf_param_map(cfg))
+    n_sharded = 0
+    for path, var in params:
+        got = var.get_value()
+        assert got.dtype == jnp.dtype(param_dtype), path
+        assert got.sharding == targets[path].get_value(), path
+        n_sharded += not got.sharding.is_fully_replicated
+        np.testing.assert_array_equal(np.asarray(got), want[path], err_msg=str(path))
+    assert n_sharded > len(params) // 2  # the check is not vacuous: most tensors are split
+
+
+def test_default_load_is_on_one_device(hf_tied):
+    _, d = hf_tied
+    model = hf_io.load_hf(d)
+    params = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    assert {v.get_value().devices().pop() for _, v in params} == {jax.local_devices()[0]}
+
+
+def test_header_errors_before_any_tensor_is_read(hf_untied, tmp_path, monkeypatch):
+    """Keys stored twice (two layouts mixed) and bad shapes are refused from the headers: no
+    tensor block is read first."""
+    hf, d = hf_untied
+    src = tmp_path / "mixed"
+    src.mkdir()
+    (src / "config.json").write_text(open(os.path.join(d, "config.json")).read())
+    sd = {k: v.contiguous() for k, v in hf.state_dict().items()}
+    torch_save_file(sd, str(src / "a.safetensors"), metadata={"format": "pt"})
+    torch_save_file({"model.norm.weight": sd["model.language_model.norm.weight"]},
+                    str(src / "b.safetensors"), metadata={"format": "pt"})
+    monkeypatch.setattr(hf_io, "_load_tensor", lambda *a: pytest.fail("read a tensor"))
+    with pytest.raises(ValueError, match=r"keys stored more than once \(1\).*model.norm.weight"):
+        hf_io.load_hf(str(src))

@@ -12,10 +12,10 @@ import random
 import numpy as np
 
 from configs.curriculum import get_config
+from rewardmap_jax.evaluation.scoring import score_completions, summarize
 from rewardmap_jax.mapworld.generator import generate_records
 from rewardmap_jax.mapworld.questions import answer_text
 from rewardmap_jax.rewards import RewardMapReward
-from rewardmap_jax.rewards.metrics import evaluate_completions
 from tests.rewards import official_ref as ref
 from tests.rewards.worlds import mutate_plan
 
@@ -66,10 +66,10 @@ def test_mapworld_parity_and_reference_answers():
     # short and VQA questions. (The official reward reads a long answer's arrival as the rest
     # of the section, so long-template reference answers only pass with arrival_field="line".)
     refs = [answer_text(r) for r in records]
-    report = evaluate_completions(records, refs)
-    for name, value in report["summary"].items():
-        if name.startswith(("plus/acc", "reasonmap/acc")) and value is not None:
-            assert value == 1.0, name
+    summary = summarize(score_completions(records, refs))
+    for name, fig in summary.items():
+        if name.startswith(("plus/acc", "reasonmap/acc")):
+            assert fig["value"] == 1.0, name
     cfg = get_config().reward
     cfg.arrival_field = "line"
     out = RewardMapReward(cfg)(records, refs)

@@ -182,7 +182,7 @@ def test_params_from_config_uses_rl_section_and_model_ids():
     assert p.forbidden_ids == (1033, 1034, 1035, 1036, 1037)  # vision specials (tokens.md)
     c.rl.stop_ids = (1026, 1024)
     assert sampler.params_from_config(c.rl, tiny(), temperature=0.0).stop_ids == (1026, 1024)
-    assert sampler.pick_bucket(65, c.rl.prompt_buckets) == 128
+    assert sampler.pick_bucket(65, (64, 128, 256)) == 128
 
 
 def test_stale_rope_deltas_are_rejected():

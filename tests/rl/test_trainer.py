@@ -3,8 +3,6 @@ and the bandit sanity check (issue 6): GRPO raises the reward it is given."""
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import jax
@@ -15,8 +13,8 @@ from flax import nnx
 
 from rewardmap_jax.data.pipeline import DataPipeline
 from rewardmap_jax.model.vision_layout import pack_vision_inputs
-from rewardmap_jax.rl import evaluation, sampler, steps, trainer
 from rewardmap_jax.rl import rollout as ro
+from rewardmap_jax.rl import sampler, steps, trainer
 from rewardmap_jax.run.metrics_writer import read_metrics
 from tests.rl.small_config import get_config
 
@@ -76,70 +74,6 @@ def test_select_examples_repacks_prompts(setup):
     np.testing.assert_array_equal(sub["vision"].pixels, full["vision"].pixels[[2, 0]])
 
 
-def test_summarize_standard_errors():
-    class R:  # minimal record stand-in
-        def __init__(self, t, a):
-            self.type, self.answer = t, a
-            self.uid = f"w/val/{id(self)}/{t}"
-
-    recs = [R("TorF1", 1), R("TorF1", 1), R("TorF1", 0), R("TorF1", 1), R("Counting3", 2)]
-    scores = {"accuracy": np.array([1, 0, 1, 1, 0.0]), "overall": np.array([10, 0, 10, 10, 0.0])}
-    rep = evaluation.summarize(recs, [""] * 5, scores)
-    t = rep["tasks"]["TorF1"]
-    assert t["n"] == 4 and t["accuracy"] == 0.75 and t["majority"] == 0.75
-    assert math.isclose(t["accuracy_se"], math.sqrt(0.75 * 0.25 / 4))
-    assert math.isclose(t["reward_se"], np.std([10, 0, 10, 10], ddof=1) / 2)
-    assert rep["n"] == 5 and math.isclose(rep["accuracy"], 0.6)
-
-
-def _report(uids, acc, rew, tag):
-    class R:
-        def __init__(self, uid):
-            self.uid, self.type, self.answer = uid, "TorF1", 1
-
-    rep = evaluation.summarize([R(u) for u in uids], [""] * len(uids),
-                               {"accuracy": np.array(acc, float), "overall": np.array(rew, float)})
-    rep.update(tag=tag, step=0)
-    return rep
-
-
-def test_compare_is_paired_over_uids():
-    """Hand-worked: questions a..d, before right/wrong/right/wrong, after right/right/right/
-    wrong (listed in another order): per-question differences 0, 1, 0, 0 -> mean .25, sample
-    std .5, SE .5 / 2 = .25, z = 1; one wrong->right flip. The independent-SE z of the same
-    numbers would be .25 / hypot(.25, .2165) = .76."""
-    before = _report(["a", "b", "c", "d"], [1, 0, 1, 0], [10, 0, 10, 0], "warm_start")
-    after = _report(["d", "c", "b", "a"], [0, 1, 1, 1], [2, 10, 10, 10], "final")
-    c = evaluation.compare(before, after)["TorF1"]
-    assert c["paired"] and c["n"] == 4
-    assert math.isclose(c["accuracy_change"], 0.25) and math.isclose(c["accuracy_se"], 0.25)
-    assert math.isclose(c["accuracy_z"], 1.0)
-    assert (c["flips_up"], c["flips_down"]) == (1, 0)
-    d = np.array([0, 10, 0, 2.0])  # reward differences a, b, c, d
-    assert math.isclose(c["reward_change"], d.mean())
-    assert math.isclose(c["reward_se"], d.std(ddof=1) / 2)
-    md = evaluation.markdown([before, after])
-    assert "paired" in md and "+0.250 ± 0.250 (+1.0) | 0 / 1 |" in md
-    # Reports without per-question data (older runs) fall back to independent SEs.
-    for r in (before, after):
-        r["tasks"]["TorF1"].pop("per_question")
-    c = evaluation.compare(before, after)["TorF1"]
-    assert not c["paired"]
-    assert math.isclose(c["accuracy_se"], math.hypot(0.25, math.sqrt(0.75 * 0.25 / 4)))
-
-
-def test_write_report_keeps_change_and_summary_drops_arrays(tmp_path):
-    before = _report(["a", "b"], [1, 0], [10, 0], "warm_start")
-    after = _report(["a", "b"], [1, 1], [10, 10], "final")
-    evaluation.write_report([before, after], tmp_path)
-    got = json.loads((tmp_path / "eval" / "report.json").read_text())
-    assert got[-1]["change_vs_first"]["first"] == "warm_start"
-    assert got[-1]["change_vs_first"]["tasks"]["TorF1"]["flips_up"] == 1
-    assert "per_question" not in evaluation.without_per_question(after)["tasks"]["TorF1"]
-    assert "per_question" in after["tasks"]["TorF1"]  # not modified in place
-
-
-@pytest.mark.slow
 def test_bandit_reward_rises(tmp_path):
     """Issue 6: with a reward that prefers completions starting with a space, 50 GRPO steps
     raise the mean reward. A flipped gradient sign (or advantage) would lower it instead."""
@@ -171,7 +105,9 @@ def test_bandit_reward_rises(tmp_path):
 @pytest.mark.slow
 def test_minibatches_epochs_and_dynamic_sampling(tmp_path):
     """ppo_epochs x mini-batches (learner-recomputed behaviour log-probs) and DAPO dynamic
-    sampling run end to end; the first update's learner/behaviour mismatch is exactly 0."""
+    sampling run end to end; the first update's learner/behaviour mismatch is at float32
+    rounding level (the log-prob pass and the update are separate XLA programs, so not
+    bit-identical on every CPU)."""
     c = get_config()
     c.sft.steps = 0
     c.train.rl_steps = 2
@@ -191,5 +127,5 @@ def test_minibatches_epochs_and_dynamic_sampling(tmp_path):
         assert 1 <= r["dynamic_sampling/rounds"] <= 3
         # Curves come from the drawn batch, the update batch's reward is logged apart.
         assert 0.0 <= r["reward/mean"] <= 1.0 and 0.0 <= r["dynamic_sampling/update_reward"] <= 1.0
-        assert r["logp_diff_max"] == 0.0  # old logps are the learner's own before the update
+        assert r["logp_diff_max"] <= 1e-5  # old logps are the learner's own before the update
         assert np.isfinite(r["loss"]) and r["grad_norm"] >= 0

@@ -123,7 +123,7 @@ def test_gallery_escapes_untrusted_text(tmp_path):
     item = gallery.GalleryItem(
         question="Is <b>A</b> on the red line?",
         completions=[evil, "fine"],
-        rewards=[{"total": 1.0, "<k>": 2.0}, {"total": 3.0}],
+        rewards=[{"overall": 1.0, "<k>": 2.0}, {"overall": 3.0}],
         answer="\\boxed{yes}",
         info={"uid": "u<1>"},
     )
@@ -131,18 +131,29 @@ def test_gallery_escapes_untrusted_text(tmp_path):
     assert "<script>" not in page and "<img src=x" not in page and "<b>A</b>" not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
     assert "&lt;k&gt;" in page and "u&lt;1&gt;" in page and "&amp; \\boxed{yes}" in page
-    # The best completion (total 3.0) is the highlighted row.
+    # The best completion (overall 3.0) is the highlighted row; both totals are finite.
     assert re.search(r'<tr class="best"><td>1</td>', page)
-    assert "<i>no image</i>" in page
+    assert "<i>no image</i>" in page and "non-finite" not in page
+
+
+def test_gallery_flags_only_non_finite_totals(tmp_path):
+    """A NaN total is flagged; a reward dict without `overall` (e.g. a held-out page scored
+    without a reward) or finite totals are not."""
+    item = gallery.GalleryItem(question="q", completions=["a", "b", "c"],
+                               rewards=[{"overall": float("nan")}, {"overall": 1.0}, {"acc": 1}])
+    page = gallery.write_gallery(tmp_path, 3, [item]).read_text()
+    assert "1 non-finite overall rewards" in page
+    ok = gallery.GalleryItem(question="q", completions=["a"], rewards=[{"accuracy": 1.0}])
+    assert "non-finite" not in gallery.write_gallery(tmp_path, 4, [ok]).read_text()
 
 
 def test_gallery_from_mapworld_records(tmp_path):
     records = [make_record("tiny", "train", i, t) for i, t in enumerate(("TorF1", "planning"))]
     items = [
         gallery.item_from_record(
-            records[0], ["\\boxed{yes}"] * 2, [{"total": 10.0}, {"total": 10.0}]
+            records[0], ["\\boxed{yes}"] * 2, [{"overall": 10.0}, {"overall": 10.0}]
         ),
-        gallery.item_from_record(records[1], ["x", "y", "z"], [{"total": v} for v in (0, 1, 2)]),
+        gallery.item_from_record(records[1], ["x", "y", "z"], [{"overall": v} for v in (0, 1, 2)]),
     ]
     page = gallery.write_gallery(tmp_path, 50, items, thumb_px=64).read_text()
     gallery.write_gallery(tmp_path, 100, items[:1])
@@ -155,7 +166,7 @@ def test_gallery_from_mapworld_records(tmp_path):
         np.asarray(images[0]).mean((0, 1)), np.asarray(src.convert("RGB")).mean((0, 1)), atol=12
     )
     assert "all rewards equal: zero advantage" in page
-    assert "2 questions · 5 completions · mean total reward 4.6" in page
+    assert "2 questions · 5 completions · mean overall reward 4.6" in page
     assert "1 of 2 groups with all rewards equal (zero advantage)" in page
     assert "Route Name:" in page  # planning ground truth is the reference plan
     assert "TorF1" in page and "planning" in page
