@@ -29,12 +29,23 @@ import ml_collections as mlc
 from rewardmap_jax.config_utils import DEFAULT_CONFIG
 from rewardmap_jax.config_utils import get_config as _load
 
-# Study sizes (docs/reproduction.md says why and what they cost).
-WARM_START_STEPS = 1500  # = the demo's warm start (configs/curriculum.py tiny)
-RL_STEPS = 200
-EVAL_PER_TASK = 256  # held-out questions per task type in the final evaluation
-CURVE_EVERY = 50  # a held-out evaluation every CURVE_EVERY steps (learning curves)
-CURVE_PER_TASK = 64
+# Study sizes (docs/reproduction.md says why and what they cost). `full` is the study; `quick`
+# runs every arm through the whole pipeline (warm start, GRPO, SFT control, evaluation,
+# collection, the doc) in minutes: a check that the study runs, whose numbers mean nothing.
+SCALES: dict[str, dict[str, int]] = {
+    "full": {"warm_start_steps": 1500,  # = the demo's warm start (configs/curriculum.py tiny)
+             "rl_steps": 200,
+             "eval_per_task": 256,  # held-out questions per task type, final evaluation
+             "curve_every": 50,  # a held-out evaluation every curve_every steps (curves)
+             "curve_per_task": 64},
+    "quick": {"warm_start_steps": 30, "rl_steps": 6, "eval_per_task": 16, "curve_every": 3,
+              "curve_per_task": 8},
+}
+WARM_START_STEPS = SCALES["full"]["warm_start_steps"]
+RL_STEPS = SCALES["full"]["rl_steps"]
+EVAL_PER_TASK = SCALES["full"]["eval_per_task"]
+CURVE_EVERY = SCALES["full"]["curve_every"]
+CURVE_PER_TASK = SCALES["full"]["curve_per_task"]
 
 PLUS = ("TorF1", "TorF2", "Counting1", "Counting2", "Counting3")
 # The mixed arms draw half planning, half Plus questions (each Plus type 1/10 of the prompts).
@@ -93,26 +104,37 @@ def arms(rl_steps: int) -> dict[str, dict[str, Any]]:
     }
 
 
+def warm_start_overrides(scale: str = "full") -> dict[str, Any]:
+    n = SCALES[scale]["warm_start_steps"]
+    every = max(1, n // 5)
+    return {"sft.steps": n, "sft.warmup_steps": min(100, max(1, n // 10)),
+            "train.rl_steps": -1, "eval.every_steps": every,
+            "eval.periodic_questions_per_task": 2 * SCALES[scale]["curve_per_task"],
+            "checkpoint.every_steps": every, "checkpoint.keep": 10}
+
+
+def rl_arm(scale: str = "full") -> dict[str, Any]:
+    return {"sft.steps": 0, "train.rl_steps": SCALES[scale]["rl_steps"]}
+
+
 ARMS = arms(RL_STEPS)
-WARM_START_OVERRIDES: dict[str, Any] = {
-    "sft.steps": WARM_START_STEPS, "train.rl_steps": -1, "eval.every_steps": 300,
-    "eval.periodic_questions_per_task": 128, "checkpoint.every_steps": 300,
-    "checkpoint.keep": 10}
-RL_ARM: dict[str, Any] = {"sft.steps": 0, "train.rl_steps": RL_STEPS}
+WARM_START_OVERRIDES = warm_start_overrides("full")
+RL_ARM = rl_arm("full")
 PRESETS = ("warm_start", *ARMS)
 
 
-def base() -> mlc.ConfigDict:
+def base(scale: str = "full") -> mlc.ConfigDict:
     """What every run of the study shares: the demo's world, model, warm-start mixture, reward
     constants and GRPO settings (configs/curriculum.py `tiny`), the study's evaluation sizes,
     and no dynamic sampling (every arm then draws the same number of prompts per step)."""
+    s = SCALES[scale]
     c = _load(DEFAULT_CONFIG, "tiny")
     c.rl.dynamic_sampling = False
     c.eval.at_sft_end = False  # the warm start is evaluated once, at the end of its own run
-    c.eval.questions_per_task = EVAL_PER_TASK
-    c.eval.periodic_questions_per_task = CURVE_PER_TASK
-    c.eval.every_steps = CURVE_EVERY
-    c.checkpoint.every_steps = 50
+    c.eval.questions_per_task = s["eval_per_task"]
+    c.eval.periodic_questions_per_task = s["curve_per_task"]
+    c.eval.every_steps = s["curve_every"]
+    c.checkpoint.every_steps = s["curve_every"]
     c.checkpoint.keep = 2
     c.log.progress_bar = False
     c.log.gallery_every_steps = 0
@@ -143,4 +165,12 @@ def configure(c: mlc.ConfigDict, arm: str, arms_: dict[str, dict[str, Any]],
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
-    return configure(base(), arg or "rewardmap", ARMS, WARM_START_OVERRIDES, RL_ARM)
+    """`arg` = `<arm>` or `<arm>@<scale>` (a key of SCALES; default `full`)."""
+    arm, _, scale = (arg or "rewardmap").partition("@")
+    scale = scale or "full"
+    if scale not in SCALES:
+        raise ValueError(f"unknown study scale {scale!r}; choose one of {tuple(SCALES)}")
+    c = configure(base(scale), arm, arms(SCALES[scale]["rl_steps"]),
+                  warm_start_overrides(scale), rl_arm(scale))
+    c.preset = f"{arm}@{scale}" if scale != "full" else arm
+    return c

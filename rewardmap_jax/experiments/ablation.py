@@ -1,7 +1,7 @@
 """The RewardMap ablation on the map world, as one resumable command.
 
     python -m rewardmap_jax.experiments.ablation --seeds 3
-        [--config configs/ablation.py] [--workdir runs/ablation]
+        [--scale full|quick] [--config configs/ablation.py] [--workdir runs/ablation]
         [--results experiments/results/ablation.jsonl] [--arms sparse_rl,rewardmap] [--dry_run]
 
 For every seed: one supervised warm start (`configs/ablation.py:warm_start`), then every arm
@@ -13,7 +13,9 @@ its last step) is skipped, an interrupted one resumes from its latest checkpoint
 its held-out results are collected (`collect.summarize_run`) into one line of `--results`
 (rewritten sorted after every run, so the file only depends on the runs), and a summary of the
 arms is printed at the end. docs/reproduction.md is generated from that file by
-`scripts/make_reproduction.py`.
+`scripts/make_reproduction.py`. `--scale quick` runs the same plan at the config's `quick` sizes
+(minutes: a check that every arm runs, not a measurement) into `runs/ablation_quick` and
+`experiments/results/ablation_quick.jsonl`.
 """
 
 from __future__ import annotations
@@ -65,9 +67,16 @@ def is_finished(path: Path) -> bool:
     return not s.get("preempted") and int(s.get("step", -1)) == int(s.get("total", -2))
 
 
-def command(config_path: Path, arm: str, seed: int, path: Path, init_from: Path | None
-            ) -> list[str]:
-    cmd = [sys.executable, "-m", "rewardmap_jax.main", "--config", f"{config_path}:{arm}",
+def results_path(scale: str) -> Path:
+    """The committed metric rows of a study scale."""
+    name = "ablation.jsonl" if scale == "full" else f"ablation_{scale}.jsonl"
+    return ROOT / "experiments" / "results" / name
+
+
+def command(config_path: Path, arm: str, seed: int, path: Path, init_from: Path | None,
+            scale: str = "full") -> list[str]:
+    preset = arm if scale == "full" else f"{arm}@{scale}"
+    cmd = [sys.executable, "-m", "rewardmap_jax.main", "--config", f"{config_path}:{preset}",
            "--workdir", str(path), f"--config.seed={seed}"]
     if init_from is not None:
         cmd.append(f"--config.train.init_from={init_from}")
@@ -86,8 +95,21 @@ def git_commit() -> str:
     return head + ("+dirty" if dirty.strip() else "")
 
 
-def train(cmd: Sequence[str], path: Path) -> dict[str, Any]:
-    """Runs one training subprocess (output appended to `path/train.log`); returns timing."""
+def last_step(path: Path) -> int | None:
+    """The step of the last line of `path/metrics.jsonl` (read from its tail), or None."""
+    metrics = path / "metrics.jsonl"
+    try:
+        with open(metrics, "rb") as f:
+            f.seek(max(0, metrics.stat().st_size - 4096))
+            tail = f.read().decode(errors="replace").strip().splitlines()
+        return int(json.loads(tail[-1])["step"]) if tail else None
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+
+def train(cmd: Sequence[str], path: Path, progress: Any = None) -> dict[str, Any]:
+    """Runs one training subprocess (output appended to `path/train.log`); returns timing.
+    `progress(step)` is called every few seconds with the run's latest logged step."""
     path.mkdir(parents=True, exist_ok=True)
     load_start = os.getloadavg()[0]
     t0 = time.time()
@@ -96,7 +118,19 @@ def train(cmd: Sequence[str], path: Path) -> dict[str, Any]:
         log.flush()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=5)
+                    break
+                except subprocess.TimeoutExpired:
+                    if progress is not None:
+                        progress(last_step(path))
+        except BaseException:  # Ctrl-C: stop the run too (it resumes on the next call)
+            proc.terminate()
+            proc.wait()
+            raise
     if proc.returncode != 0:
         tail = (path / "train.log").read_text().splitlines()[-20:]
         raise RuntimeError(f"run {path} failed (exit {proc.returncode}):\n" + "\n".join(tail))
@@ -129,9 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3, help="seeds per arm (0..N-1)")
+    ap.add_argument("--scale", default="full", help="study sizes: a key of the config's SCALES")
     ap.add_argument("--config", default=str(DEFAULT_CONFIG))
-    ap.add_argument("--workdir", default="runs/ablation")
-    ap.add_argument("--results", default=str(ROOT / "experiments" / "results" / "ablation.jsonl"))
+    ap.add_argument("--workdir", default="", help="default runs/ablation[_<scale>]")
+    ap.add_argument("--results", default="",
+                    help="default experiments/results/ablation[_<scale>].jsonl")
     ap.add_argument("--arms", default="", help="comma-separated subset of the arms")
     ap.add_argument("--dry_run", action="store_true", help="print the plan and exit")
     args = ap.parse_args(argv)
@@ -146,11 +182,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             ap.error(f"unknown arms {unknown}; the study has {arms}")
         arms = wanted
+    scales = getattr(study, "SCALES", {"full": {}})
+    if args.scale not in scales:
+        ap.error(f"unknown --scale {args.scale!r}; the study has {list(scales)}")
+    suffix = "" if args.scale == "full" else f"_{args.scale}"
     for arm in [WARM_START, *arms]:  # every config must load before any compute
-        study.get_config(arm)
-    workdir = Path(args.workdir).resolve()
-    results_path = Path(args.results)
-    results = read_results(results_path)
+        study.get_config(arm if args.scale == "full" else f"{arm}@{args.scale}")
+    workdir = Path(args.workdir or f"runs/ablation{suffix}").resolve()
+    out_path = Path(args.results) if args.results else results_path(args.scale)
+    results = read_results(out_path)
     order = [WARM_START, *study.ARMS]
     jobs = [(WARM_START, s) for s in range(args.seeds)]
     jobs += [(a, s) for s in range(args.seeds) for a in arms]
@@ -167,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         for job in todo:
             init = run_dir(workdir, WARM_START, job[1]) if job[0] != WARM_START else None
-            print(" ", " ".join(command(config_path, *job, run_dir(workdir, *job), init)))
+            print(" ", " ".join(command(config_path, *job, run_dir(workdir, *job), init,
+                                        args.scale)))
         return 0
     from tqdm import tqdm
 
@@ -179,11 +220,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         bar.set_description(f"{arm} seed {seed}")
         timing = {}
         if not is_finished(path):
-            timing = train(command(config_path, arm, seed, path, init), path)
+            def progress(step: int | None, _arm: str = arm, _seed: int = seed) -> None:
+                bar.set_description(f"{_arm} seed {_seed} step {step if step is not None else '-'}")
+
+            timing = train(command(config_path, arm, seed, path, init, args.scale), path,
+                           progress)
         row = collect.summarize_run(path, final_only_completions=True)
-        row.update(arm=arm, seed=seed, commit=commit, **timing)
+        row.update(arm=arm, seed=seed, commit=commit, scale=args.scale, **timing)
         results[(arm, seed)] = row
-        write_results(results_path, results, order)
+        write_results(out_path, results, order)
         bar.update(1)
         bar.write(f"{arm} seed {seed}: " + tables.one_line(row))
     bar.close()

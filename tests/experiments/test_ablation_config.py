@@ -74,6 +74,21 @@ def test_shuffled_and_curriculum_arms_draw_the_same_mixture():
                       ("difficulty_aware", False), ("difficulty_aware", False)]
 
 
-@pytest.mark.parametrize("arm", ["warm_start", *STUDY.ARMS])
-def test_every_arm_passes_the_trainer_checks(arm):
-    trainer.check_config(STUDY.get_config(arm))
+@pytest.mark.parametrize("scale", list(STUDY.SCALES))
+def test_every_arm_passes_the_trainer_checks(scale):
+    for arm in ["warm_start", *STUDY.ARMS]:
+        trainer.check_config(STUDY.get_config(f"{arm}@{scale}"))
+
+
+def test_quick_scale_changes_only_the_sizes():
+    """`<arm>@quick` is the same arm at the quick sizes: only size keys differ from full."""
+    sizes = {"sft.steps", "sft.warmup_steps", "train.rl_steps", "curriculum.stages",
+             "eval.questions_per_task", "eval.periodic_questions_per_task", "eval.every_steps",
+             "checkpoint.every_steps"}
+    for arm in ("warm_start", "rewardmap", "sft_only"):
+        full = _flat(config_to_dict(STUDY.get_config(arm)))
+        quick = _flat(config_to_dict(STUDY.get_config(f"{arm}@quick")))
+        assert {k for k in full if full[k] != quick[k]} - {"preset"} <= sizes, arm
+    assert STUDY.get_config("rewardmap@quick").train.rl_steps == STUDY.SCALES["quick"]["rl_steps"]
+    with pytest.raises(ValueError, match="scale"):
+        STUDY.get_config("rewardmap@huge")
