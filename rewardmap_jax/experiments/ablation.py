@@ -24,6 +24,7 @@ import argparse
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -127,7 +128,7 @@ def train(cmd: Sequence[str], path: Path, progress: Any = None) -> dict[str, Any
                 except subprocess.TimeoutExpired:
                     if progress is not None:
                         progress(last_step(path))
-        except BaseException:  # Ctrl-C: stop the run too (it resumes on the next call)
+        except BaseException:  # Ctrl-C / SIGTERM: stop the run too (it resumes later)
             proc.terminate()
             proc.wait()
             raise
@@ -212,7 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from tqdm import tqdm
 
+    # SIGTERM stops the current run cleanly too (it checkpoints; the next call resumes it).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     commit = git_commit()
+    shown: dict[str, str] = {}
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="run", dynamic_ncols=True)
     for arm, seed in todo:
         path = run_dir(workdir, arm, seed)
@@ -221,7 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         timing = {}
         if not is_finished(path):
             def progress(step: int | None, _arm: str = arm, _seed: int = seed) -> None:
-                bar.set_description(f"{_arm} seed {_seed} step {step if step is not None else '-'}")
+                text = f"{_arm} seed {_seed} step {step if step is not None else '-'}"
+                if shown.get("text") != text:  # redraw only when the step moves
+                    shown["text"] = text
+                    bar.set_description(text)
 
             timing = train(command(config_path, arm, seed, path, init, args.scale), path,
                            progress)
