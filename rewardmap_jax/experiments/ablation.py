@@ -232,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             timing = train(command(config_path, arm, seed, path, init, args.scale), path,
                            progress)
-        row = collect.summarize_run(path, final_only_completions=True)
+        row = collect.summarize_run(path)
         row.update(arm=arm, seed=seed, commit=commit, scale=args.scale, **timing)
         results[(arm, seed)] = row
         write_results(out_path, results, order)

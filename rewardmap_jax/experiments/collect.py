@@ -2,9 +2,10 @@
 
     python -m rewardmap_jax.experiments.collect RUN_DIR [RUN_DIR ...]   # prints the tables
 
-Reads what `rewardmap_jax.main` writes: `config.json`, `eval/report.json` (every held-out
-evaluation of the run, each with per-question accuracy and reward keyed by uid, the last one
-with its completions) and `metrics.jsonl`. Map-world uids (`world/split/index/task`) name their
+Reads what `rewardmap_jax.main` writes: `config.json`, `eval/summary.json` (every held-out
+evaluation of the run in order, without questions), the last evaluation's `eval/<tag>.json`
+(its `samples`: uid, type, accuracy, the run's reward and the completion of every question;
+docs/evaluation.md) and `metrics.jsonl`. Map-world uids (`world/split/index/task`) name their
 record exactly (`make_record` is a pure function), so each held-out question's transfer count
 and map difficulty are recovered without storing them, and the completions of the last
 evaluation are re-scored with the *full* RewardMap reward: arms trained with another reward
@@ -37,15 +38,25 @@ import numpy as np
 from rewardmap_jax.mapworld.generator import get_world, make_record
 from rewardmap_jax.mapworld.records import DIFFICULTIES, TASK_TYPES, Record
 
-REPORT = Path("eval") / "report.json"
+SUMMARY = Path("eval") / "summary.json"
 
 
 def load_reports(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Every held-out report of a run, in the order they were made."""
-    path = Path(run_dir) / REPORT
+    """Every held-out report of a run (without questions), in the order they were made."""
+    path = Path(run_dir) / SUMMARY
     if not path.exists():
-        raise FileNotFoundError(f"no held-out report at {path}; did the run finish?")
-    return json.loads(path.read_text())
+        raise FileNotFoundError(f"no held-out reports at {path}; did the run finish?")
+    reports = json.loads(path.read_text())
+    if not reports:
+        raise ValueError(f"{path} lists no evaluation")
+    return reports
+
+
+def load_full_report(run_dir: str | Path, tag: str) -> dict[str, Any]:
+    """The report `eval/<tag>.json` with its per-question `samples`."""
+    from rewardmap_jax.evaluation.report import load_report
+
+    return load_report(Path(run_dir) / "eval" / f"{tag}.json")
 
 
 def load_config(run_dir: str | Path) -> dict[str, Any]:
@@ -83,29 +94,38 @@ def _mean(x: Sequence[float]) -> float:
 
 def summarize_report(report: Mapping[str, Any], world: Any, reward_fn: Any | None
                      ) -> dict[str, Any]:
-    """One report -> a metric row (see the module docstring). `reward_fn` (records,
-    completions) -> {"overall", ...} re-scores the report's completions when it has them."""
+    """One report with its `samples` -> a metric row (see the module docstring).
+    `reward_fn` (records, completions) -> {"overall", ...} re-scores the completions."""
     row: dict[str, Any] = {"tag": report["tag"], "step": int(report["step"]), "n": {},
                            "accuracy": {}, "reward": {}, "reward_full": {}, "per_question": {}}
-    completions = {s["uid"]: s["completion"] for s in report.get("samples", [])}
-    for task, t in report["tasks"].items():
-        pq = t["per_question"]
-        uids = list(pq["uid"])
+    by_task: dict[str, list[Mapping[str, Any]]] = {}
+    for sample in report["samples"]:
+        by_task.setdefault(sample["type"], []).append(sample)
+    for task in [t for t in TASK_TYPES if t in by_task] + sorted(set(by_task) - set(TASK_TYPES)):
+        samples = by_task[task]
+        uids = [s["uid"] for s in samples]
         row["n"][task] = len(uids)
-        row["accuracy"][task] = _mean(pq["accuracy"])
-        row["reward"][task] = _mean(pq["reward"])
+        row["accuracy"][task] = _mean([float(s["acc"]) for s in samples])
+        row["reward"][task] = _mean([math.nan if s.get("reward") is None else float(s["reward"])
+                                     for s in samples])
         entry = {"index": [int(u.split("/")[2]) for u in uids],
-                 "accuracy": [int(a > 0.5) for a in pq["accuracy"]]}
-        if reward_fn is not None and all(u in completions for u in uids):
+                 "accuracy": [int(float(s["acc"]) > 0.5) for s in samples]}
+        if reward_fn is not None and all("completion" in s for s in samples):
             records = [record_of(u, world) for u in uids]
-            full = np.asarray(reward_fn(records, [completions[u] for u in uids])["overall"])
+            full = np.asarray(reward_fn(records, [s["completion"] for s in samples])["overall"])
             entry["reward_full"] = [round(float(x), 4) for x in full]
             row["reward_full"][task] = _mean(full)
         row["per_question"][task] = entry
-    if "planning" in row["per_question"]:
+    if "planning" in by_task:
         row["planning"] = planning_breakdown(row["per_question"]["planning"], world,
-                                             report["tasks"]["planning"]["per_question"]["uid"])
+                                             [s["uid"] for s in by_task["planning"]])
     return row
+
+
+def accuracy_of(report: Mapping[str, Any]) -> dict[str, float]:
+    """{task: held-out accuracy} from a report's summary figures (no questions needed)."""
+    return {k.split("/", 1)[1]: float(v["value"]) for k, v in report["summary"].items()
+            if k.startswith("accuracy/") and k != "accuracy/mean"}
 
 
 def planning_breakdown(entry: Mapping[str, Any], world: Any, uids: Sequence[str]
@@ -160,19 +180,17 @@ def train_seconds(run_dir: str | Path) -> float:
     return round(stamped[-1]["time"] - first["time"] + float(first.get("step_time", 0.0)), 1)
 
 
-def summarize_run(run_dir: str | Path, final_only_completions: bool = True) -> dict[str, Any]:
+def summarize_run(run_dir: str | Path) -> dict[str, Any]:
     """A finished run -> {"final": row of its last report (re-scored with the full reward),
     "curve": [rows of the earlier reports, accuracy only], "train_curve", "train_s",
     "steps", "world"}."""
     config = load_config(run_dir)
     world = world_of(config)
     reports = load_reports(run_dir)
-    final = summarize_report(reports[-1], world, full_reward_fn(config))
-    curve = []
-    for rep in reports[:-1] if final_only_completions else reports:
-        r = summarize_report(rep, world, None)
-        curve.append({"tag": r["tag"], "step": r["step"], "accuracy": r["accuracy"]})
-    curve.append({"tag": final["tag"], "step": final["step"], "accuracy": final["accuracy"]})
+    final = summarize_report(load_full_report(run_dir, reports[-1]["tag"]), world,
+                             full_reward_fn(config))
+    curve = [{"tag": r["tag"], "step": int(r["step"]), "accuracy": accuracy_of(r)}
+             for r in reports]
     return {"final": final, "curve": curve, "train_curve": train_curve(run_dir),
             "train_s": train_seconds(run_dir), "world": world.name,
             "steps": {"sft": int(config["sft"]["steps"]),
@@ -203,9 +221,9 @@ def main(argv: Sequence[str]) -> int:
         world = world_of(config)
         reports = load_reports(run_dir)
         print(f"== {run_dir}")
-        for i, rep in enumerate(reports):  # only the last report keeps its completions
-            fn = full_reward_fn(config) if i == len(reports) - 1 else None
-            print(_format_table(summarize_report(rep, world, fn)))
+        for rep in reports:  # re-scored with the full reward
+            full = load_full_report(run_dir, rep["tag"])
+            print(_format_table(summarize_report(full, world, full_reward_fn(config))))
     return 0
 
 

@@ -23,7 +23,7 @@ def fake_runs(monkeypatch):
         (path / "train_summary.json").write_text(json.dumps({"step": 5, "total": 5}))
         return {"wall_s": 1.0, "load_start": 0.1, "load_end": 0.1}
 
-    def summarize(path, final_only_completions=True):
+    def summarize(path):
         return {"final": {"accuracy": {"planning": 0.5}, "reward_full": {"planning": 1.0}},
                 "curve": [], "train_curve": [], "train_s": 1.0}
 
