@@ -53,6 +53,16 @@ CLAIMS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
+# Idle 2-core step times of the previous demo preset (docs/training.md), for the size estimate.
+IDLE_SFT_S, IDLE_GRPO_S = 0.22, 0.33
+
+
+def _step_minutes(study: Any, seeds: int = 3) -> float:
+    rl_arms = [a for a in study.ARMS if a != "sft_only"]
+    sft = seeds * (study.WARM_START_STEPS + study.RL_STEPS * (len(study.ARMS) - len(rl_arms)))
+    return (sft * IDLE_SFT_S + seeds * len(rl_arms) * study.RL_STEPS * IDLE_GRPO_S) / 60
+
+
 def _z(stat: tuple[float, float, int]) -> float:
     m, se, n = stat
     if n < 2 or not math.isfinite(se):
@@ -259,6 +269,29 @@ def render(rows: Sequence[Mapping[str, Any]], study: Any,
         "    python scripts/make_reproduction.py                     # this page",
         "",
         *status(results, study),
+        "## How the study runs",
+        "",
+        "`rewardmap_jax.experiments.ablation` trains, for each seed, one supervised warm start"
+        " (`configs/ablation.py:warm_start`), then every arm from that warm start's params"
+        " (`train.init_from`), each as a plain `python -m rewardmap_jax.main` run in"
+        " `runs/ablation/<arm>/seed<k>` (its command is the first line of its `train.log`). A"
+        " tqdm bar counts the runs and shows the current run's step. Interrupting it (Ctrl-C,"
+        " SIGTERM) stops the current run at a checkpoint; the next call skips the finished runs"
+        " and resumes the interrupted one. After each run its held-out results become one line"
+        " of `experiments/results/ablation.jsonl` (`rewardmap_jax/experiments/collect.py`: the"
+        " final evaluation re-scored with the full RewardMap reward, planning split by transfer"
+        " count and map difficulty, every question's accuracy and reward for paired"
+        " comparisons); this page is written from those lines by `scripts/make_reproduction.py`"
+        " and nothing else.",
+        "",
+        f"Sizes (`SCALES[\"full\"]`): {len(study.ARMS)} arms x 3 seeds = {3 * len(study.ARMS)}"
+        f" runs of {study.RL_STEPS} steps and 3 warm starts of {study.WARM_START_STEPS} SFT"
+        " steps, chosen to fit a few hours on 2 CPU cores: at the previous demo's idle step"
+        f" times (docs/training.md: SFT {IDLE_SFT_S} s, GRPO {IDLE_GRPO_S} s) that is"
+        f" ~{_step_minutes(study):.0f} min of steps, plus start-up, compilation and evaluation"
+        " (~1-2 min) per run: an estimate, not a measurement (this world's plan-length answers"
+        " make steps slower; the study's own times will be in the rows once it has run).",
+        "",
         "## Arms",
         "",
         "Every arm is `base()` of `configs/ablation.py` (the demo's world, model and GRPO"
