@@ -165,7 +165,7 @@ def curves_figure(rows: Sequence[Mapping[str, Any]], arms: Sequence[str], path: 
                          lw=1.2)
     axes[0].set(title="held-out planning accuracy (greedy), mean ± SE over seeds",
                 xlabel="step after the warm start", ylabel="accuracy")
-    axes[1].set(title="on-policy planning accuracy (sampled, T=1), mean over seeds",
+    axes[1].set(title="on-policy planning accuracy (T=1), seed mean",
                 xlabel="step after the warm start", ylabel="accuracy")
     for ax in axes:
         ax.grid(alpha=0.3)

@@ -110,7 +110,9 @@ def summary_text(rows: Sequence[Mapping[str, Any]], order: Sequence[str]) -> str
         n for n in plus_metric_names(rows) if n.endswith("/accuracy")]
     stats = {n: arm_stats(rows, n) for n in names}
     arms = [a for a in order if a in by_arm(rows)]
-    head = f"{'arm':12s} seeds " + " ".join(f"{n.split('/')[0]:>15s}" for n in names)
+    short = {"planning/accuracy": "planning acc", "planning/reward": "planning reward"}
+    head = f"{'arm':12s} seeds " + " ".join(
+        f"{short.get(n, n.split('/')[0]):>15s}" for n in names)
     lines = [head]
     for arm in arms:
         n_seeds = len(by_arm(rows)[arm])
