@@ -4,6 +4,13 @@
     python benchmarks/pipeline.py --workers 2 --batches 100
     python benchmarks/pipeline.py --world dense --batch-size 4 --batches 10
     python benchmarks/pipeline.py --real-map            # one 5,839 x 5,449 px map, official pixels
+    python benchmarks/pipeline.py --real-data --workers 0 --batch-size 2 --batches 6
+    python benchmarks/pipeline.py --real-data --workers 2 --batch-size 2 --batches 6
+
+`--real-data` runs the real-data path (`data.source="reasonmap"`, the 3B preset's buckets and
+pixel budget) on a copy of the ReasonMap-Train test fixture whose maps are replaced by
+5,839 x 5,449 px PNGs (ReasonMap's average size; each resized to `data.max_pixels`): the
+throughput a training host gets, to hold against the step rate it must feed (docs/data.md).
 
 Prints one JSON line per measurement. The first batch (tokenizer load, worker start, map cache)
 is timed separately from the steady state.
@@ -64,6 +71,58 @@ def bench_pipeline(args: argparse.Namespace) -> dict:
     }
 
 
+def _real_size_dataset(root: Path, seed: int = 0) -> Path:
+    """The ReasonMap-Train fixture with every map replaced by a 5,839 x 5,449 px PNG."""
+    import shutil
+
+    from PIL import Image
+
+    data = root / "reasonmap_train"
+    shutil.copytree(_REPO / "tests" / "fixtures" / "reasonmap_train", data)
+    rng = np.random.default_rng(seed)
+    for f in sorted((data / "maps").rglob("*.png")):
+        blocks = rng.integers(0, 256, (5449 // 16, 5839 // 16, 3), dtype=np.uint8)
+        Image.fromarray(blocks).resize((5839, 5449), Image.Resampling.NEAREST).save(f)
+    return data
+
+
+def bench_real_data(args: argparse.Namespace) -> dict:
+    import os
+    import tempfile
+
+    real = get_config("qwen2_5_vl_3b").data
+    with tempfile.TemporaryDirectory() as tmp:
+        c = get_config("tiny")
+        for k in ("prompt_buckets", "patch_buckets", "answer_buckets", "min_pixels",
+                  "max_pixels", "pixel_dtype"):
+            c.data[k] = real[k]
+        c.data.source = "reasonmap"
+        c.data.reasonmap_train_dir = str(_real_size_dataset(Path(tmp)))
+        c.data.shard = "none"
+        c.data.worker_count = args.workers
+        c.data.batch_size = args.batch_size
+        c.curriculum.preset = "official"
+        c.curriculum.stages = ()
+        c.curriculum.repeat = True
+        load = os.getloadavg()[0]
+        t0 = time.perf_counter()
+        it = DataPipeline.from_config(c).iterator()
+        first = next(it)
+        t1 = time.perf_counter()
+        for _ in range(args.batches):
+            next(it)
+        t2 = time.perf_counter()
+    per_batch = (t2 - t1) / args.batches
+    return {
+        "bench": "real_data", "workers": args.workers, "batch_size": args.batch_size,
+        "batches": args.batches, "first_batch_s": round(t1 - t0, 2),
+        "seconds_per_batch": round(per_batch, 2),
+        "seconds_per_map": round(per_batch / args.batch_size, 2),
+        "patch_rows": int(first["pixel_values"].shape[0]),
+        "load_before": load, "load_after": os.getloadavg()[0],
+    }
+
+
 def bench_real_map(args: argparse.Namespace) -> dict:
     from PIL import Image
 
@@ -97,8 +156,13 @@ def main() -> None:
     p.add_argument("--targets", action="store_true", help="also build SFT targets")
     p.add_argument("--real-map", action="store_true", help="time one real-size map instead")
     p.add_argument("--max-pixels", type=int, default=12845056)
+    p.add_argument("--real-data", action="store_true",
+                   help="the real-data pipeline on real-size maps (see the module docstring)")
     args = p.parse_args()
-    result = bench_real_map(args) if args.real_map else bench_pipeline(args)
+    if args.real_data:
+        result = bench_real_data(args)
+    else:
+        result = bench_real_map(args) if args.real_map else bench_pipeline(args)
     print(json.dumps(result))
 
 

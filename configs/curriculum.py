@@ -394,9 +394,13 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         # One prompt group (G sequences of up to 22,528 tokens + its map) per device per
         # micro-step on 8 devices (the paper's 8 GPUs): 16 prompts / 8 devices / 2 micro-steps.
         # Use rl.mini_batch_size / (data x fsdp devices): 4 on a v5p-8, 1 on 16 chips. Per-device
-        # peaks and headroom from the AOT compiles: docs/memory.md §5. (grad_accum > 1 needs
-        # same-size images per micro-batch until the trainer buckets them: docs/training.md.)
+        # peaks and headroom from the AOT compiles: docs/memory.md §5. Maps of any size mix in
+        # a micro-batch (one vision buffer per image: docs/training.md).
         c.rl.grad_accum = 2
         c.data.source = "reasonmap"
+        # A real map costs ~3 s of one core to decode and resize (benchmarks/pipeline.py
+        # --real-data): 16 maps per step over 8 Grain workers is ~6 s per batch, hidden behind
+        # a GRPO step of the order of 100 s (docs/data.md). In-process it would be ~48 s.
+        c.data.worker_count = 8
         c.eval.questions_per_task = 0  # the whole held-out split, as the papers report
     return c

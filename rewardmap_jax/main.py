@@ -79,20 +79,11 @@ def _unknown_key_message(argv: Sequence[str], error: Exception) -> str:
     )
 
 
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
-
-
 def initialize_distributed(config: mlc.ConfigDict) -> None:
     """Joins a multi-process run, if this process was launched as part of one.
 
-    * JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID (launch/local.sh): explicit.
+    * JAX_COORDINATOR_ADDRESS (+ JAX_NUM_PROCESSES, JAX_PROCESS_ID; launch/local.sh): joins it,
+      whatever `mesh.dist_mode` says (`run.distributed`'s "auto" reads the three variables).
     * REWARDMAP_DISTRIBUTED=1 (launch/tpu_pod.sh, launch/slurm.sbatch): JAX's own cluster
       detection (Cloud TPU metadata, SLURM variables).
     * Otherwise `rewardmap_jax.run.distributed.initialize_distributed(config.mesh)` decides
@@ -102,16 +93,9 @@ def initialize_distributed(config: mlc.ConfigDict) -> None:
 
     from rewardmap_jax.run import distributed
 
-    addr = os.environ.get("JAX_COORDINATOR_ADDRESS")
-    nproc, pid = _env_int("JAX_NUM_PROCESSES"), _env_int("JAX_PROCESS_ID")
-    if addr and nproc is not None and pid is not None:
-        explicit = {
-            "dist_mode": "explicit",
-            "coordinator_address": addr,
-            "num_processes": nproc,
-            "process_id": pid,
-        }
-        distributed.initialize_distributed(explicit)
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        distributed.initialize_distributed(
+            {**config.get("mesh", {}), "dist_mode": "auto"})
     elif os.environ.get("REWARDMAP_DISTRIBUTED") == "1":
         jax.distributed.initialize()
     else:

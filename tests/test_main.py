@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -285,21 +286,38 @@ def test_tpu_launcher_quotes_flags_and_stops_by_pid(tmp_path):
     assert recorded.read_text().splitlines()[-1] == "got-TERM"
 
 
-def test_slurm_script_runs_main_under_srun(tmp_path):
+_FAKE_SRUN = """#!/usr/bin/env bash
+# Stands in for srun + the trainer: records argv and env; on SIGTERM "saves" and exits 0.
+printf '[%s]\\n' "$@" > srun_args.txt
+echo "REWARDMAP_DISTRIBUTED=$REWARDMAP_DISTRIBUTED" >> srun_args.txt
+trap 'kill $! 2>/dev/null; sleep 0.5; echo saved > checkpoint_marker; exit 0' TERM
+echo started > started_marker
+if [ "${FAKE_TRAIN_SECONDS:-0}" != 0 ]; then sleep "$FAKE_TRAIN_SECONDS" & wait; fi
+"""
+_FAKE_SCONTROL = """#!/usr/bin/env bash
+# Records its arguments, and whether the checkpoint existed when it was called.
+printf '%s\\n' "$@" > scontrol_args.txt
+[ -f checkpoint_marker ] && echo checkpoint-before-requeue >> scontrol_args.txt
+exit 0
+"""
+
+
+def _slurm_dir(tmp_path):
     (tmp_path / ".venv" / "bin").mkdir(parents=True)
     (tmp_path / ".venv" / "bin" / "activate").write_text(f'export PATH="{tmp_path}/bin:$PATH"\n')
     (tmp_path / "bin").mkdir()
-    srun = tmp_path / "bin" / "srun"
-    srun.write_text(
-        "#!/usr/bin/env bash\n"
-        'printf "[%s]\\n" "$@" > srun_args.txt\n'
-        'echo "REWARDMAP_DISTRIBUTED=$REWARDMAP_DISTRIBUTED" >> srun_args.txt\n'
-    )
-    srun.chmod(0o755)
+    for name, text in (("srun", _FAKE_SRUN), ("scontrol", _FAKE_SCONTROL)):
+        (tmp_path / "bin" / name).write_text(text)
+        (tmp_path / "bin" / name).chmod(0o755)
+    return dict(os.environ, SLURM_SUBMIT_DIR=str(tmp_path), SLURM_JOB_ID="4242")
+
+
+def test_slurm_script_runs_main_under_srun(tmp_path):
+    env = _slurm_dir(tmp_path)
     script = (REPO / "launch" / "slurm.sbatch").read_text()
     sbatch = [line for line in script.splitlines() if line.startswith("#SBATCH")]
-    assert "#SBATCH --signal=TERM@300" in sbatch and "#SBATCH --ntasks-per-node=1" in sbatch
-    env = dict(os.environ, SLURM_SUBMIT_DIR=str(tmp_path))
+    assert "#SBATCH --signal=B:TERM@300" in sbatch and "#SBATCH --ntasks-per-node=1" in sbatch
+    assert "#SBATCH --requeue" in sbatch
     out = subprocess.run(
         ["bash", str(REPO / "launch" / "slurm.sbatch"), "--workdir", "/shared/a b"],
         env=env, capture_output=True, text=True, timeout=60,
@@ -309,3 +327,28 @@ def test_slurm_script_runs_main_under_srun(tmp_path):
         "[--kill-on-bad-exit=1]", "[python]", "[-m]", "[rewardmap_jax.main]", "[--workdir]",
         "[/shared/a b]", "REWARDMAP_DISTRIBUTED=1",
     ]  # fmt: skip
+    # a run that ends on its own is not requeued
+    assert not (tmp_path / "scontrol_args.txt").exists()
+
+
+def test_slurm_script_requeues_after_the_time_limit_checkpoint(tmp_path):
+    """SLURM's --signal=B:TERM reaches the batch shell only: it must forward SIGTERM to the
+    step, wait for the checkpoint, then `scontrol requeue` the job (dry run, fake srun)."""
+    env = dict(_slurm_dir(tmp_path), FAKE_TRAIN_SECONDS="30")
+    proc = subprocess.Popen(["bash", str(REPO / "launch" / "slurm.sbatch"), "--workdir", "/w"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(200):
+            if (tmp_path / "started_marker").exists():
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert (tmp_path / "checkpoint_marker").read_text().strip() == "saved"
+    assert (tmp_path / "scontrol_args.txt").read_text().splitlines() == [
+        "requeue", "4242", "checkpoint-before-requeue"]

@@ -5,8 +5,10 @@
     batch = next(it)                                      # dict of numpy arrays + "records"
     state = it.get_state(); ...; it.set_state(state)      # JSON-able, exact resume
 
-Per host (process p of P) element j of the local stream is element g of the global plan, where
-each global batch of `batch_size` is cut into P contiguous slices (`Plan.global_element`).
+Per host, element j of the local stream is element g of the global plan: each host reads its
+`rows` of every global batch of `batch_size` (the trainer passes the rows its devices hold,
+`rl.placement.Placement.rows`; by default process p of P reads the p-th contiguous slice). The
+global batch of a step is therefore the same for any number of processes.
 Processing (record generation or file read, image resize + patchify, chat prompt, tokenization)
 runs in Grain worker processes when `data.worker_count > 0`, in the main process when 0.
 
@@ -102,11 +104,11 @@ class ProcessElement:
         cycle: PlanCycle,
         sources: Mapping[str, RecordSource],
         spec: ProcessSpec,
-        shard_index: int,
-        shard_count: int,
+        rows: tuple[int, ...],
+        start: int = 0,
     ) -> None:
         self.cycle, self.sources, self.spec = cycle, dict(sources), spec
-        self.shard_index, self.shard_count = shard_index, shard_count
+        self.rows, self.start = rows, start
         self._tok = None
 
     def __getstate__(self) -> dict:
@@ -121,8 +123,14 @@ class ProcessElement:
         return self._tok
 
     def __call__(self, local: int) -> dict[str, Any] | BadRow:
-        # Global plan element; passes of a repeating curriculum follow each other.
-        element = self.cycle.first.global_element(int(local), self.shard_index, self.shard_count)
+        # Global plan element (passes of a repeating curriculum follow each other): this host's
+        # rows of global batch `start + step`.
+        step, offset = divmod(int(local), len(self.rows))
+        return self.element(
+            (self.start + step) * self.cycle.batch_size + self.rows[offset])
+
+    def element(self, element: int) -> dict[str, Any] | BadRow:
+        """The processed example of global plan element `element`."""
         task, index, stage, epoch = self.cycle.element(element)
         record: Record | None = None
         try:
@@ -243,7 +251,8 @@ class _BucketBatchIterator(grain.DatasetIterator):
     """Collects `batch_size` good examples per batch, counting (and dropping) bad rows."""
 
     def __init__(
-        self, parent: grain.DatasetIterator, batch_size: int, collate_fn, max_consecutive_bad: int
+        self, parent: grain.DatasetIterator, batch_size: int, collate_fn, max_consecutive_bad: int,
+        layout: dict[str, Any],
     ) -> None:
         super().__init__(parent)
         self._batch_size = batch_size
@@ -251,6 +260,8 @@ class _BucketBatchIterator(grain.DatasetIterator):
         self._max_consecutive_bad = max_consecutive_bad
         self._bad_rows = 0
         self._consecutive_bad = 0
+        self._layout = layout  # rows, global batch size, first global batch (start)
+        self._batches = int(layout["start"])
 
     def __next__(self) -> dict[str, Any]:
         examples = []
@@ -269,6 +280,7 @@ class _BucketBatchIterator(grain.DatasetIterator):
                 continue
             self._consecutive_bad = 0
             examples.append(ex)
+        self._batches += 1
         return self._collate(examples)
 
     @property
@@ -276,27 +288,38 @@ class _BucketBatchIterator(grain.DatasetIterator):
         return self._bad_rows
 
     def get_state(self) -> dict[str, Any]:
+        """JSON-able: Grain's position plus the topology-free one (`batches`: global batches
+        read so far) and the layout (`rows` of each global batch, `start`)."""
         return {"parent": self._parent.get_state(), "bad_rows": self._bad_rows,
-                "consecutive_bad_rows": self._consecutive_bad}
+                "consecutive_bad_rows": self._consecutive_bad, "batches": self._batches,
+                **self._layout}
 
     def set_state(self, state: dict[str, Any]) -> None:
+        if "rows" in state and (list(state["rows"]) != list(self._layout["rows"])
+                                or int(state["start"]) != int(self._layout["start"])):
+            raise ValueError("data-iterator state of another layout (rows "
+                             f"{state['rows']}, start {state['start']}); use "
+                             "DataPipeline.restore_iterator")
         self._parent.set_state(state["parent"])
         self._bad_rows = int(state["bad_rows"])
         self._consecutive_bad = int(state.get("consecutive_bad_rows", 0))
+        self._batches = int(state.get("batches", self._batches))
 
 
 class BucketBatchIterDataset(grain.IterDataset):
     def __init__(
-        self, parent: grain.IterDataset, batch_size: int, collate_fn, max_consecutive_bad: int
+        self, parent: grain.IterDataset, batch_size: int, collate_fn, max_consecutive_bad: int,
+        layout: dict[str, Any],
     ) -> None:
         super().__init__(parent)
         self._batch_size = batch_size
         self._collate = collate_fn
         self._max_consecutive_bad = max_consecutive_bad
+        self._layout = layout
 
     def __iter__(self) -> _BucketBatchIterator:
         return _BucketBatchIterator(self._parent.__iter__(), self._batch_size, self._collate,
-                                    self._max_consecutive_bad)
+                                    self._max_consecutive_bad, self._layout)
 
 
 def _shard(data_cfg: Any, shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
@@ -310,6 +333,24 @@ def _shard(data_cfg: Any, shard_index: int | None, shard_count: int | None) -> t
     import jax
 
     return jax.process_index(), jax.process_count()
+
+
+def _rows(data_cfg: Any, batch_size: int, rows: Any, shard_index: int | None,
+          shard_count: int | None) -> tuple[int, ...]:
+    """This host's rows of each global batch: `rows` when given (data.shard="jax_process"),
+    else the shard_index-th of shard_count contiguous slices (data.shard="none": all rows)."""
+    if rows is not None and data_cfg.get("shard", "jax_process") == "jax_process" \
+            and shard_index is None:
+        out = tuple(int(r) for r in rows)
+        if not out or len(set(out)) != len(out) or min(out) < 0 or max(out) >= batch_size:
+            raise ValueError(f"rows {out} are not distinct rows of a batch of {batch_size}")
+        return out
+    index, count = _shard(data_cfg, shard_index, shard_count)
+    if batch_size % count:
+        raise ValueError(f"batch size {batch_size} is not divisible by the {count} data shards "
+                         "(hosts)")
+    per = batch_size // count
+    return tuple(range(index * per, (index + 1) * per))
 
 
 class DataPipeline:
@@ -328,16 +369,14 @@ class DataPipeline:
         with_targets: bool = False,
         shard_index: int | None = None,
         shard_count: int | None = None,
+        rows: Sequence[int] | None = None,
         drop_remainder: bool = True,
     ) -> None:
         if data_cfg.on_bad_row not in BAD_ROW_MODES:
             raise ValueError(f"data.on_bad_row must be one of {BAD_ROW_MODES}")
         self.batch_size = int(batch_size or data_cfg.batch_size)
-        self.shard_index, self.shard_count = _shard(data_cfg, shard_index, shard_count)
-        if self.batch_size % self.shard_count:
-            raise ValueError(f"batch size {self.batch_size} is not divisible by the "
-                             f"{self.shard_count} data shards (hosts)")
-        self.local_batch_size = self.batch_size // self.shard_count
+        self.rows = _rows(data_cfg, self.batch_size, rows, shard_index, shard_count)
+        self.local_batch_size = len(self.rows)
         missing = [t for t in schedule.task_types if t not in sources]
         if missing:
             raise ValueError(f"curriculum needs task types {missing} that no source provides "
@@ -395,13 +434,14 @@ class DataPipeline:
     def stage_name_at(self, step: int) -> str:
         return self.cycle.stage_name_at(step)
 
-    def dataset(self) -> grain.IterDataset:
+    def dataset(self, start: int = 0) -> grain.IterDataset:
+        """The stream from global batch `start` on."""
         local_elements = (
             _LOCAL_ENDLESS if self.cycle.repeat
-            else self.cycle.first.num_elements // self.shard_count
+            else (self.cycle.first.num_elements // self.batch_size - start)
+            * self.local_batch_size
         )
-        process = ProcessElement(self.cycle, self.sources, self.spec, self.shard_index,
-                                 self.shard_count)
+        process = ProcessElement(self.cycle, self.sources, self.spec, self.rows, start)
         ds = grain.MapDataset.range(local_elements).map(process)
         if self.worker_count > 0:
             _ensure_absl_flags_parsed()
@@ -418,12 +458,38 @@ class DataPipeline:
         def collate_fn(examples):
             return collate(examples, self.buckets, self.pad_id, self.pixel_dtype)
 
+        layout = {"rows": list(self.rows), "batch_size": self.batch_size, "start": start}
         return BucketBatchIterDataset(ds, self.local_batch_size, collate_fn,
-                                      self.max_consecutive_bad)
+                                      self.max_consecutive_bad, layout)
 
-    def iterator(self) -> grain.DatasetIterator:
-        """A fresh iterator from the start; `get_state()`/`set_state()` resume exactly."""
-        return iter(self.dataset())
+    def iterator(self, start: int = 0) -> grain.DatasetIterator:
+        """A fresh iterator from global batch `start`; `get_state()`/`set_state()` resume
+        exactly."""
+        return iter(self.dataset(start))
+
+    def restore_iterator(self, state: dict[str, Any]) -> grain.DatasetIterator:
+        """An iterator resumed from a saved `get_state()`, possibly of another topology.
+
+        Same rows of each global batch (same processes and mesh): Grain's exact position.
+        Other rows (resumed on another number of processes or another mesh): a fresh stream from
+        the next global batch, `state["batches"]`, which every host had reached (they read in
+        lockstep) - unless rows were skipped as bad, which shifts each host's stream on its own.
+        """
+        same = list(state.get("rows", self.rows)) == list(self.rows) and int(
+            state.get("batch_size", self.batch_size)) == self.batch_size
+        if same:
+            it = self.iterator(int(state.get("start", 0)))
+            it.set_state(state)
+            return it
+        if int(state.get("batch_size", self.batch_size)) != self.batch_size:
+            raise ValueError(f"the checkpoint's data state has global batch size "
+                             f"{state['batch_size']}, this run {self.batch_size}")
+        if int(state.get("bad_rows", 0)):
+            raise ValueError(
+                f"cannot resume on another topology: {state['bad_rows']} bad rows were skipped "
+                "(data.on_bad_row='skip'), so the hosts' positions differ; resume with the "
+                "checkpoint's processes and mesh")
+        return self.iterator(int(state["batches"]))
 
 
 def buckets_from_config(data_cfg: Any) -> Buckets:

@@ -64,13 +64,15 @@ def evaluate(model: Any, data: D.EvalData, config: Any, *, tag: str, out_dir: st
              cache: gen.CompletionCache | None = None, step: int | None = None,
              model_info: Mapping[str, Any] | None = None, reward_fn: Callable | None = None,
              answer_after: str | None = None, should_stop: Callable[[], bool] | None = None,
-             progress: bool = True, write: bool = True) -> dict[str, Any] | None:
+             progress: bool = True, write: bool = True,
+             place: Any = None) -> dict[str, Any] | None:
     """Greedy completions of `data` (those in `cache` are reused, new ones added to it),
-    scored and reported. None when `should_stop` interrupted the generation (the completions
+    scored and reported; `place`: `generate.generate`'s (data-parallel sampling). None when
+    `should_stop` interrupted the generation (the completions
     so far stay cached)."""
     t0 = time.perf_counter()
     result = gen.generate(model, data.records, config, cache=cache, should_stop=should_stop,
-                          progress=progress, desc=f"evaluate {tag}")
+                          progress=progress, desc=f"evaluate {tag}", place=place)
     if result.stopped:
         log.warning("evaluation %s interrupted after %d of %d questions (cached in %s)", tag,
                     len(result.completions), len(data.records), cache and cache.path)
@@ -139,7 +141,8 @@ class TrainingEvaluator:
         return self._data[per_task]
 
     def run(self, model: Any, reward_fn: Callable, *, step: int, tag: str, per_task: int,
-            should_stop: Callable[[], bool] | None = None) -> dict[str, Any] | None:
+            should_stop: Callable[[], bool] | None = None, place: Any = None
+            ) -> dict[str, Any] | None:
         primary = jax.process_index() == 0
         cache = completion_cache(self.out, tag, {"workdir": str(self.workdir), "step": step,
                                                  "tag": tag}, write=primary)
@@ -147,7 +150,8 @@ class TrainingEvaluator:
                        cache=cache, step=step,
                        model_info={"workdir": str(self.workdir), "step": step},
                        reward_fn=reward_fn, should_stop=should_stop,
-                       progress=primary and bool(self.config.log.progress_bar), write=primary)
+                       progress=primary and bool(self.config.log.progress_bar), write=primary,
+                       place=place)
         if rep is not None and primary:
             records = self.data(per_task).records
             items = G.heldout_items(records, rep["samples"],

@@ -43,15 +43,16 @@ def figure_of(record: Record, sources: Mapping[str, Any]) -> Any:
 
 def training_items(res: Any, g: int, n: int, sources: Mapping[str, Any]
                    ) -> list[gallery.GalleryItem]:
-    """Items of the first `n` prompt groups of a rollout (`rl.rollout.RolloutResult`, rows
-    prompt-major), each with its G completions and reward components."""
+    """Items of this process's first `n` prompt groups of a rollout (`rl.rollout.RolloutResult`,
+    rows prompt-major; `res.rows` maps a local row to its global index into `res.scores`), each
+    with its G completions and reward components."""
     items = []
     for j in range(min(n, len(res.records) // g)):
         rows = range(j * g, (j + 1) * g)
         rec = res.records[j * g]
         items.append(gallery.item_from_record(
             rec, [res.texts[i] for i in rows],
-            [{k: float(v[i]) for k, v in res.scores.items()} for i in rows],
+            [{k: float(v[res.rows[i]]) for k, v in res.scores.items()} for i in rows],
             image=figure_of(rec, sources)))
     return items
 

@@ -41,8 +41,10 @@ from rewardmap_jax.data.fast_tokenizer import FastTokenizer
 from rewardmap_jax.data.image_processing import grid_for_size
 from rewardmap_jax.data.tokenizer import special_token_ids, tokenizer_source
 from rewardmap_jax.mapworld.records import TASK_TYPES, Record
+from rewardmap_jax.model.vision_layout import bucket_patches
 from rewardmap_jax.rl import rollout as ro
 from rewardmap_jax.rl import sampler
+from rewardmap_jax.rl.placement import Placement
 
 log = logging.getLogger(__name__)
 Image.MAX_IMAGE_PIXELS = None  # real maps are large; sizes are bounded by data.max_image_pixels
@@ -188,14 +190,22 @@ class Batcher:
         except ValueError as e:
             raise ValueError(f"evaluation batch (eval.batch_size={self.batch_size}): {e}; or "
                              "lower eval.batch_size") from e
-        return batch, ro.prepare_prompts(batch, self.model_cfg), kept, bad
+        # Per-image vision buffers sized by the batch's largest map (batches hold one size):
+        # the layout that data-parallel sampling needs (`rl.placement`).
+        patches = bucket_patches(ro.image_windows(batch, self.model_cfg), self.model_cfg.vision)
+        return batch, ro.prepare_prompts(batch, self.model_cfg, patches), kept, bad
 
 
 def generate(model: Any, records: Sequence[Record], config: Any, *,
              cache: CompletionCache | None = None,
              should_stop: Callable[[], bool] | None = None,
-             progress: bool = True, desc: str = "evaluate") -> Generation:
-    """Greedy completions of every record not already in `cache` (see the module docstring)."""
+             progress: bool = True, desc: str = "evaluate",
+             place: Placement | None = None) -> Generation:
+    """Greedy completions of every record not already in `cache` (see the module docstring).
+
+    With `place` (the trainer's, any number of processes) the sampler gets global arrays:
+    every process prepares the whole batch, supplies its own rows (`place.rows`), and every
+    completion is gathered to every process (each then holds the same `Generation`)."""
     cache = cache or CompletionCache(None, {})
     ev = config.eval
     batch_size = int(ev.batch_size)
@@ -217,9 +227,13 @@ def generate(model: Any, records: Sequence[Record], config: Any, *,
             pending = pool.submit(batcher, chunks[i + 1]) if i + 1 < len(chunks) else None
             bad += chunk_bad
             if prompts is not None:
-                out = ro.sample(model, prompts, sp, key)
-                texts = ro.decode_completions(batcher.tok, np.asarray(out.tokens),
-                                              np.asarray(out.lengths), sp.stop_ids)
+                n = len(prompts["prompt_ids"])
+                mine = prompts if place is None else ro.take_prompts(prompts, place.rows(n))
+                tokens, lengths, _ = ro.local_outputs(ro.sample(model, mine, sp, key, place, n),
+                                                      place, n)
+                if place is not None:
+                    tokens, lengths = place.gather_rows((tokens, lengths), n)
+                texts = ro.decode_completions(batcher.tok, tokens, lengths, sp.stop_ids)
                 cache.add([(r.uid, t) for r, t in zip(kept, texts, strict=False)])
             bar.update(len(chunks[i]))
             if should_stop is not None and i + 1 < len(chunks) and should_stop():

@@ -9,7 +9,8 @@ mesh axis already used by an earlier dimension of the same array is not used aga
 
 Optimizer states built by optax over an `nnx.State` hold `nnx.Variable`s with the same metadata,
 so `state_shardings` shards Adam moments like their params; plain arrays (step counts) are
-replicated. Batches are sharded over `("data", "fsdp")` on their leading dim.
+replicated. Batches are sharded over `("data", "fsdp")` (the `batch` rule) on their batch dim by
+`rl.placement.Placement`.
 """
 
 from __future__ import annotations
@@ -232,30 +233,8 @@ def create_sharded_model(
 
 
 # --------------------------------------------------------------------------------------------
-# Batches and activations
+# Activations
 # --------------------------------------------------------------------------------------------
-
-
-def batch_spec(ndim: int, rules: Rules | None = None) -> PartitionSpec:
-    """Leading dim over the batch axes (rule 'batch', default ("data", "fsdp")), rest replicated."""
-    axes = (rules or {}).get("batch", BATCH_AXES)
-    return PartitionSpec(axes, *([None] * (ndim - 1)))
-
-
-def batch_shardings(batch: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
-    """NamedSharding per leaf of a batch pytree (leading dim sharded over the batch axes)."""
-    return jax.tree.map(lambda x: NamedSharding(mesh, batch_spec(np.ndim(x), rules)), batch)
-
-
-def shard_batch(batch: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
-    """Places a single-process host batch on the mesh (multi-host: `distributed.global_batch`)."""
-    n = math.prod(mesh.shape[a] for a in BATCH_AXES)
-    for x in jax.tree.leaves(batch):
-        if np.shape(x)[0] % n:
-            raise ValueError(
-                f"batch leading dim {np.shape(x)[0]} not divisible by data*fsdp = {n}"
-            )
-    return jax.device_put(batch, batch_shardings(batch, mesh, rules))
 
 
 def with_logical_constraint(

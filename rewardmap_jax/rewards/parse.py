@@ -138,6 +138,9 @@ def parse_completion(
 
 
 _GT_FIELDS = ("type_id", "difficulty", "transfers", "answer", "s1", "s2")
+# Ground-truth keys of `parse_batch` (leading dim R record rows; member (R, L, V), between
+# (R, V)); every other key is per completion (leading dim B).
+TABLE_KEYS = (*_GT_FIELDS, "between_found", "member", "between")
 
 
 def _fill_sections(out: dict, prefix: str, b: int, secs: list[tuple[int, int, int]], S: int):

@@ -161,7 +161,7 @@ def accumulate_gradients(
     batch: PyTree,
     num_micro: int,
 ) -> tuple[tuple[Array, Any], PyTree]:
-    """Sum of `value_and_grad(loss_fn)` over `num_micro` row-slices of `batch`.
+    """Sum of `value_and_grad(loss_fn)` over `num_micro` strided row-slices of `batch`.
 
     Args:
       loss_fn: `(params, micro_batch) -> (loss, aux)`; each micro-batch loss must already be
@@ -181,7 +181,11 @@ def accumulate_gradients(
     for x in jax.tree.leaves(batch):
         if x.shape[0] % num_micro:
             raise ValueError(f"batch rows {x.shape[0]} not divisible by grad_accum {num_micro}")
-    micro = jax.tree.map(lambda x: x.reshape(num_micro, -1, *x.shape[1:]), batch)
+    # Micro-batch k = rows k, k + num_micro, k + 2 num_micro, ...: with the rows sharded over
+    # the data-parallel axes (contiguous blocks), every shard holds its share of every
+    # micro-batch, so no device idles and nothing moves between devices.
+    micro = jax.tree.map(
+        lambda x: jnp.swapaxes(x.reshape(-1, num_micro, *x.shape[1:]), 0, 1), batch)
     # accumulate in >= fp32 so bf16 params do not lose the small micro-batch contributions
     zeros = jax.tree.map(
         lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)), params

@@ -38,7 +38,9 @@ from jax import lax
 from rewardmap_jax.data.prompts import pick_bucket  # noqa: F401  (re-exported: bucketing API)
 from rewardmap_jax.model.config import ModelConfig
 from rewardmap_jax.model.kv_cache import KVCache, SharedKVCache
+from rewardmap_jax.model.layers import constrain
 from rewardmap_jax.rl import sampling
+from rewardmap_jax.rl.placement import check_global
 
 # Trace counters (incremented only when jax traces, i.e. compiles, a function): tests and logs use
 # them to check that a run compiles once per shape bucket.
@@ -296,8 +298,11 @@ def _rollout(adapter, graphdef, state, ids, positions, mask, deltas, vision, key
                              max_new)
     start = jnp.repeat(deltas + ids.shape[1], num_generations)
     stop_ids, forbidden = stop_and_forbidden
-    return _decode(adapter, model, cache, logits, start, key, knobs, stop_ids, forbidden,
-                   max_new, pad_id)
+    out = _decode(adapter, model, cache, logits, start, key, knobs, stop_ids, forbidden,
+                  max_new, pad_id)
+    # Under activation sharding the B*G output rows stay on their prompts' shards.
+    return tuple(x if x.ndim == 0 else constrain(x, ("batch",) + (None,) * (x.ndim - 1))
+                 for x in out)
 
 
 def generate(
@@ -313,21 +318,26 @@ def generate(
       model: the policy (Flax NNX module; split into graphdef + state on every call, so the latest
         weights are always used). Its arrays may be sharded: nothing here places data on devices.
       adapter: the model contract (see `ModelAdapter`).
-      prompts: a left-padded bucketed `PromptBatch` of B prompts.
+      prompts: a left-padded bucketed `PromptBatch` of B prompts: host arrays (one process),
+        or global arrays sharded on their batch dim (`rl.placement.Placement.put`), which a
+        multi-process run requires (a host-local input fails here, `check_global`).
       params: sampling settings.
       key: PRNG key; the same key, prompts and weights reproduce the same rollout.
     Returns:
-      A `Rollout` with B * num_generations rows.
+      A `Rollout` with B * num_generations rows (laid out like the prompts under the activation
+      sharding rules, `rl.placement.Placement.context`).
     """
-    ids = jnp.asarray(prompts.input_ids, jnp.int32)
-    mask = jnp.asarray(prompts.attention_mask, bool)
-    pos = jnp.asarray(prompts.positions, jnp.int32)
+    check_global({f.name: getattr(prompts, f.name) for f in dataclasses.fields(prompts)},
+                 "sampler.generate")
+    ids = _on_device(prompts.input_ids, jnp.int32)
+    mask = _on_device(prompts.attention_mask, bool)
+    pos = _on_device(prompts.positions, jnp.int32)
     _check_prompts(ids, mask, pos)
     graphdef, state = nnx.split(model)
     deltas = rope_deltas_from_positions(pos, mask)
     if prompts.rope_deltas is not None:
         _check_deltas(prompts, deltas)
-        deltas = jnp.asarray(prompts.rope_deltas, jnp.int32).reshape(-1)
+        deltas = _on_device(prompts.rope_deltas, jnp.int32).reshape(-1)
     g, t = params.num_generations, params.max_new_tokens
     vocab = adapter.vocab_size(model)
     knobs = (jnp.float32(params.temperature), jnp.int32(params.top_k), jnp.float32(params.top_p))
@@ -340,6 +350,13 @@ def generate(
     out = _rollout(adapter, graphdef, state, ids, pos, mask, deltas, prompts.vision, key, knobs,
                    (jnp.asarray(stop), forbidden), g, t, params.pad_id)
     return Rollout(*out)
+
+
+def _on_device(x: Any, dtype: Any) -> jax.Array:
+    """A global array as it is (only cast); a host array (single process) to the device."""
+    if isinstance(x, jax.Array):
+        return x if x.dtype == dtype else x.astype(dtype)
+    return jnp.asarray(x, dtype)
 
 
 def _check_deltas(prompts: PromptBatch, derived: jax.Array) -> None:

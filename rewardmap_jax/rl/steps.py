@@ -17,12 +17,16 @@ SeqBatch keys (B prompts, N = B * G rows, L prompt bucket, T completion length, 
 | completion, completion_mask | (N, T) | int32, bool | sampled completions / SFT targets |
 | old_logps, ref_logps | (N, T) | float32 | GRPO only |
 | advantages | (N,) | float32 | GRPO only |
+
+Layout on a mesh (`placement=`): every leaf is a global array sharded on its batch dim (dim 1 of
+`positions`, dim 0 of the rest; per-image `vision` buffers on their leading image dim) over the
+data-parallel axes, prompt rows and their G completion rows alike, so a prompt, its image and
+its G completions sit on one shard (`rl/placement.py`).
 """
 
 from __future__ import annotations
 
 import collections
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -31,8 +35,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from rewardmap_jax.model.layers import constrain
 from rewardmap_jax.rl import grpo, optim, sft
 from rewardmap_jax.rl.logprobs import completion_logprobs
+from rewardmap_jax.rl.placement import PROMPT_BATCH_DIMS, Placement, check_global
 
 Array = jax.Array
 # Incremented when jax traces (= compiles) a step; the trainer logs the total.
@@ -59,8 +65,12 @@ def embed(model: Any, ids: Array, vision: Any, vis_offsets: Array, reps: int,
     rank = jnp.cumsum(is_vis, axis=1) - 1
     if vision.pixels.ndim == 3:  # stacked per-image buffers
         feats = _maybe_frozen(jax.vmap(model.visual)(vision).astype(x.dtype), freeze_vision)
-        b_idx = jnp.repeat(jnp.arange(feats.shape[0]), reps)[:, None]
-        vis = feats[b_idx, jnp.clip(rank, 0, feats.shape[1] - 1)]
+        feats = constrain(feats, ("batch", None, None))  # (B, M, D): images stay on their shard
+        b, m = feats.shape[:2]
+        # Per-prompt gather (batched over B): row b*reps+g reads only prompt b's features, so
+        # a batch-sharded layout needs no all-gather of the image features.
+        idx = jnp.clip(rank, 0, m - 1).reshape(b, reps, -1)
+        vis = jax.vmap(lambda f, i: f[i])(feats, idx).reshape(*rank.shape, -1)
     else:
         feats = _maybe_frozen(model.visual(vision).astype(x.dtype), freeze_vision)  # (M, D)
         idx = jnp.clip(jnp.repeat(vis_offsets, reps)[:, None] + rank, 0, feats.shape[0] - 1)
@@ -149,9 +159,57 @@ def _global_denom(mask: Array, agg: str, norm_len: int) -> Array:
     return grpo.aggregate_parts(jnp.zeros(mask.shape, jnp.float32), mask, agg, norm_len)[1]
 
 
+def _replicated_out(placement: Placement) -> Callable:
+    return lambda in_sh, n: (*in_sh[:-1], placement.replicated())
+
+
+def jit_step(fn: Callable, name: str, placement: Placement | None, *, n_state: int,
+             donate: bool = False, out_shardings: Callable | None = None) -> Callable:
+    """`jax.jit(fn)` for `fn(*state, batch)` (a SeqBatch), with a mesh layout when `placement`:
+
+    * the batch must hold global arrays (`placement.check_global`: a host-local array in a
+      multi-process run fails here, naming `name`);
+    * in_shardings are declared: the state's own shardings, the batch's rows over the
+      data-parallel axes (`Placement.shardings`); out_shardings by `out_shardings(in_sh, n)`
+      (default: the state's shardings, then everything else replicated);
+    * the call runs (and is traced) under the activation sharding rules (`Placement.context`).
+
+    `n_state` leading args are state (donated when `donate`)."""
+    donate_argnums = tuple(range(n_state)) if donate else ()
+    if placement is None:
+        return jax.jit(fn, donate_argnums=donate_argnums)
+    out_fn = out_shardings or _replicated_out(placement)
+    jitted: dict[Any, Callable] = {}
+
+    def get(args):
+        batch = args[n_state]
+        check_global(batch, name)
+        n = batch["prompt_ids"].shape[0]
+        in_sh = (*(jax.tree.map(lambda x: x.sharding, a) for a in args[:n_state]),
+                 placement.shardings(batch, n, PROMPT_BATCH_DIMS))
+        key = (jax.tree.structure(in_sh), tuple(jax.tree.leaves(in_sh)))
+        if key not in jitted:
+            jitted[key] = jax.jit(fn, in_shardings=in_sh, out_shardings=out_fn(in_sh, n),
+                                  donate_argnums=donate_argnums)
+        return jitted[key]
+
+    def call(*args):
+        f = get(args)
+        with placement.context():
+            return f(*args)
+
+    def lower(*args):  # for XLA's compiled memory analysis (tests, benchmarks)
+        f = get(args)
+        with placement.context():
+            return f.lower(*args)
+
+    call.lower = lower
+    return call
+
+
 def _accumulated_step(loss_fn: Callable, tx: optax.GradientTransformation, reps: int,
                       grad_accum: int, denom_fn: Callable, name: str,
-                      donate: bool = False) -> Callable:
+                      donate: bool = False, placement: Placement | None = None) -> Callable:
     """jit(step(params, opt_state, batch)): `loss_fn(params, batch, denom)` summed over
     `grad_accum` micro-batches of whole prompt groups with the full batch's denominator, so
     the update equals the full-batch one (optim.accumulate_gradients).
@@ -160,7 +218,6 @@ def _accumulated_step(loss_fn: Callable, tx: optax.GradientTransformation, reps:
     buffers (without it the step holds two copies of params + Adam moments at its peak: 12P
     bytes more for fp32 master weights). The caller's arrays are deleted by the call."""
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1) if donate else ())
     def step(params, opt_state, batch):
         TRACE_COUNTS[name] += 1
         denom = denom_fn(batch)
@@ -179,18 +236,19 @@ def _accumulated_step(loss_fn: Callable, tx: optax.GradientTransformation, reps:
         metrics["grad_norm"] = gnorm
         return params, opt_state, metrics
 
-    return step
+    return jit_step(step, name, placement, n_state=2, donate=donate)
 
 
 def make_sft_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
                   loss_agg: str = "token-mean", chunk: int = 256, grad_accum: int = 1,
-                  freeze_vision: bool = False, donate: bool = False) -> Callable:
+                  freeze_vision: bool = False, donate: bool = False,
+                  placement: Placement | None = None) -> Callable:
     """`step(params, opt_state, batch) -> (params, opt_state, metrics)`: cross-entropy on the
     answer tokens (`completion` = target ids incl. `<|im_end|>`, `completion_mask`).
 
     `grad_accum` micro-batches (rows of the batch) per update, same update as one pass;
     `freeze_vision` stops the gradient at the vision features; `donate` donates params and
-    opt_state (`_accumulated_step`)."""
+    opt_state (`_accumulated_step`); `placement`: the mesh layout (`jit_step`)."""
 
     def loss_fn(params, batch, denom):
         model = nnx.merge(graphdef, params)
@@ -205,26 +263,31 @@ def make_sft_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
 
     return _accumulated_step(
         loss_fn, tx, 1, grad_accum,
-        lambda b: _global_denom(b["completion_mask"], loss_agg, 0), "sft_step", donate)
+        lambda b: _global_denom(b["completion_mask"], loss_agg, 0), "sft_step", donate,
+        placement)
 
 
-def make_logprob_fn(graphdef: nnx.GraphDef, reps: int, chunk: int = 256) -> Callable:
-    """`fn(params, batch) -> logps (N, T)`: behaviour / reference log-probs (no gradient)."""
+def make_logprob_fn(graphdef: nnx.GraphDef, reps: int, chunk: int = 256,
+                    placement: Placement | None = None) -> Callable:
+    """`fn(params, batch) -> logps (N, T)`: behaviour / reference log-probs (no gradient);
+    with `placement` the output rows are sharded like the batch's (`jit_step`)."""
 
-    @jax.jit
     def fn(params, batch):
         TRACE_COUNTS["logprobs"] += 1
         model = nnx.merge(graphdef, params)
         logps, _ = sequence_logprobs(model, batch, reps, chunk, with_entropy=False)
         return logps
 
-    return fn
+    rows_out = None if placement is None else (
+        lambda in_sh, n: placement.sharding(n, 2))
+    return jit_step(fn, "logprobs", placement, n_state=1, out_shardings=rows_out)
 
 
 def make_grpo_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                    cfg: grpo.GRPOLossConfig, reps: int, *, chunk: int = 256,
                    mismatch_threshold: float = 0.05, grad_accum: int = 1,
-                   freeze_vision: bool = False, donate: bool = False) -> Callable:
+                   freeze_vision: bool = False, donate: bool = False,
+                   placement: Placement | None = None) -> Callable:
     """`step(params, opt_state, batch) -> (params, opt_state, metrics)`: one GRPO update.
 
     `batch` holds `old_logps` (the sampler's when one update per batch), `ref_logps` (zeros
@@ -233,7 +296,8 @@ def make_grpo_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     `grad_accum` micro-batches of whole prompt groups per update (the same update as one pass:
     every micro-batch loss is over the full batch's denominator); `freeze_vision` stops the
     gradient at the vision features (the tower's activations are not kept for backward);
-    `donate` donates params and opt_state (`_accumulated_step`).
+    `donate` donates params and opt_state (`_accumulated_step`); `placement`: the mesh layout
+    (`jit_step`).
     """
 
     def loss_fn(params, batch, denom):
@@ -251,7 +315,7 @@ def make_grpo_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     return _accumulated_step(
         loss_fn, tx, reps, grad_accum,
         lambda b: _global_denom(b["completion_mask"], cfg.loss_agg, cfg.norm_len), "grpo_step",
-        donate)
+        donate, placement)
 
 
 def config_errors(config: Any) -> list[str]:

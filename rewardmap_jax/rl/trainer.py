@@ -18,7 +18,15 @@
 
 A run resumes from the latest checkpoint in `workdir` (params, optimizer, step, rng, data
 iterators, reference params) and reproduces the uninterrupted run bit for bit: every random
-draw is keyed by (seed, step). See docs/training.md.
+draw is keyed by (seed, step). It may resume on another topology (devices, processes, mesh):
+arrays are restored into the new shardings and the data streams continue at the next global
+batch. See docs/training.md.
+
+Data parallelism (docs/scaling.md): each process reads, decodes and preprocesses only the rows
+of each global batch that its devices hold (`Placement.rows`); every input of a jitted step is
+a global array sharded on its batch dim over the data-parallel mesh axes (`rl/placement.py`),
+and the steps run under the activation sharding rules. Process 0 writes logs, plots, gallery
+and reports; every process takes part in checkpoints.
 """
 
 from __future__ import annotations
@@ -37,19 +45,13 @@ from flax import nnx
 
 from rewardmap_jax import evaluation
 from rewardmap_jax.config_utils import ConfigError
-from rewardmap_jax.data.curriculum import Schedule, Stage, schedule_from_config
-from rewardmap_jax.data.fast_tokenizer import FastTokenizer
-from rewardmap_jax.data.pipeline import DataPipeline
-from rewardmap_jax.data.sources import mapworld_sources
-from rewardmap_jax.data.tokenizer import tokenizer_source
-from rewardmap_jax.mapworld.generator import get_world
 from rewardmap_jax.model import sharding
-from rewardmap_jax.model.build import build_model, model_config
-from rewardmap_jax.model.qwen2_5_vl import Qwen2_5_VL  # noqa: F401 (tests build through it)
+from rewardmap_jax.model.build import build_model
 from rewardmap_jax.rewards import reward as reward_lib
-from rewardmap_jax.rewards.registry import make_reward_fn
-from rewardmap_jax.rl import grpo, optim, sampler, steps
+from rewardmap_jax.rl import grpo, inputs, optim, sampler, steps
 from rewardmap_jax.rl import rollout as ro
+from rewardmap_jax.rl.inputs import check_config  # noqa: F401 (the trainer's checks)
+from rewardmap_jax.rl.placement import Placement
 from rewardmap_jax.run import checkpoint as ck
 from rewardmap_jax.run import metrics_writer, plots
 
@@ -75,46 +77,18 @@ def _optimizer(config: mlc.ConfigDict, phase: str, total_updates: int):
     return optim.make_optimizer(o, max(total_updates, 1))
 
 
-def _world(config: mlc.ConfigDict):
-    return get_world(config.data.mapworld_world,
-                     highlight=bool(config.train.highlight_stations))
-
-
-def _sources(config: mlc.ConfigDict, split: str, size: int, tasks) -> dict[str, Any] | None:
-    if config.data.source != "mapworld":
-        return None  # the pipeline reads the real datasets itself
-    return mapworld_sources(_world(config), split, size, tasks)
-
-
-def sft_pipeline(config: mlc.ConfigDict) -> DataPipeline:
-    weights = dict(config.sft.tasks)
-    schedule = Schedule((Stage("sft", weights, int(config.sft.steps)),))
-    kw = dict(schedule=schedule, batch_size=int(config.sft.batch_size), with_targets=True,
-              repeat=False)
-    src = _sources(config, "train", int(config.data.mapworld_questions_per_task), tuple(weights))
-    if src is not None:
-        kw["sources"] = src
-    return DataPipeline.from_config(config, **kw)
-
-
-def rl_pipeline(config: mlc.ConfigDict) -> DataPipeline:
-    schedule = schedule_from_config(config.curriculum)
-    kw: dict[str, Any] = dict(schedule=schedule)
-    src = _sources(config, "train", int(config.data.mapworld_questions_per_task),
-                   schedule.task_types)
-    if src is not None:
-        kw["sources"] = src
-    return DataPipeline.from_config(config, **kw)
-
-
-def check_config(config: mlc.ConfigDict) -> None:
-    """Consistency of keys that would otherwise fail deep inside a compiled step or the
-    optimizer; raises `ConfigError` naming the keys."""
-    c = config
-    errors = steps.config_errors(c) + evaluation.config_errors(
-        c, model_config(c).vision.patch_size)
-    if errors:
-        raise ConfigError("; ".join(errors))
+def _batch_sizes(config: mlc.ConfigDict) -> dict[str, int]:
+    """Prompt counts of the batches the trainer places on the mesh, by config key."""
+    b = int(config.data.batch_size)
+    mb = min(int(config.rl.mini_batch_size), b)
+    sizes = {"data.batch_size": b, "rl.mini_batch_size": mb,
+             "rl.mini_batch_size / rl.grad_accum": mb // max(int(config.rl.grad_accum), 1)}
+    if int(config.sft.steps):
+        sb = int(config.sft.batch_size)
+        sizes["sft.batch_size"] = sb
+        sizes["sft.batch_size / sft.grad_accum"] = sb // max(int(config.sft.get("grad_accum", 1)),
+                                                             1)
+    return sizes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,19 +99,18 @@ def check_config(config: mlc.ConfigDict) -> None:
 class Trainer:
     """Holds the run state; `train()` runs the loop. One object per `run` call."""
 
-    def __init__(self, config: mlc.ConfigDict, workdir: str | Path) -> None:
+    def __init__(self, config: mlc.ConfigDict, workdir: str | Path, mesh=None) -> None:
+        """`mesh`: the device mesh (default `sharding.make_mesh(config.mesh)` over all devices)."""
         self.config, self.workdir = config, Path(workdir)
         rl = config.rl
-        check_config(config)
-        self.mesh = sharding.make_mesh(config.mesh)
-        self.model = build_model(config, self.mesh)
-        self.graphdef, self.params = nnx.split(self.model, nnx.Param)
-        self.mcfg = self.model.cfg
-        self.tokenizer = FastTokenizer(tokenizer_source(config))
-        self.reward_fn = make_reward_fn(config.reward)
+        self.mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
+        self.place = Placement(self.mesh, sharding.rules_from_config(config.mesh))
+        # Config, tokenizer, reward and data first: a run that cannot work fails in seconds
+        # with every problem named, not after loading the weights (rl/inputs.py).
+        got = inputs.prepare_inputs(config, self.workdir, self.place)
+        self.tokenizer, self.reward_fn = got.tokenizer, got.reward_fn
+        self.sft_data, self.rl_data, self.evaluator = got.sft_data, got.rl_data, got.evaluator
         self.sft_steps = int(config.sft.steps)
-        self.sft_data = sft_pipeline(config) if self.sft_steps else None
-        self.rl_data = rl_pipeline(config)
         rl_steps = int(config.train.rl_steps)  # -1: no RL phase (SFT only)
         self.rl_steps = 0 if rl_steps < 0 else rl_steps or (self.rl_data.num_steps or 0)
         if not self.rl_steps and rl_steps >= 0 and config.curriculum.repeat:
@@ -152,13 +125,20 @@ class Trainer:
             raise ConfigError(f"data.batch_size {b} is not divisible by rl.mini_batch_size {mb}")
         self.minibatches = b // mb
         self.loss_cfg = grpo.GRPOLossConfig.from_config(rl)
-        self.sp = sampler.params_from_config(rl, self.mcfg)
-        self.base_key = jax.random.key(int(config.seed))
+        self.sp = sampler.params_from_config(rl, got.model_cfg)
+        self.place.warn_unsharded(_batch_sizes(config))
+        self.model = build_model(config, self.mesh)
+        self.graphdef, self.params = nnx.split(self.model, nnx.Param)
+        self.mcfg = self.model.cfg
+        # Replicated over the mesh (not committed to one device): restored into this run's
+        # mesh on resume, whatever the saving run's, and global in multi-process runs.
+        seed = int(config.seed)
+        self.base_key = jax.jit(lambda: jax.random.key(seed),
+                                out_shardings=self.place.replicated())()
         self.freeze_vision = bool(config.optim.freeze_vision)
         self.ref_params = None
         self._done = 0  # the last completed step (for the failure message)
         self.reports: list[dict[str, Any]] = []  # evaluation summaries (no per-question rows)
-        self.evaluator = evaluation.TrainingEvaluator(config, self.workdir)
 
     # -- phases --------------------------------------------------------------------------------
 
@@ -169,7 +149,8 @@ class Trainer:
             # Donated state: nothing keeps old params (Orbax copies to host inside `save`).
             self.step_fn = steps.make_sft_step(
                 self.graphdef, self.tx, chunk=chunk, freeze_vision=self.freeze_vision,
-                grad_accum=int(self.config.sft.get("grad_accum", 1)), donate=True)
+                grad_accum=int(self.config.sft.get("grad_accum", 1)), donate=True,
+                placement=self.place)
         else:
             rl = self.config.rl
             updates = self.rl_steps * self.minibatches * int(rl.ppo_epochs)
@@ -177,8 +158,9 @@ class Trainer:
             self.step_fn = steps.make_grpo_step(
                 self.graphdef, self.tx, self.loss_cfg, self.g, chunk=chunk,
                 mismatch_threshold=float(rl.logp_mismatch_alarm), grad_accum=int(rl.grad_accum),
-                freeze_vision=self.freeze_vision, donate=True)
-            self.logp_fn = steps.make_logprob_fn(self.graphdef, self.g, chunk=chunk)
+                freeze_vision=self.freeze_vision, donate=True, placement=self.place)
+            self.logp_fn = steps.make_logprob_fn(self.graphdef, self.g, chunk=chunk,
+                                                 placement=self.place)
         self.phase = phase
 
     def _state(self) -> dict[str, Any]:
@@ -215,26 +197,28 @@ class Trainer:
         abstract = self._state()
         if self.phase == "rl" and self._needs_ref():
             abstract["ref_params"] = self.params
+        # Restored straight into this run's shardings, whatever the saving run's topology.
         restored = ckpt.restore(ck.abstract_like(abstract))
         self.params, self.opt_state = restored.state["params"], restored.state["opt_state"]
         self.base_key = jax.random.wrap_key_data(restored.state["rng"])
         self.ref_params = restored.state.get("ref_params")
         ds = restored.data_state or {}
-        self.rl_it.set_state(ds["rl"])
-        if self.sft_it is not None and "sft" in ds:
-            self.sft_it.set_state(ds["sft"])
+        self.rl_it = self.rl_data.restore_iterator(ck.process_state(ds, "rl"))
+        if self.sft_it is not None and ck.process_state(ds, "sft") is not None:
+            self.sft_it = self.sft_data.restore_iterator(ck.process_state(ds, "sft"))
         self.reports = restored.metadata.get("reports", [])
         log.info("resumed from step %d (phase %s)", restored.step, self.phase)
         return restored.step
 
     def _init_opt_state(self) -> Any:
         """A fresh optimizer state laid out on the mesh like the params (scalars replicated),
-        as the update step returns it: otherwise the 2nd step would compile again."""
-        state = self.tx.init(self.params)
+        as the update step returns it: otherwise the 2nd step would compile again. Built by a
+        jitted init straight into those shardings (also across processes)."""
         rules = sharding.rules_from_config(self.config.mesh)
-        shardings = sharding.state_shardings(state, self.mesh, rules,
+        shardings = sharding.state_shardings(jax.eval_shape(self.tx.init, self.params),
+                                             self.mesh, rules,
                                              tuple(self.config.mesh.get("path_rules", ())))
-        return sharding.shard_state(state, shardings)
+        return jax.jit(self.tx.init, out_shardings=shardings)(self.params)
 
     def _switch_to_rl(self) -> None:
         """Freezes the reference policy and starts the GRPO optimizer."""
@@ -245,27 +229,38 @@ class Trainer:
 
     # -- one step of each phase ------------------------------------------------------------------
 
+    def _prompts(self, batch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(batch re-padded to the shapes all processes use, its prompt arrays: numpy, this
+        process's rows)."""
+        batch, patches = ro.agree_batch(batch, self.mcfg, self.place)
+        return batch, ro.prepare_prompts(batch, self.mcfg, patches)
+
+    def _global_tokens(self, batch: dict[str, Any], n: int, *keys: str) -> int:
+        """Tokens under the masks `keys` of every process's rows of an `n`-prompt batch."""
+        local = sum(np.asarray(batch[k]).sum(axis=1) for k in keys)
+        return int(self.place.gather_rows(local, n).sum())
+
     def sft_step(self) -> dict[str, Any]:
         t0 = time.perf_counter()
-        batch = next(self.sft_it)
-        prompts = ro.prepare_prompts(batch, self.mcfg)
-        dev = ro.seq_batch(prompts, batch["target_ids"], batch["target_mask"].astype(bool))
+        batch, prompts = self._prompts(next(self.sft_it))
+        n = self.sft_data.batch_size
+        dev = ro.seq_batch(prompts, batch["target_ids"], batch["target_mask"].astype(bool),
+                           self.place, n)
         t1 = time.perf_counter()
         self.params, self.opt_state, m = self.step_fn(self.params, self.opt_state, dev)
         m = jax.device_get(m)
         t2 = time.perf_counter()
-        tokens = int(batch["attention_mask"].sum() + batch["target_mask"].sum())
+        tokens = self._global_tokens(batch, n, "attention_mask", "target_mask")
         out = {f"sft/{k}": v for k, v in m.items()}
         out.update({"time/data": t1 - t0, "time/update": t2 - t1, "time/step": t2 - t0,
                     "tokens_per_s": tokens / (t2 - t0)})
         return out
 
     def _sample_round(self, key: jax.Array):
-        batch = next(self.rl_it)
-        prompts = ro.prepare_prompts(batch, self.mcfg)
+        batch, prompts = self._prompts(next(self.rl_it))
         model = nnx.merge(self.graphdef, self.params)
-        res = ro.rollout(model, prompts, batch["records"], self.sp, key, self.tokenizer,
-                         self.reward_fn, self.config.rl)
+        res = ro.rollout(model, prompts, batch, self.sp, key, self.tokenizer, self.reward_fn,
+                         self.config.rl, self.place, self.rl_data.batch_size)
         return batch, prompts, res
 
     def _dynamic_sampling(self, key, first):
@@ -290,17 +285,20 @@ class Trainer:
         extra: dict[str, Any] = {}
         # Reward/accuracy curves come from the step's own curriculum batch: dynamic sampling
         # keeps mixed groups, whose accuracy hovers near 1/2 whatever the policy's.
-        drawn = ro.reward_metrics(res.scores, res.records)
+        drawn = ro.reward_metrics(res.scores, res.task_ids)
+        n = self.rl_data.batch_size
+        prompt_tokens = self._global_tokens(batch, n, "attention_mask")
         if rl.dynamic_sampling:
             batch, prompts, res, extra = self._dynamic_sampling(key, (batch, prompts, res))
             extra["dynamic_sampling/update_reward"] = float(np.mean(res.scores["overall"]))
+            prompt_tokens = self._global_tokens(batch, n, "attention_mask")
         t1 = time.perf_counter()
-        mbs = ro.update_batches(batch, prompts, res, self.g, self.minibatches, self.mcfg)
+        mbs = ro.update_batches(prompts, res, self.g, self.minibatches, n, self.place)
         for mb in mbs:
             if self._needs_ref():
                 mb["ref_logps"] = self.logp_fn(self.ref_params, mb)
-            else:
-                mb["ref_logps"] = jnp.zeros_like(mb["old_logps"])
+            else:  # zeros laid out like the rows (lax.full_like keeps the sharding)
+                mb["ref_logps"] = jax.lax.full_like(mb["old_logps"], 0)
             if int(rl.ppo_epochs) > 1 or self.minibatches > 1:
                 mb["old_logps"] = self.logp_fn(self.params, mb)  # learner's own, pre-update
         metrics: list[dict[str, Any]] = []
@@ -317,9 +315,9 @@ class Trainer:
         out.update(drawn)
         out.update({f"adv/{k}": v for k, v in res.adv_metrics.items()}, **extra)
         stage = int(batch["stage"][0])
-        tokens = int(batch["attention_mask"].sum()) * self.g + int(res.lengths.sum())
+        tokens = prompt_tokens * self.g + int(res.all_lengths.sum())
         out.update({
-            "response_length": float(res.lengths.mean()),
+            "response_length": float(res.all_lengths.mean()),
             "stage": stage, "stage_name": self.rl_data.schedule.stages[stage].name,
             "time/sample": res.times["sample"], "time/reward": res.times["reward"],
             "time/update": t2 - t1, "time/step": t2 - t0, "tokens_per_s": tokens / (t2 - t0),
@@ -334,7 +332,8 @@ class Trainer:
         """Held-out evaluation on the configured data (`evaluation.TrainingEvaluator`); None
         when `should_stop` (a preemption) interrupted it."""
         rep = self.evaluator.run(nnx.merge(self.graphdef, self.params), self.reward_fn,
-                                 step=step, tag=tag, per_task=per_task, should_stop=should_stop)
+                                 step=step, tag=tag, per_task=per_task, should_stop=should_stop,
+                                 place=self.place)
         if rep is not None:
             self.reports = [r for r in self.reports if r["tag"] != tag] + [evaluation.slim(rep)]
             if jax.process_index() == 0:

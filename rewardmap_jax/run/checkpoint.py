@@ -51,6 +51,8 @@ CHECKPOINT_SUBDIR = "checkpoints"
 DATA_ITEM = "data"
 META_ITEM = "meta"
 _RESERVED = (DATA_ITEM, META_ITEM)
+# Key of a restored data state written by another number of processes (ProcessJsonHandler).
+OTHER_TOPOLOGY = "other_topology"
 
 
 # --------------------------------------------------------------------------------------------
@@ -69,14 +71,17 @@ class ProcessJsonHandler(ocp.CheckpointHandler):
         _process_file(directory).write_text(json.dumps(args.state, sort_keys=True))
 
     def restore(self, directory: epath.Path, args: ProcessJsonRestore | None = None) -> Any:
+        """This process's state; when the checkpoint was written by another number of
+        processes, `{OTHER_TOPOLOGY: [state of each of its processes, in order]}` instead (the
+        caller decides how to carry a position over, e.g. `DataPipeline.restore_iterator`)."""
         path = _process_file(directory)
-        if not path.exists():
-            found = sorted(p.name for p in directory.iterdir())
-            raise FileNotFoundError(
-                f"no data-iterator state for this process at {path} (found {found}); was the "
-                "checkpoint written with a different number of processes?"
-            )
-        return json.loads(path.read_text())
+        if path.exists():
+            return json.loads(path.read_text())
+        found = sorted(directory.glob("process_*-of-*.json"),
+                       key=lambda p: int(p.name.split("_")[1].split("-")[0]))
+        if not found:
+            raise FileNotFoundError(f"no data-iterator state in {directory}")
+        return {OTHER_TOPOLOGY: [json.loads(p.read_text()) for p in found]}
 
     def metadata(self, directory: epath.Path) -> None:
         return None
@@ -86,6 +91,19 @@ class ProcessJsonHandler(ocp.CheckpointHandler):
 
     def close(self) -> None:
         pass
+
+
+def process_state(data_state: dict[str, Any], key: str) -> Any:
+    """Entry `key` of a restored per-process data state; from a checkpoint written by another
+    number of processes (`OTHER_TOPOLOGY`), the first process's, after checking that every
+    process had read the same number of global batches (`batches`)."""
+    if OTHER_TOPOLOGY not in data_state:
+        return data_state.get(key)
+    states = [s[key] for s in data_state[OTHER_TOPOLOGY] if key in s]
+    if len({int(s.get("batches", -1)) for s in states}) > 1:
+        raise ValueError(f"the checkpoint's {key!r} data streams are at different global "
+                         "batches on different processes; resume with its topology")
+    return states[0] if states else None
 
 
 @ocp.args.register_with_handler(ProcessJsonHandler, for_save=True)

@@ -1,29 +1,30 @@
 """Multi-host setup and per-host batch assembly.
 
 Every process runs the same program (SPMD). `initialize_distributed` must run before any other
-JAX call touches devices. Each host loads only its own rows of the global batch (Grain
-`ShardByJaxProcess`, or `process_rows`) and `global_batch` stitches them into global arrays
-sharded over the mesh's batch axes. Only process 0 logs (`is_main_process`); every process takes
-part in collectives and checkpointing.
+JAX call touches devices. Each host loads only its own rows of the global batch (the data
+pipeline's `rows`), which `rl.placement.Placement` stitches into global arrays sharded over the
+mesh's batch axes. Only process 0 logs (`is_main_process`); every process takes part in
+collectives and checkpointing.
 
 Config (`cfg.mesh`): `dist_mode` "auto" (initialize when a cluster environment is detected:
 SLURM with several tasks, Open MPI, a TPU pod, or JAX_COORDINATOR_ADDRESS), "off", or "explicit"
 (use `coordinator_address`, `num_processes`, `process_id`); `cpu_collectives` for CPU runs
 ("gloo").
+
+"auto" with JAX_COORDINATOR_ADDRESS: JAX itself reads only the address from the environment, so
+the process count and id come from JAX_NUM_PROCESSES / JAX_PROCESS_ID (what `launch/local.sh`
+sets), else from a detected cluster (SLURM, Open MPI, TPU); with neither, a clear error names the
+missing variables instead of JAX's failure deep inside `initialize`.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding
-
-from rewardmap_jax.model.sharding import BATCH_AXES, batch_spec
 
 _CLUSTER_ENV = (
     "JAX_COORDINATOR_ADDRESS",
@@ -60,7 +61,9 @@ def initialize_distributed(mesh_cfg: Any) -> bool:
     if coll:
         jax.config.update("jax_cpu_collectives_implementation", coll)
     kwargs: dict[str, Any] = {}
-    if mode == "explicit":
+    if mode == "auto" and os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        kwargs = _coordinator_env()
+    elif mode == "explicit":
         addr = get("coordinator_address", "")
         n, pid = int(get("num_processes", 0)), int(get("process_id", -1))
         if not addr or n <= 0 or not 0 <= pid < n:
@@ -76,44 +79,38 @@ def initialize_distributed(mesh_cfg: Any) -> bool:
     return True
 
 
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def _coordinator_env() -> dict[str, Any]:
+    """initialize() arguments for a JAX_COORDINATOR_ADDRESS launch: the address, plus the process
+    count and id from JAX_NUM_PROCESSES / JAX_PROCESS_ID, or left to a detected cluster."""
+    addr = os.environ["JAX_COORDINATOR_ADDRESS"]
+    n, pid = _env_int("JAX_NUM_PROCESSES"), _env_int("JAX_PROCESS_ID")
+    if n is not None and pid is not None:
+        if n <= 0 or not 0 <= pid < n:
+            raise ValueError(f"JAX_NUM_PROCESSES={n}, JAX_PROCESS_ID={pid}: need "
+                             "0 <= JAX_PROCESS_ID < JAX_NUM_PROCESSES")
+        return {"coordinator_address": addr, "num_processes": n, "process_id": pid}
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 or any(
+            os.environ.get(k) for k in _CLUSTER_ENV if k != "JAX_COORDINATOR_ADDRESS"):
+        return {"coordinator_address": addr}  # count and id from the cluster environment
+    raise ValueError(
+        f"JAX_COORDINATOR_ADDRESS={addr} is set but not JAX_NUM_PROCESSES and JAX_PROCESS_ID, "
+        "and no cluster environment (SLURM, Open MPI, TPU) provides them: set both (as "
+        "launch/local.sh does), or unset JAX_COORDINATOR_ADDRESS for a single-process run")
+
+
 def is_main_process() -> bool:
     """True on process 0 only: the one that writes logs, metrics and progress bars."""
     return jax.process_index() == 0
-
-
-def process_rows(global_rows: int) -> slice:
-    """This process's contiguous rows of a global batch (equal split, in process order)."""
-    n = jax.process_count()
-    if global_rows % n:
-        raise ValueError(f"global batch {global_rows} not divisible by {n} processes")
-    per = global_rows // n
-    return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
-
-
-def global_batch(local: Any, mesh: Mesh, rules: Any = None) -> Any:
-    """Global arrays sharded over the batch axes from each process's local rows.
-
-    Args:
-      local: pytree of host arrays `(B_local, ...)`, this process's rows (in process order,
-        e.g. `full[process_rows(B)]`).
-      mesh: the global mesh; its batch axes' devices must be laid out so that each process's
-        devices hold a contiguous block of rows (true for `make_mesh` meshes).
-    Returns:
-      pytree of `jax.Array` `(B_local * process_count, ...)`.
-    """
-    n_shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
-
-    def one(x: np.ndarray) -> jax.Array:
-        x = np.asarray(x)
-        global_shape = (x.shape[0] * jax.process_count(), *x.shape[1:])
-        if global_shape[0] % n_shards:
-            raise ValueError(
-                f"global batch {global_shape[0]} not divisible by data*fsdp = {n_shards}"
-            )
-        sharding = NamedSharding(mesh, batch_spec(x.ndim, rules))
-        return jax.make_array_from_process_local_data(sharding, x, global_shape)
-
-    return jax.tree.map(one, local)
 
 
 def to_host(tree: Any) -> Any:

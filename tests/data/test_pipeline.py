@@ -161,6 +161,54 @@ def test_two_hosts_read_disjoint_halves_of_each_global_batch():
         assert hosts[0][step]["input_ids"].shape[0] == 4
 
 
+@pytest.mark.parametrize("layout", [((0, 1, 2, 3), (4, 5, 6, 7)), ((0, 2, 4, 6), (1, 3, 5, 7)),
+                                    ((0, 1, 2, 3, 4, 5, 6, 7),)])
+def test_hosts_reading_their_rows_make_the_single_host_batches(layout):
+    """Each host reads, decodes and preprocesses only the rows its devices hold (any layout);
+    together they make the global batches one host reading everything makes."""
+    c = _config(shard="jax_process")
+    single = _batches(DataPipeline.from_config(c, schedule=MIX, sources=_fake_sources(),
+                                               rows=range(8)).iterator(), 3)
+    for step in range(3):
+        got = {}
+        for rows in layout:
+            b = _batches(DataPipeline.from_config(c, schedule=MIX, sources=_fake_sources(),
+                                                  rows=rows).iterator(), step + 1)[step]
+            assert list(b["element"]) == [step * 8 + r for r in rows]
+            got.update(zip(rows, (r.uid for r in b["records"]), strict=True))
+        assert [got[i] for i in range(8)] == [r.uid for r in single[step]["records"]]
+
+
+def test_iterator_resumes_on_another_topology():
+    """Saved by 2 hosts after 2 global batches, resumed by 1 (and the reverse): the next global
+    batch is the one the uninterrupted single-host stream reads."""
+    c = _config(shard="jax_process")
+
+    def pipe(rows):
+        return DataPipeline.from_config(c, schedule=MIX, sources=_fake_sources(), rows=rows)
+
+    full = _batches(pipe(range(8)).iterator(), 4)
+    halves = [pipe(r).iterator() for r in ((0, 1, 2, 3), (4, 5, 6, 7))]
+    for it in halves:
+        _batches(it, 2)
+    state = json.loads(json.dumps(halves[1].get_state()))
+    assert state["batches"] == 2 and state["rows"] == [4, 5, 6, 7]
+    one = pipe(range(8)).restore_iterator(state)
+    assert [r.uid for r in next(one)["records"]] == [r.uid for r in full[2]["records"]]
+    # and 1 -> 2: each half continues with its rows of global batch 3
+    state = json.loads(json.dumps(one.get_state()))
+    assert state["batches"] == 3
+    back = pipe((4, 5, 6, 7)).restore_iterator(state)
+    assert list(next(back)["element"]) == [3 * 8 + r for r in (4, 5, 6, 7)]
+    # same layout: Grain's exact position
+    same = pipe(range(8)).restore_iterator(state)
+    assert [r.uid for r in next(same)["records"]] == [r.uid for r in full[3]["records"]]
+    with pytest.raises(ValueError, match="bad rows were skipped"):
+        pipe((0, 1, 2, 3)).restore_iterator(dict(state, bad_rows=1))
+    with pytest.raises(ValueError, match="another layout"):
+        pipe((0, 1, 2, 3)).iterator().set_state(state)
+
+
 def test_bad_rows_skip_or_raise(tmp_path):
     bad = {("Counting2", 3): b"\x89PNG\r\n\x1a\n broken", ("TorF1", 5): str(tmp_path / "no.png")}
     c = _config(on_bad_row="skip")
@@ -218,7 +266,7 @@ def test_bfloat16_pixels_and_jax_process_sharding():
 
     c = _config(pixel_dtype="bfloat16", shard="jax_process")  # one process: shard 0 of 1
     pipe = DataPipeline.from_config(c, schedule=MIX, sources=_fake_sources())
-    assert (pipe.shard_index, pipe.shard_count) == (0, 1)
+    assert pipe.rows == tuple(range(pipe.batch_size))
     low = next(pipe.iterator())
     full = next(DataPipeline.from_config(_config(), schedule=MIX,
                                          sources=_fake_sources()).iterator())

@@ -12,6 +12,7 @@ from jax.sharding import PartitionSpec as P
 from configs.curriculum import get_config
 from rewardmap_jax.model import sharding as sh
 from rewardmap_jax.rl import grpo, optim
+from rewardmap_jax.rl.placement import Placement
 from tests.rl.toy_model import ToyLM
 from tests.rl.toy_step import make_batch, make_step, toy_forward
 
@@ -79,7 +80,7 @@ def _train(mesh, steps=2, num_micro=1, make_model=_toy, forward=toy_forward, voc
     opt_state = jax.device_put(opt_state, sh.state_shardings(opt_state, mesh, RULES))
     step = make_step(graphdef, tx, cfg, num_micro=num_micro, forward=forward)
     for i in range(steps):
-        batch = sh.shard_batch(make_batch(i, vocab=vocab), mesh, RULES)
+        batch = Placement(mesh, RULES).put(make_batch(i, vocab=vocab), 8)
         params, opt_state, loss, _ = step(params, opt_state, batch)
     return params, opt_state, float(loss)
 

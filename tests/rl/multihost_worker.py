@@ -15,6 +15,30 @@ import argparse
 import jax
 
 
+def join(args) -> None:
+    """Joins the process group with generous coordination timeouts: on a loaded 2-core machine
+    a process busy compiling can miss JAX's default 100 s heartbeat deadline (which aborts the
+    run). `initialize_distributed` then sees the group already joined."""
+    if args.num_processes > 1:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(f"127.0.0.1:{args.port}", args.num_processes,
+                                   args.process_id, heartbeat_timeout_seconds=1800,
+                                   initialization_timeout=1800)
+
+
+def set_mesh(m, args, shape):
+    """`cfg.mesh` with `shape` (data, fsdp, tensor) and this worker's process group (gloo on
+    127.0.0.1:`args.port`; a lone process runs without one)."""
+    m.data, m.fsdp, m.tensor = shape
+    if args.num_processes > 1:
+        m.dist_mode = "explicit"
+        m.coordinator_address = f"127.0.0.1:{args.port}"
+        m.num_processes, m.process_id = args.num_processes, args.process_id
+    else:
+        m.dist_mode = "off"
+    return m
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--num_processes", type=int, required=True)
@@ -34,24 +58,20 @@ def main() -> None:
     from configs.curriculum import get_config
     from rewardmap_jax.model import sharding as sh
     from rewardmap_jax.rl import grpo, optim
+    from rewardmap_jax.rl.placement import Placement
     from rewardmap_jax.run import distributed as dist
     from tests.rl.toy_model import ToyLM
     from tests.rl.toy_step import make_batch, make_step
 
     cfg = get_config()
-    m = cfg.mesh
-    m.data, m.fsdp, m.tensor = 1, 2, 2
-    if args.num_processes > 1:
-        m.dist_mode = "explicit"
-        m.coordinator_address = f"127.0.0.1:{args.port}"
-        m.num_processes, m.process_id = args.num_processes, args.process_id
-    else:
-        m.dist_mode = "off"
+    m = set_mesh(cfg.mesh, args, (1, 2, 2))
+    join(args)
     dist.initialize_distributed(m)
     assert jax.process_count() == args.num_processes and jax.device_count() == 4
 
     rules = sh.rules_from_config(m)
     mesh = sh.make_mesh(m)
+    place = Placement(mesh, rules)
     cfg.optim.lr = 1e-2
     tx = optim.make_optimizer(cfg.optim)
     loss_cfg = grpo.GRPOLossConfig(clip_low=0.2, clip_high=0.28, kl_coef=0.01, entropy_coef=1e-3)
@@ -62,8 +82,8 @@ def main() -> None:
     step = make_step(graphdef, tx, loss_cfg)
     for i in range(args.steps):
         full = make_batch(i)
-        rows = dist.process_rows(full["ids"].shape[0])
-        batch = dist.global_batch({k: v[rows] for k, v in full.items()}, mesh, rules)
+        n = full["ids"].shape[0]
+        batch = place.put({k: v[place.rows(n)] for k, v in full.items()}, n)
         params, opt_state, loss, _ = step(params, opt_state, batch)
     host = dist.to_host(nnx.to_pure_dict(params))
     moved = max(float(np.max(np.abs(a - b)))

@@ -12,6 +12,8 @@ import pytest
 from flax import nnx
 
 from rewardmap_jax.data.pipeline import DataPipeline
+from rewardmap_jax.model.build import model_config
+from rewardmap_jax.model.qwen2_5_vl import Qwen2_5_VL
 from rewardmap_jax.model.vision_layout import pack_vision_inputs
 from rewardmap_jax.rl import rollout as ro
 from rewardmap_jax.rl import sampler, steps, trainer
@@ -24,8 +26,8 @@ HERE = Path(__file__).resolve().parent
 @pytest.fixture(scope="module")
 def setup():
     c = get_config()
-    mcfg = trainer.model_config(c)
-    model = nnx.merge(*nnx.split(trainer.Qwen2_5_VL(mcfg, nnx.Rngs(params=3))))
+    mcfg = model_config(c)
+    model = nnx.merge(*nnx.split(Qwen2_5_VL(mcfg, nnx.Rngs(params=3))))
     pipe = DataPipeline.from_config(c, batch_size=4)
     batch = next(pipe.iterator())
     return c, model, batch
@@ -106,7 +108,7 @@ def test_bandit_reward_rises(tmp_path):
 def test_minibatches_epochs_and_dynamic_sampling(tmp_path):
     """ppo_epochs x mini-batches (learner-recomputed behaviour log-probs) and DAPO dynamic
     sampling run end to end; the first update's learner/behaviour mismatch is at float32
-    rounding level (the log-prob pass and the update are separate XLA programs, so not
+    rounding level (the log-prob pass and the update are separate XLA programs: not
     bit-identical on every CPU)."""
     c = get_config()
     c.sft.steps = 0

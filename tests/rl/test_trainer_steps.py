@@ -10,7 +10,9 @@ import pytest
 from flax import nnx
 
 from rewardmap_jax.data.pipeline import DataPipeline
-from rewardmap_jax.rl import grpo, optim, steps, trainer
+from rewardmap_jax.model.build import model_config
+from rewardmap_jax.model.qwen2_5_vl import Qwen2_5_VL
+from rewardmap_jax.rl import grpo, optim, steps
 from rewardmap_jax.rl import rollout as ro
 from tests.rl.small_config import get_config
 
@@ -25,7 +27,7 @@ def setup():
 def make_setup():
     c = get_config()
     c.optim.lr = 1e-3
-    model = trainer.Qwen2_5_VL(trainer.model_config(c), nnx.Rngs(params=3))
+    model = Qwen2_5_VL(model_config(c), nnx.Rngs(params=3))
     graphdef, params = nnx.split(model, nnx.Param)
     pipe = DataPipeline.from_config(c, batch_size=4, with_targets=True)
     batch = next(pipe.iterator())
