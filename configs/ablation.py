@@ -2,8 +2,8 @@ r"""The RewardMap ablation at CPU scale (docs/reproduction.md), one config per a
 
     python -m rewardmap_jax.experiments.ablation --seeds 3
 
-trains the supervised warm start once (`warm_start`), then every arm from it with each seed; any
-run alone is
+trains, for each seed, a supervised warm start (`warm_start`), then every arm from it; any run
+alone is
 
     python -m rewardmap_jax.main --config configs/ablation.py:rewardmap --config.seed=1 \
       --config.train.init_from=runs/ablation/warm_start/seed1 \
@@ -16,8 +16,10 @@ half of the prompts now Plus questions); + the detail reward; + the difficulty-a
 the perception-to-planning curriculum (the full RewardMap: the same mixture of prompts, ordered
 TorF -> counting -> planning); and, as a control, supervised training on the reference answers of
 the same mixture for the same number of steps. Every RL arm also sets `RL_ARM` (no SFT, the
-study's step count); the seed varies the RL phase (sampling, prompt order), all arms and seeds
-share one warm start, as the paper's arms share one base model.
+study's step count). The arms of one seed share that seed's warm start, as the paper's arms
+share one base model; the seed varies the warm start and the RL phase (sampling, prompt order),
+so the spread over seeds includes the warm start's. `<arm>@quick` is the same arm at the
+`quick` sizes of `SCALES` (a pipeline check).
 """
 
 from __future__ import annotations
