@@ -20,19 +20,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
+from pathlib import Path
 
 import jax
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/
 jax.config.update("jax_num_cpu_devices", 8)
 
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from configs.curriculum import get_config  # noqa: E402
 from rewardmap_jax.rl import rollout as ro  # noqa: E402
 from rewardmap_jax.rl import sampler, steps, trainer  # noqa: E402
 from rewardmap_jax.rl.placement import Placement  # noqa: E402
-from tests.rl.small_config import get_config  # noqa: E402
 
 MiB = 2**20
 
@@ -42,8 +45,12 @@ class _Stop(Exception):
 
 
 def _config(prompts: int, g: int, mesh_shape):
-    c = get_config()
+    c = get_config("tiny")
     c.sft.steps = 0
+    c.train.rl_steps = 4
+    c.rl.max_new_tokens = 6
+    c.rl.dynamic_sampling = False
+    c.data.mapworld_questions_per_task = 32
     c.data.batch_size = c.rl.mini_batch_size = prompts
     c.rl.num_generations = g
     c.curriculum.stages = ({"name": "small", "steps": 4,
