@@ -54,6 +54,7 @@ if str(_REPO) not in sys.path:  # runnable from a checkout without `pip install 
 FIXTURES = _REPO / "tests" / "fixtures"
 MiB = 2**20
 DEVICES = 8
+TRAIN_COPIES = 12
 # Map sizes (width, height), cycled over each dataset's maps: several patch grids, prompt
 # buckets and per-image vision buffers in one batch. The full form: 0.6-1.6 MP (real ReasonMap
 # maps are resized to <= 12.8 MP, data.max_pixels); the reduced form: 0.2-0.56 MP, every
@@ -62,11 +63,10 @@ MAP_SIZES = {
     "full": ((896, 672), (1232, 868), (700, 1120), (1400, 1148)),
     "reduced": ((448, 448), (672, 448), (560, 840), (868, 644)),
 }
-# Overrides of the qwen2_5_vl_3b preset: where the data and weights are, and sizes small
-# enough for a CPU (2 prompts x G 4 = one row per device; grad_accum 2 stays the preset's).
+# Overrides of the qwen2_5_vl_3b preset besides the paths: short completions and a small
+# evaluation. The batch is the preset's (16 prompts x G 4, rl.grad_accum 2: one prompt per
+# device per micro-step on 8 devices, the layout of the paper's 8 GPUs).
 OVERRIDES = {
-    "data.batch_size": 2,
-    "rl.mini_batch_size": 2,
     "rl.max_new_tokens": 8,
     "eval.max_new_tokens": 8,
     "eval.questions_per_task": 1,
@@ -118,6 +118,10 @@ def make_data(out: Path, sizes) -> dict[str, list[list[int]]]:
         for i, f in enumerate(maps):
             f.write_bytes(_resize_png(f.read_bytes(), sizes[i % len(sizes)]))
         used[name] = [list(sizes[i % len(sizes)]) for i in range(len(maps))]
+    # ReasonMap-Train rows repeated: the curriculum's first stage (TorF, 4 fixture rows) then
+    # holds 3 global batches of the preset's 16 prompts.
+    train = out / "reasonmap_train" / "train.parquet"
+    pq.write_table(pa.concat_tables([pq.read_table(train)] * TRAIN_COPIES), train)
     # ReasonMap: base64 PNG strings in the parquet's `figure` column.
     src = FIXTURES / "reasonmap" / "reasonmap-validation.parquet"
     table = pq.read_table(src)
@@ -155,7 +159,6 @@ def prepare(work: Path, full: bool) -> dict:
 
 def _param_sizes(cfg) -> list[int]:
     import jax
-
     from flax import nnx
 
     from rewardmap_jax.model.qwen2_5_vl import abstract_model
@@ -175,8 +178,7 @@ def reload(export: Path) -> dict:
     import jax.numpy as jnp
     import numpy as np
     import torch
-    from transformers import (AutoImageProcessor, AutoTokenizer,
-                              Qwen2_5_VLForConditionalGeneration)
+    from transformers import AutoImageProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
     from rewardmap_jax.model import hf_io
 
@@ -227,8 +229,8 @@ def _run(name: str, argv: list[str], log_dir: Path) -> dict:
     log = log_dir / f"{name}.log"
     t0 = time.perf_counter()
     with open(log, "w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=_env(log_dir.parent),
-                                cwd=_REPO)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                env=_env(log_dir.parent), cwd=_REPO)
         _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
     rc = os.waitstatus_to_exitcode(status)
