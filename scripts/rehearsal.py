@@ -348,7 +348,8 @@ def drive(work: Path, args: argparse.Namespace) -> int:
                "overrides": OVERRIDES, "map_sizes": MAP_SIZES[form],
                "prepare": json.loads((work / "prepare.json").read_text()),
                "reload": json.loads((work / "reload.json").read_text())}
-    summary["prepare"].pop("maps")
+    summary["distinct_map_sizes"] = {k: len({tuple(x) for x in v})
+                                      for k, v in summary["prepare"].pop("maps").items()}
     fails = check(work, summary)
     summary["failures"] = fails
     (work / "rehearsal.json").write_text(json.dumps(summary, indent=1))

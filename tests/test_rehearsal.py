@@ -32,6 +32,7 @@ def test_reduced_rehearsal(tmp_path):
     # The checkpoint the run loaded: several shards, Qwen's vocabulary.
     assert s["prepare"]["shards"] >= 3 and s["prepare"]["vocab_size"] == 151936
     assert (work / "hf" / "model.safetensors.index.json").is_file()
+    assert min(s["distinct_map_sizes"].values()) >= 3
     # GRPO steps 1-2, then the resumed 3rd; checkpoints at 2 and 3; held-out evaluation.
     assert sorted(s["step_metrics"]) == ["1", "2", "3"]
     assert s["resumed_from_step_2"] and {2, 3} <= set(s["checkpoints"])
