@@ -74,6 +74,7 @@ OVERRIDES = {
     "log.progress_bar": False,
 }
 # Step-3 metrics the resumed and uninterrupted runs must share.
+PHASES = ("prepare", "train", "resume", "uninterrupted", "export", "reload")
 COMPARED = ("loss", "grad_norm", "reward/mean", "kl", "response_length")
 
 
@@ -311,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--uninterrupted", action=argparse.BooleanOptionalAction, default=None,
                     help="also train 3 steps without interruption and compare step 3 "
                          "(default: on in the reduced form, off with --full)")
+    ap.add_argument("--start-at", choices=PHASES, default="prepare",
+                    help="continue an existing --workdir from this phase (the earlier phases' "
+                         "rows are read from WORKDIR/phases.jsonl)")
     ap.add_argument("--phase", choices=("prepare", "reload"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.phase:  # a child process of the driver
@@ -324,10 +328,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def drive(work: Path, args: argparse.Namespace) -> int:
-    if work.exists() and any(work.iterdir()):
-        raise SystemExit(f"--workdir {work} is not empty")
     logs = work / "logs"
-    logs.mkdir(parents=True)
+    if args.start_at == "prepare":
+        if work.exists() and any(work.iterdir()):
+            raise SystemExit(f"--workdir {work} is not empty")
+        logs.mkdir(parents=True)
     form = "full" if args.full else "reduced"
     uninterrupted = (not args.full) if args.uninterrupted is None else args.uninterrupted
     print(f"rehearsal ({form} form) in {work}; load average {os.getloadavg()[0]:.1f}"
@@ -335,16 +340,27 @@ def drive(work: Path, args: argparse.Namespace) -> int:
              if os.getloadavg()[0] > 1.5 else ""), flush=True)
     me = [sys.executable, str(Path(__file__).resolve()), "--workdir", str(work)]
     full = ["--full"] if args.full else []
-    t0 = time.perf_counter()
-    rows = [_run("prepare", [*me, *full, "--phase", "prepare"], logs),
-            _run("train", train_argv(work, work / "run", 2), logs),
-            _run("resume", train_argv(work, work / "run", 3), logs)]
-    if uninterrupted:
-        rows.append(_run("uninterrupted", train_argv(work, work / "run_uninterrupted", 3), logs))
-    rows += [_run("export", [sys.executable, "-m", "rewardmap_jax.export", "--workdir",
-                             str(work / "run"), "--out", str(work / "export")], logs),
-             _run("reload", [*me, "--phase", "reload"], logs)]
-    summary = {"form": form, "phases": rows, "total_seconds": round(time.perf_counter() - t0, 1),
+    commands = {
+        "prepare": [*me, *full, "--phase", "prepare"],
+        "train": train_argv(work, work / "run", 2),
+        "resume": train_argv(work, work / "run", 3),
+        "uninterrupted": train_argv(work, work / "run_uninterrupted", 3),
+        "export": [sys.executable, "-m", "rewardmap_jax.export", "--workdir", str(work / "run"),
+                   "--out", str(work / "export")],
+        "reload": [*me, "--phase", "reload"],
+    }
+    done = work / "phases.jsonl"
+    start = PHASES.index(args.start_at)
+    rows = [r for r in map(json.loads, done.read_text().splitlines())
+            if PHASES.index(r["phase"]) < start] if start else []
+    for name in PHASES[start:]:
+        if name == "uninterrupted" and not uninterrupted:
+            continue
+        rows.append(_run(name, commands[name], logs))
+        with open(done, "a") as f:
+            f.write(json.dumps(rows[-1]) + "\n")
+    summary = {"form": form, "phases": rows,
+               "total_seconds": round(sum(r["seconds"] for r in rows), 1),
                "overrides": OVERRIDES, "map_sizes": MAP_SIZES[form],
                "prepare": json.loads((work / "prepare.json").read_text()),
                "reload": json.loads((work / "reload.json").read_text())}
