@@ -47,6 +47,27 @@ class KVCache:
     def max_len(self) -> int:
         return self.valid.shape[1]
 
+    def take(self, rows: jax.Array | None, slots: int) -> KVCache:
+        """Rows `rows` (R,) int32 (None: all, in place) and the first `slots` slots: a compacted
+        decode state. The write index is kept, so it must stay < `slots` for the next write."""
+        def f(x):
+            return (x if rows is None else jnp.take(x, rows, axis=0))[:, :slots]
+
+        return self.replace(k=tuple(map(f, self.k)), v=tuple(map(f, self.v)), valid=f(self.valid))
+
+    def put(self, sub: KVCache, rows: jax.Array | None) -> KVCache:
+        """Writes `take(rows, slots)`'s (updated) result back: rows `rows`, slots [0, slots)."""
+        n = sub.valid.shape[1]
+
+        def f(x, y):
+            y = y.astype(x.dtype)
+            if rows is None:
+                return jax.lax.dynamic_update_slice(x, y, (0,) * x.ndim)
+            return x.at[rows, :n].set(y)
+
+        return self.replace(k=tuple(map(f, self.k, sub.k)), v=tuple(map(f, self.v, sub.v)),
+                            valid=f(self.valid, sub.valid), index=sub.index)
+
     def repeat(self, n: int) -> KVCache:
         """Each row repeated n times (row-major: r0,r0,..,r1,..): share a prompt prefill across
         G samples of a group."""
@@ -94,6 +115,24 @@ class SharedKVCache:
     def index(self) -> jax.Array:
         """() int32 next absolute slot (prefix slots + suffix slots written)."""
         return self.prefix.max_len + self.suffix.index
+
+    def take(self, prompts: jax.Array | None, slots: int) -> SharedKVCache:
+        """The prompts `prompts` (R,) int32 with their G samples each (rows p * G + g; None: all,
+        the prefix then stays as it is), the first `slots` per-sample slots: a compacted decode
+        state (`KVCache.take`)."""
+        if prompts is None:
+            return self.replace(suffix=self.suffix.take(None, slots))
+        return SharedKVCache(prefix=self.prefix.take(prompts, self.prefix.max_len),
+                             suffix=self.suffix.take(self._rows(prompts), slots))
+
+    def put(self, sub: SharedKVCache, prompts: jax.Array | None) -> SharedKVCache:
+        """Writes `take(prompts, slots)`'s per-sample slots back (the prefix is read-only)."""
+        rows = None if prompts is None else self._rows(prompts)
+        return self.replace(suffix=self.suffix.put(sub.suffix, rows))
+
+    def _rows(self, prompts: jax.Array) -> jax.Array:
+        g = self.num_generations
+        return (prompts[:, None] * g + jnp.arange(g, dtype=prompts.dtype)).reshape(-1)
 
     def unshare(self) -> KVCache:
         """The equivalent plain cache: B*G rows, P + S slots (prefix repeated G times)."""

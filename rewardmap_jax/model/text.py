@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rewardmap_jax.model import kv_cache as kvc
-from rewardmap_jax.model.attention import attend, attend_shared_prefix
+from rewardmap_jax.model.attention import attend, attend_decode, attend_shared_prefix
 from rewardmap_jax.model.config import ModelConfig
 from rewardmap_jax.model.layers import (
     RESIDUAL_AXES,
@@ -87,7 +87,10 @@ class TextAttention(nnx.Module):
         if kv is not None:
             k = kvc.write(kv[0], k, ctx.index)
             v = kvc.write(kv[1], v, ctx.index)
-        if prefix_kv is not None:
+        if n == 1 and kv is not None:  # a decode step: no dot_general, no cache re-layout
+            visible = (ctx.kv_seg >= 0) & (ctx.kv_pos <= ctx.q_pos)
+            o = attend_decode(q, k, v, visible, *(prefix_kv or (None, None)), ctx.prefix_valid)
+        elif prefix_kv is not None:
             o = attend_shared_prefix(q, k, v, ctx.kv_seg, ctx.q_pos, ctx.kv_pos, *prefix_kv,
                                      ctx.prefix_valid, chunk=self.cfg.attn_chunk)
         else:

@@ -1,24 +1,25 @@
 """Rollout sampler: prefill each prompt once, share its KV cache with G samples, decode in jit.
 
-One jitted program per shape bucket (`_rollout`), in two phases:
+One jitted program per shape bucket and sampling class (`_rollout`), in two phases:
 
 * prefill (B prompts): encodes the images and the prompts once, writing a preallocated KV cache;
   the G samples of prompt b (rows `b * G + g`) then share it: by default through the model's
   group-shared cache (`model.kv_cache.SharedKVCache`: B*L prompt slots plus B*G*T per-sample
   slots, no copies; the decoder attends over both under one softmax), or with
   `QWEN2_5_VL_REPEAT` by repeating the cache rows G times (B*G*(L+T) slots).
-* decode (B*G rows): the whole loop is one `lax.while_loop`; it exits early once every row has
-  stopped. The first token is drawn from the prefill logits, so at most T - 1 model steps run.
-  The loop state is created inside the program, so XLA updates it in place (nothing to donate,
-  no host round trip between prefill and decode).
+* decode (B*G rows, `rl.decode`): `lax.while_loop`s over key-length segments; finished prompts
+  are compacted out between segments, and every loop exits once its rows have stopped. The
+  first token is drawn from the prefill logits, so at most T - 1 model steps run. The state is
+  created inside the program (nothing to donate, no host round trip between the phases).
 
 Positions: token i of the completion sits at 3-D position `L + rope_delta + i` on all three axes
 (rope delta against the padded prompt length L, the transformers 4.x convention; `rope_deltas`
 may be omitted and is then derived from the prompt positions: max over valid tokens + 1 - L).
 
 Vision special tokens are masked out of the sampling distribution, so no completion can change
-the prompt's image-token count. Sampling parameters are traced scalars: changing them never
-recompiles; only the shapes (batch, prompt bucket, patch bucket, T, G) select a compilation.
+the prompt's image-token count. Sampling values are traced scalars: changing them never
+recompiles; the shapes (batch, prompt bucket, patch bucket, T, G), the sampling class (greedy /
+plain / top-k-top-p: `sampling.SamplingClass`) and the `DecodePlan` select a compilation.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
-from jax import lax
+from flax.core import spmd as flax_spmd
 
 from rewardmap_jax.data.prompts import pick_bucket  # noqa: F401  (re-exported: bucketing API)
 from rewardmap_jax.model.config import ModelConfig
 from rewardmap_jax.model.kv_cache import KVCache, SharedKVCache
 from rewardmap_jax.model.layers import constrain
+from rewardmap_jax.model.sharding import logical_to_spec
+from rewardmap_jax.rl import decode as decode_lib
 from rewardmap_jax.rl import sampling
 from rewardmap_jax.rl.placement import check_global
 
@@ -47,6 +50,10 @@ from rewardmap_jax.rl.placement import check_global
 TRACE_COUNTS: Counter[str] = Counter()
 # Stop ids are padded to this many slots so the stop set is a traced value, not a compile key.
 MAX_STOP_IDS = 8
+# The decode program's static structure, an argument of `generate` (re-exported from rl.decode).
+DecodePlan = decode_lib.DecodePlan
+DEFAULT_PLAN = DecodePlan()
+SINGLE_LOOP = decode_lib.SINGLE_LOOP
 
 
 
@@ -67,6 +74,12 @@ class ModelAdapter:
       rows are repeated G times.
     decode: optional `decode(model, tokens (N,1), positions (3,N,1), state) -> (logits (N,V),
       state)` for one decode step; unset, decode steps call `forward` on the decode state.
+    take / put: optional `take(state, units (R,) int32 or None = all, slots) -> sub-state`
+      keeping R units (prompts with a `share`d cache, else rows) and the first `slots` slots
+      (completion slots of a shared cache, prompt + completion slots otherwise), and
+      `put(state, sub, units) -> state` writing it back (`rl.decode`'s compaction and key-length
+      segments). Unset: every non-scalar leaf is gathered / scattered along `batch_axis`, slots
+      are kept whole.
     """
 
     forward: Callable[..., tuple[jax.Array, Any]]
@@ -75,12 +88,16 @@ class ModelAdapter:
     batch_axis: int = 0
     share: Callable[[Any, Any, int, int], Any] | None = None
     decode: Callable[[Any, jax.Array, jax.Array, Any], tuple[jax.Array, Any]] | None = None
+    take: Callable[[Any, jax.Array, int], Any] | None = None
+    put: Callable[[Any, Any, jax.Array], Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
-    """Per-call sampling settings. `max_new_tokens` and `num_generations` select a compilation;
-    everything else is a traced value."""
+    """Per-call sampling settings. `max_new_tokens`, `num_generations` and the setting's class
+    (`sampling_class`: greedy / plain sampling / sampling with top-k or top-p) select a
+    compilation; every value is traced (changing temperature 0.7 -> 1.0 or top_p 0.9 -> 0.8
+    never recompiles)."""
 
     max_new_tokens: int
     num_generations: int = 1
@@ -105,6 +122,10 @@ class SamplingParams:
                 f"stop ids {sorted(set(self.stop_ids) & set(self.forbidden_ids))} are also "
                 "forbidden: the rollout could never stop on them"
             )
+
+    @property
+    def sampling_class(self) -> sampling.SamplingClass:
+        return sampling.SamplingClass.of(self.temperature, self.top_k, self.top_p)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +156,8 @@ class Rollout:
     lengths: (B*G,) int32 completion lengths, stop token included.
     finished: (B*G,) bool, True where a stop token was emitted within T tokens.
     steps: () int32 decode steps run (T, or fewer after an early exit).
+    row_steps: (B*G,) int32 decode steps each row was computed in: its cost. At most `steps`;
+      fewer once its prompt finished and was compacted away (`rl.decode`).
     """
 
     tokens: jax.Array
@@ -143,6 +166,7 @@ class Rollout:
     lengths: jax.Array
     finished: jax.Array
     steps: jax.Array
+    row_steps: jax.Array
 
 
 def _qwen_forward(model, ids, positions, mask, vision, cache):
@@ -162,6 +186,14 @@ def _qwen_share(model, cache: KVCache, num_generations: int, max_new: int) -> Sh
     return SharedKVCache.share(cache, num_generations, max_new)
 
 
+def _qwen_take(cache: KVCache | SharedKVCache, units: jax.Array, slots: int):
+    return cache.take(units, slots)
+
+
+def _qwen_put(cache: KVCache | SharedKVCache, sub: Any, units: jax.Array):
+    return cache.put(sub, units)
+
+
 # rewardmap_jax.model.qwen2_5_vl.Qwen2_5_VL, prompt cache shared by the G samples of a prompt
 # (`SharedKVCache`, decoded by the model's own cached call): the default.
 QWEN2_5_VL = ModelAdapter(
@@ -169,12 +201,16 @@ QWEN2_5_VL = ModelAdapter(
     init_cache=_qwen_init_cache,
     vocab_size=_qwen_vocab,
     share=_qwen_share,
+    take=_qwen_take,
+    put=_qwen_put,
 )
 # Same model, G full copies of the prompt cache, decode through the model's own cached call.
 QWEN2_5_VL_REPEAT = ModelAdapter(
     forward=_qwen_forward,
     init_cache=_qwen_init_cache,
     vocab_size=_qwen_vocab,
+    take=_qwen_take,
+    put=_qwen_put,
 )
 
 
@@ -237,60 +273,54 @@ def _prefill(adapter, model, ids, positions, mask, vision, num_generations, max_
     return last, _repeat_rows(cache, num_generations, adapter.batch_axis)
 
 
-def _decode(adapter, model, cache, logits, start_pos, key, knobs, stop_ids, forbidden, max_new,
-            pad_id):
-    """Decode loop over N = B*G rows; start_pos (N,) int32 is the position of completion token 0.
+def _take_rows(axis: int, state: Any, rows: jax.Array | None, slots: int) -> Any:
+    del slots  # generic: slots are kept whole
+    if rows is None:
+        return state
+    return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.take(x, rows, axis=axis), state)
 
-    The loop state (cache, token buffers) lives inside this jit, so XLA updates it in place.
-    """
-    temperature, top_k, top_p = knobs
-    rows = logits.shape[0]
 
-    def draw(i, logits, done):
-        tok, lp_s, lp_p = sampling.sample_tokens(
-            jax.random.fold_in(key, i), logits, temperature, top_k, top_p, forbidden
-        )
-        tok = jnp.where(done, pad_id, tok)
-        return tok, jnp.where(done, 0.0, lp_s), jnp.where(done, 0.0, lp_p)
+def _put_rows(axis: int, state: Any, sub: Any, rows: jax.Array | None) -> Any:
+    if rows is None:
+        return sub
 
-    def record(carry, i, tok, lp_s, lp_p):
-        buf_t, buf_s, buf_p, done, lengths = carry
-        lengths = lengths + (~done).astype(jnp.int32)
-        done = done | jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
-        return (buf_t.at[:, i].set(tok), buf_s.at[:, i].set(lp_s), buf_p.at[:, i].set(lp_p),
-                done, lengths)
+    def put(x, y):
+        if x.ndim == 0:
+            return y
+        idx = (slice(None),) * axis + (rows,)
+        return x.at[idx].set(y)
 
-    def step(i, tok, cache):
-        pos = jnp.broadcast_to((start_pos + i - 1)[None, :, None], (3, rows, 1))
+    return jax.tree.map(put, state, sub)
+
+
+def _loop(adapter: ModelAdapter, model, cls: sampling.SamplingClass, num_generations: int,
+          max_new: int, prompt_len: int, pad_id: int) -> decode_lib.Loop:
+    """The decode loop's model hooks (`rl.decode.Loop`) for this adapter and model."""
+    shared = adapter.share is not None
+
+    def step_fn(tok, pos, cache):
         if adapter.decode is not None:
-            out, cache = adapter.decode(model, tok[:, None], pos, cache)
+            out, cache = adapter.decode(model, tok, pos, cache)
         else:
-            ones = jnp.ones((rows, 1), bool)
-            out, cache = adapter.forward(model, tok[:, None], pos, ones, None, cache)
+            out, cache = adapter.forward(model, tok, pos, jnp.ones(tok.shape, bool), None, cache)
         return out.astype(jnp.float32), cache
 
-    def cond(c):
-        i, _, out, _ = c
-        return (i < max_new) & ~jnp.all(out[3])
-
-    def body(c):
-        i, cache, out, prev = c
-        logits, cache = step(i, prev, cache)
-        tok, lp_s, lp_p = draw(i, logits, out[3])
-        return i + 1, cache, record(out, i, tok, lp_s, lp_p), tok
-
-    bufs = (jnp.full((rows, max_new), pad_id, jnp.int32), jnp.zeros((rows, max_new), jnp.float32),
-            jnp.zeros((rows, max_new), jnp.float32), jnp.zeros((rows,), bool),
-            jnp.zeros((rows,), jnp.int32))
-    tok, lp_s, lp_p = draw(0, logits, bufs[3])
-    carry = (jnp.int32(1), cache, record(bufs, 0, tok, lp_s, lp_p), tok)
-    steps, _, (buf_t, buf_s, buf_p, done, lengths), _ = lax.while_loop(cond, body, carry)
-    return buf_t, buf_s, buf_p, lengths, done, steps
+    # A shared cache's unit is a prompt and its G samples (one prefix row), its slots the
+    # completion slots; a plain cache's unit is a row, its slots prompt + completion.
+    prompt_slots = 0 if shared else prompt_len
+    return decode_lib.Loop(
+        step_fn=step_fn,
+        take=adapter.take or functools.partial(_take_rows, adapter.batch_axis),
+        put=adapter.put or functools.partial(_put_rows, adapter.batch_axis),
+        unit=num_generations if shared else 1,
+        slots_for=lambda end: prompt_slots + end,
+        full_slots=prompt_slots + max_new,
+        cls=cls, max_new=max_new, pad_id=pad_id)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 11, 12, 13))
+@functools.partial(jax.jit, static_argnums=(0, 1, 11, 12, 13, 14, 15))
 def _rollout(adapter, graphdef, state, ids, positions, mask, deltas, vision, key, knobs,
-             stop_and_forbidden, num_generations, max_new, pad_id):
+             stop_and_forbidden, num_generations, max_new, pad_id, cls, plan):
     """Prefill + decode as one program: no host round trip, the loop state never leaves it."""
     TRACE_COUNTS["rollout"] += 1
     model = nnx.merge(graphdef, state)
@@ -298,8 +328,8 @@ def _rollout(adapter, graphdef, state, ids, positions, mask, deltas, vision, key
                              max_new)
     start = jnp.repeat(deltas + ids.shape[1], num_generations)
     stop_ids, forbidden = stop_and_forbidden
-    out = _decode(adapter, model, cache, logits, start, key, knobs, stop_ids, forbidden,
-                  max_new, pad_id)
+    loop = _loop(adapter, model, cls, num_generations, max_new, ids.shape[1], pad_id)
+    out = decode_lib.decode(loop, plan, cache, logits, start, key, knobs, stop_ids, forbidden)
     # Under activation sharding the B*G output rows stay on their prompts' shards.
     return tuple(x if x.ndim == 0 else constrain(x, ("batch",) + (None,) * (x.ndim - 1))
                  for x in out)
@@ -311,6 +341,7 @@ def generate(
     prompts: PromptBatch,
     params: SamplingParams,
     key: jax.Array,
+    plan: DecodePlan = DEFAULT_PLAN,
 ) -> Rollout:
     """Samples `params.num_generations` completions per prompt.
 
@@ -322,7 +353,10 @@ def generate(
         or global arrays sharded on their batch dim (`rl.placement.Placement.put`), which a
         multi-process run requires (a host-local input fails here, `check_global`).
       params: sampling settings.
-      key: PRNG key; the same key, prompts and weights reproduce the same rollout.
+      key: PRNG key; the same key, prompts and weights reproduce the same rollout, whatever the
+        `plan` (row r's draws depend on the key, r and the step only: `rl.decode`).
+      plan: the decode program's static structure (segments, compaction buckets). With the
+        rows split over devices (data parallelism) compaction is off (`unit_buckets` 1).
     Returns:
       A `Rollout` with B * num_generations rows (laid out like the prompts under the activation
       sharding rules, `rl.placement.Placement.context`).
@@ -347,9 +381,26 @@ def generate(
     stop = np.full((MAX_STOP_IDS,), -1, np.int32)
     stop[: len(params.stop_ids)] = params.stop_ids
     forbidden = sampling.forbidden_mask(vocab, params.forbidden_ids)
+    if plan.unit_buckets > 1 and _rows_split(ids):
+        # Compaction gathers live prompts from every shard: under data parallelism XLA turns
+        # that into an all-reduce of the whole compacted decode state on every device. Rows stay
+        # on their shards instead (segments only); shard-local compaction is not built.
+        plan = dataclasses.replace(plan, unit_buckets=1)
     out = _rollout(adapter, graphdef, state, ids, pos, mask, deltas, prompts.vision, key, knobs,
-                   (jnp.asarray(stop), forbidden), g, t, params.pad_id)
+                   (jnp.asarray(stop), forbidden), g, t, params.pad_id, params.sampling_class,
+                   plan)
     return Rollout(*out)
+
+
+def _rows_split(ids: jax.Array) -> bool:
+    """Whether the prompt rows are split over devices: a batch-sharded input, or activation
+    sharding rules (`Placement.context`) that shard the `batch` axis of these B rows."""
+    if ids.sharding.shard_shape(ids.shape)[0] < ids.shape[0]:
+        return True
+    rules, mesh = flax_spmd.get_logical_axis_rules(), jax.sharding.get_abstract_mesh()
+    if not rules or mesh.empty:
+        return False
+    return logical_to_spec(("batch",), dict(rules), ids.shape[:1], mesh)[0] is not None
 
 
 def _on_device(x: Any, dtype: Any) -> jax.Array:

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from rewardmap_jax.model import kv_cache as kvc
-from rewardmap_jax.model.attention import attend, attend_shared_prefix
+from rewardmap_jax.model.attention import attend, attend_decode, attend_shared_prefix
 from rewardmap_jax.model.config import tiny
 from rewardmap_jax.model.qwen2_5_vl import init_model
 from rewardmap_jax.model.rope_index import decode_positions, get_rope_index
@@ -48,6 +48,45 @@ def test_shared_prefix_attention_equals_attention_over_concatenation(t, chunk):
                                  prefix_valid, chunk=chunk)
     np.testing.assert_array_equal(moved[:g], out[:g])
     assert float(jnp.max(jnp.abs(moved[g:] - out[g:]))) > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_decode_attention_equals_attention(dtype):
+    """`attend_decode` (one query, cache read in place) against `attend_shared_prefix` and
+    `attend` for the same query, with a row whose own slots are all hidden."""
+    b, g, p, s, nh, nkv, hd = 2, 3, 7, 6, 4, 2, 8
+    ks = jax.random.split(jax.random.key(1), 4)
+    q = jax.random.normal(ks[0], (b * g, 1, nh, hd)).astype(dtype)
+    pk, pv = jax.random.normal(ks[1], (2, b, p, nkv, hd)).astype(dtype)
+    k, v = jax.random.normal(ks[2], (2, b * g, s, nkv, hd)).astype(dtype)
+    prefix_valid = jnp.array([[False, False] + [True] * (p - 2), [True] * p])
+    visible = jnp.broadcast_to(jnp.arange(s) < 4, (b * g, s)).at[1].set(False)
+    kv_seg = jnp.where(visible, 0, -1).astype(jnp.int32)
+    kv_pos = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b * g, s))
+    q_pos = jnp.full((b * g, 1), 3, jnp.int32)
+    tol = dict(atol=2e-6, rtol=1e-6) if dtype == jnp.float32 else dict(atol=2e-2, rtol=2e-2)
+    got = attend_decode(q, k, v, visible, pk, pv, prefix_valid)
+    want = attend_shared_prefix(q, k, v, kv_seg, q_pos, kv_pos, pk, pv, prefix_valid)
+    assert got.shape == want.shape and got.dtype == dtype
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), **tol)
+    # plain cache: no prefix
+    got = attend_decode(q, k, v, visible)
+    want = attend(q, k, v, jnp.zeros((b * g, 1), jnp.int32), kv_seg, q_pos, kv_pos)
+    live = np.asarray(visible.any(-1))  # a row with nothing visible: meaningless, finite
+    np.testing.assert_allclose(np.asarray(got, np.float32)[live],
+                               np.asarray(want, np.float32)[live], **tol)
+    assert np.isfinite(np.asarray(got, np.float32)).all()
+
+
+def test_decode_attention_reads_the_cache_in_place():
+    """The decode step's attention holds no transposed copy of the cache: no transpose and no
+    dot_general on the (rows, slots, kv_heads, head_dim) keys in the lowered program."""
+    q = jnp.zeros((6, 1, 4, 8))
+    k = jnp.zeros((6, 16, 2, 8))
+    pk = jnp.zeros((2, 32, 2, 8))
+    text = jax.jit(attend_decode).lower(q, k, k, jnp.ones((6, 16), bool), pk, pk,
+                                        jnp.ones((2, 32), bool)).as_text()
+    assert "stablehlo.transpose" not in text and "dot_general" not in text
 
 
 def test_shared_prefix_attention_rejects_mismatched_rows():

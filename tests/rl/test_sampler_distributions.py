@@ -130,3 +130,73 @@ def test_same_key_same_draws_other_key_differs():
 def test_forbidden_mask_rejects_out_of_vocab_ids():
     with pytest.raises(ValueError, match="outside the vocabulary"):
         sampling.forbidden_mask(10, (3, 10))
+
+
+def test_inverse_cdf_never_returns_a_zero_mass_token():
+    """Whole blocks, block edges and the vocabulary's ends masked; uniforms at 0, at the largest
+    float below 1 and on every cumulative boundary: the draw stays on positive mass."""
+    vocab = 300  # blocks of 32 (ceil sqrt), the last one partial
+    rs = np.random.RandomState(0)
+    x = rs.randn(vocab).astype(np.float32)
+    masked = np.zeros(vocab, bool)
+    masked[:5] = masked[-7:] = True  # the first and the last entries
+    masked[64:96] = True  # a whole block
+    masked[31:33] = masked[127:129] = True  # block edges
+    x[masked] = -np.inf
+    probs = np.where(masked, 0.0, np.exp(x - x[~masked].max()))
+    probs /= probs.sum()
+    bounds = np.cumsum(probs).astype(np.float32)
+    u = np.concatenate([[0.0, np.nextafter(np.float32(1), np.float32(0))], bounds[:-1],
+                        np.nextafter(bounds[:-1], np.float32(0)), rs.rand(200)]).astype(np.float32)
+    logits = jnp.broadcast_to(jnp.asarray(x), (u.size, vocab))
+    tok, logp = jax.jit(sampling.inverse_cdf)(jnp.asarray(u), logits)
+    tok = np.asarray(tok)
+    assert not masked[tok].any()
+    assert tok[0] == np.flatnonzero(~masked)[0] and tok[1] == np.flatnonzero(~masked)[-1]
+    np.testing.assert_allclose(np.asarray(logp), np.log(probs[tok]), atol=1e-5)
+
+
+def test_inverse_cdf_large_vocabulary_matches_target():
+    """V = 5,000 (70 blocks): a peaked head and a long tail; counts of the 15 top tokens and
+    of the tail, chi-square."""
+    vocab = 5000
+    rs = np.random.RandomState(1)
+    x = np.log(rs.dirichlet(np.full(vocab, 0.05))).astype(np.float32)
+    x = np.maximum(x, -60.0)
+    p = np.exp(x.astype(np.float64) - x.max())
+    p /= p.sum()
+    u = jax.random.uniform(jax.random.key(4), (N_DRAWS,))
+    tok, _ = jax.jit(sampling.inverse_cdf)(u, jnp.broadcast_to(jnp.asarray(x), (N_DRAWS, vocab)))
+    top = np.argsort(-p)[:15]
+    counts = np.bincount(np.asarray(tok), minlength=vocab)
+    observed = np.append(counts[top], N_DRAWS - counts[top].sum())
+    expected = np.append(p[top] * N_DRAWS, N_DRAWS - (p[top] * N_DRAWS).sum())
+    assert stats.chisquare(observed, expected).pvalue > 1e-3, (observed, expected)
+
+
+@pytest.mark.parametrize("greedy,truncate,sorts", [(True, False, 0), (False, False, 0),
+                                                   (False, True, 1)])
+def test_sampling_class_decides_the_sort_when_the_program_is_built(greedy, truncate, sorts):
+    cls = sampling.SamplingClass(greedy=greedy, truncate=truncate)
+    mask = sampling.forbidden_mask(LOGITS.size, (1,))
+    fn = jax.jit(lambda u, x, t, k, p: sampling.draw(u, x, t, k, p, mask, cls))
+    text = fn.lower(jnp.zeros((4,)), jnp.zeros((4, LOGITS.size)), 1.0, 0, 1.0).as_text()
+    assert text.count("stablehlo.sort") == sorts
+    assert ("stablehlo.case" in text) is False  # no run-time branch on the settings either
+    assert sampling.SamplingClass.of(0.0, 5, 0.5) == sampling.SamplingClass(True, False)
+    assert sampling.SamplingClass.of(0.7, 0, 1.0) == sampling.SamplingClass(False, False)
+    assert sampling.SamplingClass.of(0.7, 0, 0.9) == sampling.SamplingClass(False, True)
+
+
+def test_draw_by_class_equals_the_run_time_choice():
+    """`draw` with the static class gives what `sample_tokens` (settings traced) gives."""
+    logits = jax.random.normal(jax.random.key(3), (64, 40)) * 2
+    mask = sampling.forbidden_mask(40, (2, 5))
+    key = jax.random.key(9)
+    u = jax.random.uniform(key, (64,))
+    for t, k, p in ((0.0, 0, 1.0), (0.8, 0, 1.0), (1.2, 7, 0.8)):
+        cls = sampling.SamplingClass.of(t, k, p)
+        got = sampling.draw(None if cls.greedy else u, logits, t, k, p, mask, cls)
+        want = sampling.sample_tokens(key, logits, t, k, p, mask)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

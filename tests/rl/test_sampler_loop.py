@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rewardmap_jax.rl import sampler
+from rewardmap_jax.rl import decode, sampler
 from tests.rl.fake_decoder import FAKE_ADAPTER, FakeDecoder
 
 VOCAB, PAD, STOP = 40, 0, 3
@@ -148,6 +148,7 @@ def test_compiles_once_per_bucket():
     model = make_model()
     jax.clear_caches()  # earlier tests compiled some of these shapes already
     sampler.TRACE_COUNTS.clear()
+    decode.TRACE_COUNTS.clear()
     buckets = (8, 16)
     for i, lengths in enumerate([[3, 5], [7, 8], [9, 12], [16, 10], [2, 4], [11, 11]]):
         b = sampler.pick_bucket(max(lengths), buckets)
@@ -155,7 +156,96 @@ def test_compiles_once_per_bucket():
                    stop_ids=(STOP, 4)[: 1 + i % 2])
         sampler.generate(model, FAKE_ADAPTER, make_prompts(lengths, b, seed=i), p,
                          jax.random.key(i))
-    assert sampler.TRACE_COUNTS == {"rollout": 2}
+    # T = 10 is one segment: one copy of the decode step per compilation.
+    assert sampler.TRACE_COUNTS == {"rollout": 2} and decode.TRACE_COUNTS == {"segment": 2}
+    # Another class of setting (plain sampling, greedy) is another program, compiled once each;
+    # its values stay traced.
+    lengths = [3, 5]
+    for i, (t, k, p) in enumerate([(0.7, 0, 1.0), (1.3, 0, 1.0), (0.0, 0, 1.0), (0.0, 3, 0.5)]):
+        sampler.generate(model, FAKE_ADAPTER, make_prompts(lengths, 8, seed=i),
+                         params(temperature=t, top_k=k, top_p=p), jax.random.key(i))
+    assert sampler.TRACE_COUNTS == {"rollout": 4} and decode.TRACE_COUNTS == {"segment": 4}
+
+
+# Segment ends (4, 8, 16) and unit buckets (4, 2, 1): 1 + 2 * 3 copies of the step.
+SEGMENTED = sampler.DecodePlan(segments=3, min_segment=4, unit_buckets=3)
+
+
+@pytest.mark.parametrize("g,temperature,bias", [(2, 1.3, 2.5), (1, 0.0, 0.3)],
+                         ids=["sampled", "greedy"])
+def test_compacted_decode_returns_the_uncompacted_rollout(g, temperature, bias):
+    """Same key: segments + compaction give the single loop's tokens and log-probs, while rows
+    of finished prompts stop being computed (row_steps)."""
+    model = make_model(2)
+    model.out.bias[...] = model.out.bias[...].at[STOP].set(bias)  # stops at varied steps
+    prompts = make_prompts([5, 8, 3, 7, 6, 8, 2, 4], bucket=8, seed=3)
+    p = params(max_new_tokens=16, num_generations=g, temperature=temperature)
+    decode.TRACE_COUNTS.clear()
+    got = sampler.generate(model, FAKE_ADAPTER, prompts, p, jax.random.key(5), SEGMENTED)
+    assert decode.TRACE_COUNTS["segment"] == 7
+    want = sampler.generate(model, FAKE_ADAPTER, prompts, p, jax.random.key(5),
+                            sampler.SINGLE_LOOP)
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_array_equal(got.lengths, want.lengths)
+    np.testing.assert_array_equal(got.finished, want.finished)
+    steps = int(want.steps)
+    assert int(got.steps) == steps
+    np.testing.assert_allclose(got.logp_sample, want.logp_sample, atol=1e-5)
+    np.testing.assert_allclose(got.logp_policy, want.logp_policy, atol=1e-5)
+    lengths = np.asarray(want.lengths)
+    assert lengths.min() <= 3 and lengths.max() >= 12  # early stops and long rows
+    np.testing.assert_array_equal(want.row_steps, steps - 1)  # the single loop: every row
+    expect = expected_row_steps(lengths, np.asarray(want.finished), 1,
+                                [(1, 4), (4, 8), (8, 16)], (16, 8, 4))
+    np.testing.assert_array_equal(got.row_steps, expect)
+    assert expect.sum() < 0.8 * expect.size * (steps - 1)
+
+
+def expected_row_steps(lengths, finished, unit, segments, buckets):
+    """Decode steps each row is computed in under `rl.decode`'s schedule: each segment after the
+    first runs the smallest bucket (in units of `unit` rows) holding the units still running,
+    live units first, then finished ones in order to fill it; the loop ends when they stop."""
+    n_units = lengths.size // unit
+    live_row = lambda begin: ~finished | (lengths > begin)  # noqa: E731
+    out = np.zeros_like(lengths)
+    for k, (begin, end) in enumerate(segments):
+        live = live_row(begin).reshape(n_units, unit).any(-1)
+        if not live.any():
+            break
+        size = buckets[0] if k == 0 else min(b for b in buckets if b >= live.sum())
+        units = np.concatenate([np.flatnonzero(live), np.flatnonzero(~live)])[:size]
+        rows = (units[:, None] * unit + np.arange(unit)).ravel()
+        out[rows] += min(end, lengths[live_row(begin)].max()) - begin
+    return out
+
+
+def test_no_compaction_when_rows_are_split_over_devices():
+    """Under data parallelism (rows over 8 devices) the plan keeps its segments but compacts
+    nothing (a cross-shard gather would all-reduce the decode state): every row runs every step,
+    though some stop early."""
+    from rewardmap_jax.rl.placement import Placement
+
+    model = make_model(2)
+    model.out.bias[...] = model.out.bias[...].at[STOP].set(2.5)
+    prompts = make_prompts([5, 8, 3, 7, 6, 8, 2, 4], bucket=8, seed=3)
+    p = params(max_new_tokens=16, temperature=1.3)
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    decode.TRACE_COUNTS.clear()
+    with Placement(mesh, {"batch": "data"}).context():
+        got = sampler.generate(model, FAKE_ADAPTER, prompts, p, jax.random.key(5),
+                               sampler.DecodePlan(segments=2, min_segment=8, unit_buckets=3))
+    assert decode.TRACE_COUNTS["segment"] == 2  # segments ending at 8 and 16, one bucket each
+    lengths = np.asarray(got.lengths)
+    assert lengths.min() < 8 and int(got.steps) > 8  # compaction would have dropped rows
+    np.testing.assert_array_equal(got.row_steps, int(got.steps) - 1)
+
+
+def test_row_streams_do_not_depend_on_the_batch_shape():
+    key = jax.random.key(3)
+    small = np.asarray(decode.row_uniforms(key, 3, 5))
+    big = np.asarray(decode.row_uniforms(key, 6, 12))
+    np.testing.assert_array_equal(small, big[:3, :5])
+    assert 0.0 <= big.min() and big.max() < 1.0 and len(np.unique(big)) == big.size
 
 
 def test_bad_inputs_raise_clear_errors():

@@ -12,6 +12,7 @@ from rewardmap_jax.model import hf_io, rope_index
 from rewardmap_jax.model.vision_layout import pack_vision_inputs
 from rewardmap_jax.rl import sampler
 from tests.model import hf_reference as ref
+from tests.rl.test_sampler_loop import expected_row_steps
 
 T_NEW = 32
 EOS, PAD = 1, 0
@@ -122,6 +123,31 @@ def test_sampled_logps_equal_teacher_forced_transformers(models, adapter):
     assert np.all(np.asarray(out.logp_sample)[valid] >= np.asarray(out.logp_policy)[valid] - 1e-5)
 
 
+def test_compacted_rollout_equals_transformers(models):
+    """Segments (16, 32) with compaction of finished prompts (buckets 3, 2, 1) through the
+    shared cache's take/put: greedy tokens equal transformers', finished prompts stop being
+    computed. (Sampled rows under compaction: test_sampler_loop, on the fake decoder.)"""
+    hf, model = models
+    cfg = model.cfg
+    batch, (ids, mask, pv) = prompt_batch(cfg)
+    forbidden = sampler.vision_special_ids(cfg)
+    plan = sampler.DecodePlan(segments=2, min_segment=16)
+    greedy = sampler.SamplingParams(max_new_tokens=T_NEW, num_generations=2, temperature=0.0,
+                                    stop_ids=(EOS,), pad_id=PAD, forbidden_ids=forbidden)
+    # The default plan at T = 32 is one loop: test_greedy_equals_transformers_generate's program.
+    free = sampler.generate(model, sampler.QWEN2_5_VL, batch, greedy, jax.random.key(0))
+    stop = pick_stop_token(np.asarray(free.tokens)[0::2])
+    greedy = sampler.SamplingParams(**{**greedy.__dict__, "stop_ids": (stop,)})
+    out = sampler.generate(model, sampler.QWEN2_5_VL, batch, greedy, jax.random.key(0), plan)
+    want = hf_generate(hf, ids, mask, pv, GRIDS, forbidden, eos=stop)
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.repeat(want, 2, axis=0))
+    lengths, fin = np.asarray(out.lengths), np.asarray(out.finished)
+    assert lengths[0] < 16 and lengths.max() > 16  # prompt 0 is compacted away at step 16
+    expect = expected_row_steps(lengths, fin, 2, [(1, 16), (16, T_NEW)], (3, 2, 1))
+    np.testing.assert_array_equal(out.row_steps, expect)
+    assert expect[0] == 15 and expect.max() == int(out.steps) - 1
+
+
 def test_vision_tokens_never_sampled_when_rigged(models):
     _, model = models
     cfg = model.cfg
@@ -188,7 +214,7 @@ def test_sharded_model_and_batch_same_rollout(models):
     graphdef, state = nnx.split(model)
     state = sharding.shard_state(state, sharding.state_shardings(state, mesh, rules))
     sharded_model = nnx.merge(graphdef, state)
-    rows_sh = jax.sharding.NamedSharding(mesh, sharding.batch_spec(2, {"batch": "data"}))
+    rows_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", None))
     pos_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
     sharded = sampler.PromptBatch(
         input_ids=jax.device_put(batch.input_ids, rows_sh),
