@@ -183,7 +183,11 @@ def _sft_config() -> mlc.ConfigDict:
 def _train_config() -> mlc.ConfigDict:
     """Loop settings (rewardmap_jax/rl/trainer.py)."""
     t = mlc.ConfigDict()
-    t.rl_steps = 0  # GRPO steps after the warm start; 0 = one pass of the curriculum
+    # GRPO steps after the warm start; 0 = one pass of the curriculum, -1 = none (SFT only)
+    t.rl_steps = 0
+    # A run directory: a fresh run starts from the params of its latest checkpoint (optimizer,
+    # step and data state start afresh; rewardmap_jax/experiments/ablation.py shares warm starts).
+    t.init_from = ""
     # Map world: also mark the stations a question names on its map (ring = 1st, square = 2nd);
     # the tiny model learns Counting2 from the marker, not from reading labels (tiny_world.md).
     t.highlight_stations = False
@@ -264,11 +268,15 @@ def _data_config() -> mlc.ConfigDict:
 
 
 def _tiny_data(d: mlc.ConfigDict) -> None:
-    """84 px maps -> 36 patches / 9 image tokens each; prompts ~70-130 tokens."""
+    """84 px maps -> 36 patches / 9 image tokens each; prompts ~70-130 tokens; the `route`
+    world (docs/mapworld.md): answers are <= 5 tokens (VQA) or 15 / 32 (0 / 1-transfer plans)."""
+    d.mapworld_world = "route"
     d.batch_size = 8
     d.prompt_buckets = (96, 128, 160, 192, 256)
     d.patch_buckets = (288, 576, 1152, 2304)
-    d.answer_buckets = (8, 16, 32, 64)
+    # One answer bucket: nearly every SFT batch holds a 1-transfer plan (32 tokens + end), so
+    # smaller buckets would only add compilations (one per bucket) for the rare batch without.
+    d.answer_buckets = (40,)
 
 
 def _curriculum_config() -> mlc.ConfigDict:
@@ -330,32 +338,33 @@ def _tiny_training(c: mlc.ConfigDict) -> None:
     (Counting1 and planning are not warm-started: they exercise sampling, parsing and rewards).
     """
     c.train.highlight_stations = True
-    c.sft.steps = 700  # held-out: Counting2 .97, Counting3 .85, TorF1/TorF2 at chance
+    c.sft.steps = 1500
     c.sft.batch_size = 32
     c.sft.lr = 1e-3
     c.sft.warmup_steps = 100
-    # Only short-answer tasks: one prompt bucket (96) and one answer bucket (8) -> one compile.
-    c.sft.tasks = (("TorF1", 1.0), ("TorF2", 1.0), ("Counting2", 2.0), ("Counting3", 2.0))
+    # Half route planning (answers in the official block format), half the five Plus types.
+    c.sft.tasks = (("TorF1", 1.0), ("TorF2", 1.0), ("Counting1", 1.0), ("Counting2", 1.0),
+                   ("Counting3", 1.0), ("planning", 5.0))
     c.train.rl_steps = 800
-    # Stage lengths count curriculum batches: dynamic sampling draws up to 6 per step (~3.7 on
-    # average in the perception stage, more once the policy is sure of itself). TorF leads the
-    # first stage (the official order starts with it): GRPO learns it there, and Counting3,
-    # which dips while TorF is being learnt, recovers before the end (docs/training.md).
+    # Perception to planning (the paper's order): the Plus types first, then half of the
+    # prompts route planning. Stage lengths count curriculum batches: dynamic sampling draws up
+    # to 6 per step (~3.7 on average when the policy is sure of itself, fewer on planning,
+    # whose detail reward rarely ties a group).
     c.curriculum.stages = (
-        {"name": "perception", "steps": 1200,
+        {"name": "perception", "steps": 600,
          "weights": {"TorF1": 2.0, "TorF2": 2.0, "Counting2": 1.0, "Counting3": 1.0}},
-        {"name": "all_tasks", "steps": 8000,
-         "weights": {"TorF1": 1.0, "TorF2": 1.0, "Counting1": 1.0, "Counting2": 2.0,
-                     "Counting3": 2.0, "planning": 1.0}},
+        {"name": "planning", "steps": 8000,
+         "weights": {"TorF1": 1.0, "TorF2": 1.0, "Counting1": 1.0, "Counting2": 1.0,
+                     "Counting3": 1.0, "planning": 5.0}},
     )
     c.rl.dynamic_sampling = True
     c.rl.dynamic_sampling_max_rounds = 6
-    c.rl.max_new_tokens = 32  # VQA answers are 4-5 tokens; one-line plans fit
+    c.rl.max_new_tokens = 40  # VQA answers are 4-5 tokens, plans 15 or 32 (+ end token)
     c.optim.lr = 2e-4
     c.checkpoint.every_steps = 200
     c.checkpoint.keep = 20  # keep the warm-start checkpoint (step sft.steps) too
     c.eval.batch_size = 64  # 64 x 36 patch rows = the largest tiny patch bucket (2304)
-    c.eval.max_new_tokens = 32
+    c.eval.max_new_tokens = 40
     c.eval.questions_per_task = 1024
     c.eval.every_steps = 0
     c.log.gallery_every_steps = 100
