@@ -35,7 +35,7 @@ from rewardmap_jax.config_utils import get_config as _load
 # runs every arm through the whole pipeline (warm start, GRPO, SFT control, evaluation,
 # collection, the doc) in minutes: a check that the study runs, whose numbers mean nothing.
 SCALES: dict[str, dict[str, int]] = {
-    "full": {"warm_start_steps": 1500,  # = the demo's warm start (configs/curriculum.py tiny)
+    "full": {"warm_start_steps": 1500,  # = the `route` demo's warm start
              "rl_steps": 200,
              "eval_per_task": 256,  # held-out questions per task type, final evaluation
              "curve_every": 50,  # a held-out evaluation every curve_every steps (curves)
@@ -126,11 +126,11 @@ PRESETS = ("warm_start", *ARMS)
 
 
 def base(scale: str = "full") -> mlc.ConfigDict:
-    """What every run of the study shares: the demo's world, model, warm-start mixture, reward
-    constants and GRPO settings (configs/curriculum.py `tiny`), the study's evaluation sizes,
+    """What every run of the study shares: the route demo's world, model, warm-start mix, reward
+    constants and GRPO settings (configs/curriculum.py `route`), the study's evaluation sizes,
     and no dynamic sampling (every arm then draws the same number of prompts per step)."""
     s = SCALES[scale]
-    c = _load(DEFAULT_CONFIG, "tiny")
+    c = _load(DEFAULT_CONFIG, "route")
     c.rl.dynamic_sampling = False
     c.eval.at_sft_end = False  # the warm start is evaluated once, at the end of its own run
     c.eval.questions_per_task = s["eval_per_task"]

@@ -53,7 +53,7 @@ CLAIMS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
-# Idle 2-core step times of the previous demo preset (docs/training.md), for the size estimate.
+# Idle 2-core step times of the tiny demo preset (docs/training.md), for the size estimate.
 IDLE_SFT_S, IDLE_GRPO_S = 0.22, 0.33
 
 
@@ -286,7 +286,7 @@ def render(rows: Sequence[Mapping[str, Any]], study: Any,
         "",
         f"Sizes (`SCALES[\"full\"]`): {len(study.ARMS)} arms x 3 seeds = {3 * len(study.ARMS)}"
         f" runs of {study.RL_STEPS} steps and 3 warm starts of {study.WARM_START_STEPS} SFT"
-        " steps, chosen to fit a few hours on 2 CPU cores: at the previous demo's idle step"
+        " steps, chosen to fit a few hours on 2 CPU cores: at the tiny demo's idle step"
         f" times (docs/training.md: SFT {IDLE_SFT_S} s, GRPO {IDLE_GRPO_S} s) that is"
         f" ~{_step_minutes(study):.0f} min of steps, plus start-up, compilation and evaluation"
         " (~1-2 min) per run: an estimate, not a measurement (this world's plan-length answers"
@@ -294,7 +294,7 @@ def render(rows: Sequence[Mapping[str, Any]], study: Any,
         "",
         "## Arms",
         "",
-        "Every arm is `base()` of `configs/ablation.py` (the demo's world, model and GRPO"
+        "Every arm is `base()` of `configs/ablation.py` (the `route` demo's world, model and GRPO"
         " settings, without dynamic sampling so that every arm draws the same prompts per step)"
         " plus exactly these overrides; every RL arm starts from its seed's warm start and runs"
         f" {study.RL_STEPS} GRPO steps ({study.WARM_START_STEPS} warm-start SFT steps before);"
