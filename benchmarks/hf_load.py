@@ -45,30 +45,44 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _config(args: argparse.Namespace):
-    from rewardmap_jax.model.config import TextConfig, VisionConfig, get_preset
+def shallow_config(text_layers: int, vision_depth: int, preset: str = "qwen2_5_vl_3b"):
+    """The `preset`'s ModelConfig (its widths and vocabulary) cut to `text_layers` decoder
+    layers and `vision_depth` vision blocks; full-attention vision blocks every 8th as in the
+    real models (7, 15, ...), else the last block."""
+    import dataclasses
 
-    base = get_preset("qwen2_5_vl_3b", param_dtype="float32")
-    full = tuple(i for i in range(args.vision_depth) if i % 8 == 7) or (args.vision_depth - 1,)
+    from rewardmap_jax.model.config import get_preset
+
+    base = get_preset(preset, param_dtype="float32")
+    full = tuple(i for i in range(vision_depth) if i % 8 == 7) or (vision_depth - 1,)
     return base.replace(
-        text=TextConfig(**{**base.text.__dict__, "num_hidden_layers": args.text_layers}),
-        vision=VisionConfig(**{**base.vision.__dict__, "depth": args.vision_depth,
-                               "fullatt_block_indexes": full}))
+        text=dataclasses.replace(base.text, num_hidden_layers=text_layers),
+        vision=dataclasses.replace(base.vision, depth=vision_depth, fullatt_block_indexes=full))
 
 
-def make_checkpoint(args: argparse.Namespace, out: str) -> dict:
-    """Random init (one tensor at a time is enough, but save_hf is the export path) -> bf16
-    shards of at most `--shard-mb`."""
+def _config(args: argparse.Namespace):
+    return shallow_config(args.text_layers, args.vision_depth)
+
+
+def write_checkpoint(cfg, out: str, shard_mb: int, seed: int = 0) -> dict:
+    """A random HF checkpoint of the model `cfg` (a ModelConfig) in `out`: config.json,
+    generation_config.json and bf16 safetensors shards of at most `shard_mb` MiB (random init,
+    then `hf_io.save_hf`, the export path). Also used by scripts/rehearsal.py."""
     import jax
 
     from rewardmap_jax.model import hf_io
     from rewardmap_jax.model.qwen2_5_vl import init_model, param_count
 
     with jax.default_device(jax.devices("cpu")[0]):
-        model = init_model(_config(args))
-    names = hf_io.save_hf(model, out, dtype="bfloat16", max_shard_bytes=args.shard_mb * MiB)
+        model = init_model(cfg, seed)
+    names = hf_io.save_hf(model, out, dtype="bfloat16", max_shard_bytes=shard_mb * MiB)
     size = sum(os.path.getsize(os.path.join(out, n)) for n in names)
     return {"shards": len(names), "checkpoint_bytes": size, "params": param_count(model)}
+
+
+def make_checkpoint(args: argparse.Namespace, out: str) -> dict:
+    """The 3B-width checkpoint with `--text-layers` / `--vision-depth`, `--shard-mb` shards."""
+    return write_checkpoint(_config(args), out, args.shard_mb)
 
 
 def load(mode: str, hf_dir: str, args: argparse.Namespace) -> dict:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ml_collections as mlc
 
-PRESETS = ("tiny", "qwen2_5_vl_3b", "qwen2_5_vl_7b")
+PRESETS = ("tiny", "route", "qwen2_5_vl_3b", "qwen2_5_vl_7b")
 
 
 def _reward_config() -> mlc.ConfigDict:
@@ -192,7 +192,11 @@ def _sft_config() -> mlc.ConfigDict:
 def _train_config() -> mlc.ConfigDict:
     """Loop settings (rewardmap_jax/rl/trainer.py)."""
     t = mlc.ConfigDict()
-    t.rl_steps = 0  # GRPO steps after the warm start; 0 = one pass of the curriculum
+    # GRPO steps after the warm start; 0 = one pass of the curriculum, -1 = none (SFT only)
+    t.rl_steps = 0
+    # A run directory: a fresh run starts from the params of its latest checkpoint (optimizer,
+    # step and data state start afresh; rewardmap_jax/experiments/ablation.py shares warm starts).
+    t.init_from = ""
     # Map world: also mark the stations a question names on its map (ring = 1st, square = 2nd);
     # the tiny model learns Counting2 from the marker, not from reading labels (tiny_world.md).
     t.highlight_stations = False
@@ -278,6 +282,14 @@ def _tiny_data(d: mlc.ConfigDict) -> None:
     d.prompt_buckets = (96, 128, 160, 192, 256)
     d.patch_buckets = (288, 576, 1152, 2304)
     d.answer_buckets = (8, 16, 32, 64)
+
+def _route_data(d: mlc.ConfigDict) -> None:
+    """The `route` world (docs/mapworld.md): answers are <= 5 tokens (VQA) or 15 / 32 (0 /
+    1-transfer plans)."""
+    d.mapworld_world = "route"
+    # One answer bucket: nearly every SFT batch holds a 1-transfer plan (32 tokens + end), so
+    # smaller buckets would only add compilations (one per bucket) for the rare batch without.
+    d.answer_buckets = (40,)
 
 
 def _curriculum_config() -> mlc.ConfigDict:
@@ -369,6 +381,46 @@ def _tiny_training(c: mlc.ConfigDict) -> None:
     c.eval.every_steps = 0
     c.log.gallery_every_steps = 100
 
+def _route_training(c: mlc.ConfigDict) -> None:
+    """The planning demo (`route` preset; docs/training.md "The route-planning demo").
+
+    The `route` map world (2-3 connected lines, short plans, 0-1 transfers; docs/mapworld.md):
+    a warm start half on route planning in the official answer format, half on the five Plus
+    types, then GRPO from perception to planning (the paper's order). Not yet measured end to
+    end on an idle machine: the default `tiny` demo stays the measured one.
+    """
+    c.train.highlight_stations = True
+    c.sft.steps = 1500
+    c.sft.batch_size = 32
+    c.sft.lr = 1e-3
+    c.sft.warmup_steps = 100
+    # Half route planning (answers in the official block format), half the five Plus types.
+    c.sft.tasks = (("TorF1", 1.0), ("TorF2", 1.0), ("Counting1", 1.0), ("Counting2", 1.0),
+                   ("Counting3", 1.0), ("planning", 5.0))
+    c.train.rl_steps = 800
+    # Perception to planning (the paper's order): the Plus types first, then half of the
+    # prompts route planning. Stage lengths count curriculum batches: dynamic sampling draws up
+    # to 6 per step (~3.7 on average when the policy is sure of itself, fewer on planning,
+    # whose detail reward rarely ties a group).
+    c.curriculum.stages = (
+        {"name": "perception", "steps": 600,
+         "weights": {"TorF1": 2.0, "TorF2": 2.0, "Counting2": 1.0, "Counting3": 1.0}},
+        {"name": "planning", "steps": 8000,
+         "weights": {"TorF1": 1.0, "TorF2": 1.0, "Counting1": 1.0, "Counting2": 1.0,
+                     "Counting3": 1.0, "planning": 5.0}},
+    )
+    c.rl.dynamic_sampling = True
+    c.rl.dynamic_sampling_max_rounds = 6
+    c.rl.max_new_tokens = 40  # VQA answers are 4-5 tokens, plans 15 or 32 (+ end token)
+    c.optim.lr = 2e-4
+    c.checkpoint.every_steps = 200
+    c.checkpoint.keep = 20  # keep the warm-start checkpoint (step sft.steps) too
+    c.eval.batch_size = 64  # 64 x 36 patch rows = the largest tiny patch bucket (2304)
+    c.eval.max_new_tokens = 40
+    c.eval.questions_per_task = 1024
+    c.eval.every_steps = 0
+    c.log.gallery_every_steps = 100
+
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
     """Returns the config for preset `arg` (default `tiny`)."""
@@ -377,7 +429,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
     c = _base()
     c.preset = preset
-    if preset == "tiny":
+    if preset in ("tiny", "route"):
         c.model.preset = "tiny"
         _tiny_data(c.data)
         c.rl.max_new_tokens = 64
@@ -386,6 +438,9 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         c.checkpoint.every_steps = 50
         c.eval.max_new_tokens = 64
         _tiny_training(c)
+        if preset == "route":  # the planning demo: the tiny model on the route world
+            _route_data(c.data)
+            _route_training(c)
     else:
         c.model.preset = preset
         # fp32 master weights, bf16 matmuls (verl/EasyR1, MaxText): an lr-1e-6 AdamW update is

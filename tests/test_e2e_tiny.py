@@ -68,8 +68,9 @@ def test_cli_writes_every_artefact(run_dir):
     assert sum(s["type"] == "Counting3" for s in warm["samples"]) == 8
     assert "ReasonMap-Plus (VQA)" in (run_dir / "eval" / "final.md").read_text()
     summary = json.loads((run_dir / "train_summary.json").read_text())
-    # Fixed shapes: one compilation of each update step per prompt-length bucket in use.
-    assert summary["trace_counts"]["grpo_step"] <= 2 and summary["trace_counts"]["sft_step"] == 1
+    # Fixed shapes: one compilation of each update step per prompt-length bucket in use (96
+    # and 128: Counting1's options and plans' questions are longer; one answer bucket).
+    assert summary["trace_counts"]["grpo_step"] <= 2 and summary["trace_counts"]["sft_step"] <= 2
 
 
 @pytest.mark.slow

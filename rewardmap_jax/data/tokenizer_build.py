@@ -225,3 +225,33 @@ def build_tiny_tokenizer(out_dir: str | os.PathLike, seed: int = CORPUS_SEED) ->
     (out / "tokenizer_config.json").write_text(config + "\n", encoding="utf-8")
     (out / "chat_template.jinja").write_text(QWEN2_VL_CHAT_TEMPLATE, encoding="utf-8")
     return out
+
+
+# Qwen2.5-VL's layout: 151,643 regular BPE entries, then the special tokens from
+# <|endoftext|> = 151643 to <|video_pad|> = 151656 (the hub's tokenizer.json; the model's
+# embedding table has 151,936 rows for 3B and 152,064 for 7B).
+QWEN_NUM_REGULAR = 151643
+
+
+def build_qwen_id_tokenizer(out_dir: str | os.PathLike, num_regular: int = QWEN_NUM_REGULAR,
+                            seed: int = CORPUS_SEED) -> Path:
+    """The tiny tokenizer re-laid out at Qwen2.5-VL's ids, for random checkpoints at the real
+    vocabulary size (scripts/rehearsal.py): the tiny BPE's 1,024 entries keep ids 0-1023
+    (text encodes exactly as with the tiny tokenizer), unreachable filler entries
+    (`<filler_ID>`, no merge produces them; they decode to that text) take ids 1024 to
+    `num_regular` - 1, and the Qwen2-VL special tokens follow at `num_regular`... as on the hub
+    (<|im_end|> = 151645, <|image_pad|> = 151655 for the default). Written like
+    `build_tiny_tokenizer` (same config and chat template)."""
+    from tokenizers import Tokenizer
+
+    if num_regular < NUM_REGULAR:
+        raise ValueError(f"num_regular {num_regular} < the tiny BPE's {NUM_REGULAR} entries")
+    out = build_tiny_tokenizer(out_dir, seed)
+    spec = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = spec["model"]["vocab"]
+    vocab.update({f"<filler_{i}>": i for i in range(NUM_REGULAR, num_regular)})
+    for i, added in enumerate(spec["added_tokens"]):
+        added["id"] = num_regular + i
+    tok = Tokenizer.from_str(json.dumps(spec))  # validates the edited file
+    (out / "tokenizer.json").write_text(tok.to_str(pretty=False) + "\n", encoding="utf-8")
+    return out

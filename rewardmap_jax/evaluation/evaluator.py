@@ -144,8 +144,20 @@ class TrainingEvaluator:
             should_stop: Callable[[], bool] | None = None, place: Any = None
             ) -> dict[str, Any] | None:
         primary = jax.process_index() == 0
-        cache = completion_cache(self.out, tag, {"workdir": str(self.workdir), "step": step,
-                                                 "tag": tag}, write=primary)
+        fingerprint = {"workdir": str(self.workdir), "step": step, "tag": tag}
+        try:
+            cache = completion_cache(self.out, tag, fingerprint, write=primary)
+        except ValueError:
+            # The cache resumes this evaluation after a preemption. One written at another
+            # step under the same tag is a finished evaluation's (its report is in the run's
+            # reports): the `final` of a run since extended (train.rl_steps raised). Start over.
+            log.info("evaluation %s at step %d: replacing the completion cache of an earlier "
+                     "step", tag, step)
+            stale = Path(self.out) / f"{tag}.completions.jsonl"
+            if primary:
+                stale.unlink()
+            cache = (completion_cache(self.out, tag, fingerprint) if primary
+                     else gen.CompletionCache(None, fingerprint, write=False))
         rep = evaluate(model, self.data(per_task), self.config, tag=tag, out_dir=self.out,
                        cache=cache, step=step,
                        model_info={"workdir": str(self.workdir), "step": step},

@@ -137,9 +137,6 @@ def load_policy(config: mlc.ConfigDict, *, workdir: str | None = None,
     if not workdir:
         return model, None
     graphdef, params = nnx.split(model, nnx.Param)
-    with ck.CheckpointManager(workdir, async_save=False, handle_preemption=False) as mgr:
-        got = mgr.restore({"params": ck.abstract_like(params)}, step, data_state=False)
-    if got is None:
-        raise FileNotFoundError(f"no complete checkpoint in {workdir}")
-    log.info("evaluating checkpoint step %d of %s", got.step, workdir)
-    return nnx.merge(graphdef, got.state["params"]), int(got.step)
+    params, got_step = ck.load_params(workdir, params, step)
+    log.info("evaluating checkpoint step %d of %s", got_step, workdir)
+    return nnx.merge(graphdef, params), got_step

@@ -61,6 +61,9 @@ class WorldConfig:
     line_width_scale: float = 0.18
     station_radius_scale: float = 0.16
     max_question_transfers: int = 1
+    # Planning answer formats asked (any of questions.PLANNING_TEMPLATES, drawn uniformly).
+    planning_templates: tuple[str, ...] = ("short", "long_num_via", "long_via")
+    transfer_style: str = "ring"  # ring (bold open ring) | dot (filled black disc)
     city_difficulty_bounds: tuple[int, int] = (4, 6)
     train_maps: int = 4000
     eval_maps: int = 400
@@ -72,6 +75,7 @@ class WorldConfig:
             "layout": ("lshape", "walk"),
             "labels": ("letter", "place"),
             "line_naming": ("color", "number"),
+            "transfer_style": ("ring", "dot"),
         }
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
@@ -89,6 +93,10 @@ class WorldConfig:
             problems.append(
                 f"alphabet of {len(set(self.alphabet))} < {self.grid}x{self.grid} cells"
             )
+        bad = [t for t in self.planning_templates if t not in questions.PLANNING_TEMPLATES]
+        if bad or not self.planning_templates:
+            problems.append(f"planning_templates {self.planning_templates} (choose from "
+                            f"{questions.PLANNING_TEMPLATES})")
         if self.city_difficulty_bounds[0] > self.city_difficulty_bounds[1]:
             problems.append(f"city_difficulty_bounds {self.city_difficulty_bounds} not ordered")
         if min(self.train_maps, self.eval_maps, self.image_size, self.grid) < 1:
@@ -112,6 +120,21 @@ PRESETS: dict[str, WorldConfig] = {
         grid=4,
         max_stations=7,
         alphabet="EFGHJKLMNPRSTUWY",
+        city_difficulty_bounds=(3, 5),
+    ),
+    # Route planning a small model can learn (docs/training.md): 2-3 connected lines on the
+    # tiny grid in 4 colours, drawn thick (more line pixels per image token) with small station
+    # dots, transfers as filled discs, short-template questions with 0-1 transfers.
+    "route": WorldConfig(
+        name="route",
+        min_lines=2,
+        max_lines=3,
+        connected=True,
+        palette_size=4,
+        line_width_scale=0.3,
+        station_radius_scale=0.1,
+        planning_templates=("short",),
+        transfer_style="dot",
         city_difficulty_bounds=(3, 5),
     ),
     "dense": WorldConfig(
@@ -316,6 +339,7 @@ def make_record(
         city.network,
         rng,
         template=template,
+        templates=world.planning_templates,
         max_transfers=world.max_question_transfers,
         pair_buckets=city.pair_buckets,
     )

@@ -141,8 +141,9 @@ def planning(
     template: str | None,
     max_transfers: int,
     pair_buckets: dict[int, list[tuple[str, str]]],
+    templates: Sequence[str] = PLANNING_TEMPLATES,
 ) -> Question:
-    template = template or _pick(rng, PLANNING_TEMPLATES)
+    template = template or _pick(rng, templates)
     ks = [k for k in sorted(pair_buckets) if k <= max_transfers] or [min(pair_buckets)]
     a, b = _pick(rng, pair_buckets[_pick(rng, ks)])
     if rng.random() < 0.5:
@@ -275,13 +276,15 @@ def build_question(
     rng: np.random.Generator,
     *,
     template: str | None = None,
+    templates: Sequence[str] = PLANNING_TEMPLATES,
     max_transfers: int = 1,
     pair_buckets: dict[int, list[tuple[str, str]]] | None = None,
 ) -> Question:
-    """A `task_type` question about `network` (see `records.TASK_TYPES`)."""
+    """A `task_type` question about `network` (see `records.TASK_TYPES`); planning questions
+    use `template`, else one drawn from `templates`."""
     if task_type == "planning":
         buckets = pair_buckets if pair_buckets is not None else pairs_by_transfers(network)
-        return planning(network, rng, template, max_transfers, buckets)
+        return planning(network, rng, template, max_transfers, buckets, templates)
     builders = {
         "TorF1": torf1,
         "TorF2": torf2,

@@ -130,7 +130,10 @@ def render_map(network: Network, world: WorldConfig) -> Image.Image:
         draw.line(pts, fill=line.color, width=line_w, joint="curve")
     transfers = set(network.transfer_stations)
     for name, (x, y) in network.positions:
-        if name in transfers:
+        if name in transfers and world.transfer_style == "dot":
+            r = radius * 1.35  # a filled disc: one distinct pixel pattern for every transfer
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=INK, outline=INK, width=1)
+        elif name in transfers:
             r = radius * 1.35
             draw.ellipse((x - r, y - r, x + r, y + r), fill=BACKGROUND, outline=INK, width=2)
         else:

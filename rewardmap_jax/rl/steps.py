@@ -318,7 +318,7 @@ def config_errors(config: Any) -> list[str]:
         errs.append(f"sft.warmup_steps ({sft_c.warmup_steps}) must be < sft.steps "
                     f"({sft_c.steps}) with sft.schedule='warmup_cosine'")
     rl_steps = int(config.train.rl_steps)
-    if rl_steps and o.schedule == "warmup_cosine" and mb and b % mb == 0:
+    if rl_steps > 0 and o.schedule == "warmup_cosine" and mb and b % mb == 0:
         updates = rl_steps * (b // mb) * int(rl.ppo_epochs)
         if int(o.warmup_steps) >= updates:
             errs.append(f"optim.warmup_steps ({o.warmup_steps}) must be < the GRPO optimizer "

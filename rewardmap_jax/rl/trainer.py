@@ -111,9 +111,12 @@ class Trainer:
         self.tokenizer, self.reward_fn = got.tokenizer, got.reward_fn
         self.sft_data, self.rl_data, self.evaluator = got.sft_data, got.rl_data, got.evaluator
         self.sft_steps = int(config.sft.steps)
-        self.rl_steps = int(config.train.rl_steps) or (self.rl_data.num_steps or 0)
-        if not self.rl_steps and config.curriculum.repeat:
+        rl_steps = int(config.train.rl_steps)  # -1: no RL phase (SFT only)
+        self.rl_steps = 0 if rl_steps < 0 else rl_steps or (self.rl_data.num_steps or 0)
+        if not self.rl_steps and rl_steps >= 0 and config.curriculum.repeat:
             raise ConfigError("train.rl_steps must be > 0 when curriculum.repeat is set")
+        if rl_steps < 0 and not int(config.sft.steps):
+            raise ConfigError("train.rl_steps=-1 (SFT only) needs sft.steps > 0")
         self.total = self.sft_steps + self.rl_steps
         self.g = int(rl.num_generations)
         b = self.rl_data.batch_size
@@ -185,6 +188,10 @@ class Trainer:
         self.sft_it = self.sft_data.iterator() if self.sft_data else None
         self.rl_it = self.rl_data.iterator()
         if latest is None:
+            init_from = self.config.train.get("init_from")
+            if init_from:  # a fresh run starting from another run's params
+                self.params, from_step = ck.load_params(init_from, self.params)
+                log.info("initialised from the params of step %d of %s", from_step, init_from)
             if self.phase == "rl" and self._needs_ref():  # no warm start: RL from step 0
                 self.ref_params = jax.tree.map(jnp.copy, self.params)
             return 0

@@ -455,3 +455,14 @@ def restore_latest(
         return None
     with CheckpointManager(workdir, async_save=False, handle_preemption=False) as mgr:
         return mgr.restore(abstract_state)
+
+
+def load_params(workdir: str | epath.PathLike, like: Any,
+                step: int | None = None) -> tuple[Any, int]:
+    """(params of checkpoint `step` (default: the latest) of the run in `workdir`, its step),
+    laid out like `like`; FileNotFoundError when the run has no complete checkpoint."""
+    with CheckpointManager(workdir, async_save=False, handle_preemption=False) as mgr:
+        got = mgr.restore({"params": abstract_like(like)}, step, data_state=False)
+    if got is None:
+        raise FileNotFoundError(f"no complete checkpoint in {workdir}")
+    return got.state["params"], int(got.step)

@@ -190,3 +190,20 @@ def test_real_model_directory(tmp_path, layout):
     ours, grid = preprocess(img, ImageProcessorConfig(**limits))
     assert np.array_equal(grid, ref["image_grid_thw"][0])
     assert np.abs(ours - ref["pixel_values"]).max() <= 1e-5
+
+
+def test_qwen_id_tokenizer_has_the_hub_layout(tmp_path):
+    """The tiny BPE re-laid out at Qwen2.5-VL's ids (scripts/rehearsal.py's checkpoints): the
+    special tokens at the hub ids, 151,657 entries, text encoded as by the tiny tokenizer."""
+    from rewardmap_jax.data.tokenizer import load_tokenizer, special_token_ids
+    from rewardmap_jax.data.tokenizer_build import build_qwen_id_tokenizer
+
+    tok = load_tokenizer(build_qwen_id_tokenizer(tmp_path / "qwen_ids"))
+    ids = special_token_ids(tok)
+    assert (ids.endoftext, ids.im_start, ids.im_end) == (151643, 151644, 151645)
+    assert (ids.vision_start, ids.vision_end, ids.image_pad, ids.video_pad) == (
+        151652, 151653, 151655, 151656)
+    assert len(tok) == 151657
+    text = "According to the subway map, is it true that A Station is on the Red Line?"
+    assert tok(text)["input_ids"] == load_tokenizer("tiny")(text)["input_ids"]
+    assert tok.decode([1500]) == "<filler_1500>"

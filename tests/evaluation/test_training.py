@@ -86,3 +86,28 @@ def test_mapworld_evaluation_uses_the_runs_marked_maps(tmp_path):
     cli_records = cli.load_data(args, c).records
     got = next(r for r in cli_records if r.uid == rec.uid)
     assert np.array_equal(np.asarray(got.figure), np.asarray(same))
+
+
+def test_extended_run_evaluates_its_new_final_step(tmp_path):
+    """A finished run resumed with a larger train.rl_steps (found by scripts/rehearsal.py):
+    its `final` evaluation at the new last step replaces the earlier one's completion cache
+    instead of refusing it."""
+    c = get_config()
+    c.sft.steps = 0
+    c.train.rl_steps = 1
+    c.eval.final = True
+    c.eval.questions_per_task = 1
+    c.eval.tasks = ("TorF1",)
+    c.eval.batch_size = 2
+    c.eval.max_new_tokens = 2
+    for steps in (1, 2):
+        c.train.rl_steps = steps
+        t = trainer.Trainer(c, tmp_path)
+        t.rl_step = _fake_rl_step
+        t.train()
+        rep = R.load_report(tmp_path / "eval" / "final.json")
+        assert rep["step"] == steps
+        header = (tmp_path / "eval" / "final.completions.jsonl").read_text().splitlines()[0]
+        assert json.loads(header)["fingerprint"]["step"] == steps
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["step"] == 2 and [r["step"] for r in summary["reports"]] == [2]

@@ -22,6 +22,7 @@ def get_config(arg: str | None = None):
     c.train.rl_steps = 4
     c.curriculum.stages = ({"name": "small", "steps": 4, "weights": dict(TASKS)},)
     c.data.batch_size = 2
+    c.data.answer_buckets = (8,)  # the short tasks' answers (the preset's bucket fits plans)
     c.data.mapworld_questions_per_task = 32
     c.rl.num_generations = 2
     c.rl.mini_batch_size = 2

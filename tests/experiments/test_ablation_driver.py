@@ -1,0 +1,74 @@
+"""The ablation driver's plan and resumption, with the training subprocess and the collection
+replaced by fakes (the real runs are what `--scale quick` exercises)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rewardmap_jax.experiments import ablation, collect
+
+
+@pytest.fixture
+def fake_runs(monkeypatch):
+    """Each "run" writes a finished train_summary.json; the calls are recorded."""
+    calls = []
+
+    def train(cmd, path, progress=None):
+        calls.append(cmd)
+        if "FAIL" in path.name:
+            raise RuntimeError("boom")
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "train_summary.json").write_text(json.dumps({"step": 5, "total": 5}))
+        return {"wall_s": 1.0, "load_start": 0.1, "load_end": 0.1}
+
+    def summarize(path):
+        return {"final": {"accuracy": {"planning": 0.5}, "reward_full": {"planning": 1.0}},
+                "curve": [], "train_curve": [], "train_s": 1.0}
+
+    monkeypatch.setattr(ablation, "train", train)
+    monkeypatch.setattr(collect, "summarize_run", summarize)
+    return calls
+
+
+def test_plan_warm_starts_first_then_arms_from_them(fake_runs, tmp_path):
+    results = tmp_path / "r.jsonl"
+    args = ["--seeds", "2", "--scale", "quick", "--arms", "sparse_rl,sft_only",
+            "--workdir", str(tmp_path / "w"), "--results", str(results)]
+    assert ablation.main(args) == 0
+    presets = [c[c.index("--config") + 1].split(":")[-1] for c in fake_runs]
+    assert presets == ["warm_start@quick"] * 2 + ["sparse_rl@quick", "sft_only@quick"] * 2
+    inits = [next((a for a in c if a.startswith("--config.train.init_from=")), None)
+             for c in fake_runs]
+    assert inits[:2] == [None, None]
+    assert inits[4].endswith("warm_start/seed1") and "--config.seed=1" in fake_runs[4]
+    rows = [json.loads(x) for x in results.read_text().splitlines()]
+    assert [(r["arm"], r["seed"]) for r in rows] == [
+        ("warm_start", 0), ("warm_start", 1), ("sparse_rl", 0), ("sparse_rl", 1),
+        ("sft_only", 0), ("sft_only", 1)]
+    assert {r["scale"] for r in rows} == {"quick"}
+    # A second call finds everything done and trains nothing.
+    fake_runs.clear()
+    assert ablation.main(args) == 0
+    assert fake_runs == []
+
+
+def test_a_finished_run_without_a_row_is_collected_not_retrained(fake_runs, tmp_path):
+    work = tmp_path / "w"
+    done = ablation.run_dir(work, "warm_start", 0)
+    done.mkdir(parents=True)
+    (done / "train_summary.json").write_text(json.dumps({"step": 5, "total": 5}))
+    unfinished = ablation.run_dir(work, "sparse_rl", 0)
+    unfinished.mkdir(parents=True)
+    (unfinished / "train_summary.json").write_text(json.dumps({"step": 3, "total": 5}))
+    ablation.main(["--seeds", "1", "--scale", "quick", "--arms", "sparse_rl", "--workdir",
+                   str(work), "--results", str(tmp_path / "r.jsonl")])
+    assert [c[c.index("--workdir") + 1] for c in fake_runs] == [str(unfinished)]
+
+
+def test_bad_arguments_fail_before_any_run(fake_runs, tmp_path):
+    for bad in (["--arms", "nope"], ["--scale", "huge"], ["--seeds", "0"]):
+        with pytest.raises(SystemExit):
+            ablation.main([*bad, "--workdir", str(tmp_path)])
+    assert fake_runs == []
