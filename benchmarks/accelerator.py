@@ -12,8 +12,8 @@ Measures, on the first device, with the project's own code paths:
   decode step), whichever is longer;
 * **reference log-probs** (`rl.steps.make_logprob_fn`) and **one GRPO update**
   (`rl.steps.make_grpo_step`: remat full, `--grad-accum` micro-batches, AdamW, donated state):
-  tokens/s and MFU (model FLOPs, `shapes.forward_flops`, x3 for the update, over peak bf16
-  FLOP/s);
+  tokens/s (prompt + completion of every sample) and MFU (model FLOPs of the layout the steps
+  run, `shapes.learner_forward_flops`, x3 for the update, over peak bf16 FLOP/s);
 * peak device memory (`memory_stats`, after each phase) and every compile time;
 * bf16-on-device vs fp32-on-CPU logits of a small model (tiny preset, one image).
 
@@ -64,6 +64,7 @@ OFFICIAL = {
              "entropy_coef": 1e-3, "loss_agg": "token-mean", "norm_len": 0, "tis_cap": 0.0},
     "model": {"param_dtype": "float32", "compute_dtype": "bfloat16", "remat": "full"},
     "logprob_chunk": 256,
+    "sequence_layout": "shared",
 }
 # Peak dense bf16 FLOP/s and HBM bytes/s per device (vendor specs), by `device_kind` prefix.
 PEAKS = {
@@ -192,12 +193,15 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             res["decode"]["hbm_gbs"] = (t - 1) * (text_bytes + kv_read) / dec / 1e9
 
     # -- reference log-probs and one GRPO update --------------------------------------------
+    # tokens/s counts each sample's prompt + completion (as EasyR1); MFU counts the model FLOPs
+    # of the layout the steps run (the shared layout runs each prompt once per group)
     train_tokens = b * g * (length + t)
-    f_fwd = shapes.forward_flops(cfg, rows=b * g, new=length + t, keys=(length + t) / 2,
-                                 head_rows=b * g * t, images=b, patches=patches)
+    layout = OFFICIAL["sequence_layout"]
+    f_fwd = shapes.learner_forward_flops(cfg, layout=layout, prompts=b, g=g, prompt_len=length,
+                                         completion_len=t, patches=patches)
 
     def logprob_phase():
-        fn = steps.make_logprob_fn(graphdef, g, chunk=OFFICIAL["logprob_chunk"])
+        fn = steps.make_logprob_fn(graphdef, g, chunk=OFFICIAL["logprob_chunk"], layout=layout)
         c, res["compile_s"]["logprobs"] = _compiled(fn, params, batch)
         tm = _timed(lambda: c(params, batch), s["repeats"])
         res["logprobs"] = {**tm, "tokens": train_tokens,
@@ -209,7 +213,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         tx = optim.make_optimizer(_Section(OFFICIAL["optim"]), 1000)
         step = steps.make_grpo_step(graphdef, tx, grpo.GRPOLossConfig(**OFFICIAL["loss"]), g,
                                     chunk=OFFICIAL["logprob_chunk"], grad_accum=s["grad_accum"],
-                                    donate=True)
+                                    donate=True, layout=layout)
         state = [params, tx.init(params)]
         c, res["compile_s"]["update"] = _compiled(step, *state, batch)
         ma = c.memory_analysis()

@@ -197,11 +197,13 @@ TEXT_TOKENS = 500  # prompt tokens that are not image tokens (system + question 
 
 
 def estimate(name: str, k: dict[str, float], n: int, b: float, act_bytes: int = 2,
-             prompt: int | None = None, patches: int | None = None) -> dict[str, float]:
+             prompt: int | None = None, patches: int | None = None,
+             layout: str = "repeated") -> dict[str, float]:
     """Per-device bytes of each memory term for a real preset at the official lengths.
 
-    n: devices in the FSDP axis; b: sequences (prompt + response) per device in one
-    value_and_grad. Activation terms use the calibration factors k["none"], k["full"].
+    n: devices in the FSDP axis; b: decoder rows per device in one value_and_grad: sequences
+    `[prompt | response]` (layout "repeated") or groups `[prompt | G responses]` ("shared",
+    model/sequence.py). Activation terms use the calibration factors k["none"], k["full"].
     prompt / patches: prompt tokens and patches of its one image (default: the official
     20,000-token prompt filled by its map; `benchmarks/real_shapes.py` compiles 20,480 / 65,536).
     """
@@ -209,18 +211,22 @@ def estimate(name: str, k: dict[str, float], n: int, b: float, act_bytes: int = 
     t, v = cfg.text, cfg.vision
     g = OFFICIAL["gens"]
     prompt = prompt or OFFICIAL["prompt"]
-    s = prompt + OFFICIAL["response"]
     kvd = t.num_key_value_heads * t.head_dim
     patches = patches or v.merge_unit * (prompt - TEXT_TOKENS)  # one image per prompt
     p = PARAMS[name]
-    prompts = max(1.0, b / g)  # images encoded per device (once per prompt, shared by G rows)
+    if layout == "shared":  # a row is a whole group; b groups = b prompts, b * G responses
+        s = prompt + g * OFFICIAL["response"]
+        prompts, responses = max(1.0, b), b * g
+    else:  # images encoded once per prompt, shared by its G rows
+        s = prompt + OFFICIAL["response"]
+        prompts, responses = max(1.0, b / g), b
     t_none = layer_act_elems(t.hidden_size, t.intermediate_size, kvd, "none")
     v_none = layer_act_elems(v.hidden_size, v.intermediate_size, v.hidden_size, "none")
     out = {
         "state_bf16": 10 * p / n,  # params 2 + grads 2 + Adam mu, nu 2 + 2 + reference 2
         "state_mixed": 18 * p / n,  # fp32 params 4 + grads 4 + Adam 8, bf16 reference 2
-        "act_full": k["full"] * act_bytes * (b * t.num_hidden_layers * s * t.hidden_size
-                                             + prompts * v.depth * patches * v.hidden_size),
+        "act_full_text": k["full"] * act_bytes * b * t.num_hidden_layers * s * t.hidden_size,
+        "act_full_vision": k["full"] * act_bytes * prompts * v.depth * patches * v.hidden_size,
         "act_none": k["none"] * act_bytes * (b * t.num_hidden_layers * s * t_none
                                              + prompts * v.depth * patches * v_none),
         # remat full: the layer being recomputed in the backward pass (text or vision block)
@@ -229,7 +235,7 @@ def estimate(name: str, k: dict[str, float], n: int, b: float, act_bytes: int = 
         "attn_chunk": 2 * 4 * cfg.attn_chunk * max(b * t.num_attention_heads * s,
                                                    prompts * v.num_heads * patches),
         # fp32 logits, softmax and their cotangent for one 256-position log-prob chunk
-        "logits_chunk": b * 3 * 256 * t.vocab_size * 4,
+        "logits_chunk": responses * 3 * 256 * t.vocab_size * 4,
         # sampler (default group-shared cache): per prompt L prompt slots + G x T sample slots,
         # k and v, bf16; `kv_cache_repeat` = the QWEN2_5_VL_REPEAT mode, G x (L + T) slots
         "kv_cache": max(1.0, OFFICIAL["prompts_per_update"] / n)
@@ -238,9 +244,39 @@ def estimate(name: str, k: dict[str, float], n: int, b: float, act_bytes: int = 
         "kv_cache_repeat": max(1.0, OFFICIAL["prompts_per_update"] / n) * g * s
         * t.num_hidden_layers * 2 * kvd * act_bytes,
     }
+    out["act_full"] = out["act_full_text"] + out["act_full_vision"]
     out["peak_full"] = out["act_full"] + out["recompute"] + out["attn_chunk"] + out["logits_chunk"]
     out["peak_none"] = out["act_none"] + out["logits_chunk"]
     return out
+
+
+# The shapes benchmarks/real_shapes.py compiles: a 20,480-token prompt holding a 256 x 256-patch
+# map (docs/memory.md §5); one prompt group per device, the fewest the prompt-sharded batch allows.
+GROUP_SHAPES = {"prompt": 20480, "patches": 65536}
+
+
+def layout_table(k: dict[str, float]) -> list[str]:
+    """Markdown rows: per-device GiB of the update with one prompt group (G responses) per
+    device, remat full, in the repeated (G rows) and the shared (one row) layout:
+    fp32 params + AdamW (12P / n), fp32 grads (4P / n), activations and transients."""
+    rows = ["| model | slice | layout | decoder tokens | params + Adam | grads "
+            "| activations (remat full) | recompute | attention chunk | log-prob chunk | total "
+            "| HBM | headroom |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    g, r = OFFICIAL["gens"], OFFICIAL["response"]
+    gib = lambda x: f"{x / GiB:.1f}"  # noqa: E731
+    for name in PARAMS:
+        for sl, n, hbm in SLICES[:2]:
+            for layout, b, tokens in (("repeated", g, g * (GROUP_SHAPES["prompt"] + r)),
+                                      ("shared", 1, GROUP_SHAPES["prompt"] + g * r)):
+                e = estimate(name, k, n, b, layout=layout, **GROUP_SHAPES)
+                state, grads = 12 * PARAMS[name] / n, 4 * PARAMS[name] / n
+                total = state + grads + e["peak_full"]
+                rows.append(f"| {name} | {sl} | {layout} | {tokens:,} | {gib(state)} | "
+                            f"{gib(grads)} | {gib(e['act_full'])} | {gib(e['recompute'])} | "
+                            f"{gib(e['attn_chunk'])} | {gib(e['logits_chunk'])} | "
+                            f"**{gib(total)}** | {hbm} | {(hbm * GiB - total) / GiB:.1f} |")
+    return rows
 
 
 def device_table(k: dict[str, float]) -> list[str]:
@@ -354,7 +390,9 @@ def main() -> None:
         print(json.dumps(measure(json.loads(args.worker))))
         return
     if args.estimate_only:
-        print("\n".join(device_table({"none": args.k_none, "full": args.k_full})))
+        k = {"none": args.k_none, "full": args.k_full}
+        print("\n".join(device_table(k)))
+        print("\n".join(layout_table(k)))
         return
     rows = [_run_worker(s) for s in _specs(args)]
     print("| XLA CPU | remat | layers | tokens | patches | XLA temp | arg | out | alias "

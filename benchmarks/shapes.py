@@ -145,3 +145,28 @@ def forward_flops(cfg: ModelConfig, *, rows: int, new: int, keys: float, head_ro
                                                    + dv * v.merge_unit * v.out_hidden_size)
         vis = images * (patches * per_patch + merger)
     return float(text + attn + head + vis)
+
+
+def learner_forward_flops(cfg: ModelConfig, *, layout: str, prompts: int, g: int,
+                          prompt_len: int, completion_len: int, patches: int = 0) -> float:
+    """Model FLOPs (`forward_flops`) of one log-prob forward over `prompts` prompt groups of G
+    completions in a `model.sequence` layout (the work each layout needs, not the masked-out
+    attention its chunks also compute):
+
+    * repeated: G rows of L + T tokens, causal: (L + T) / 2 keys per token on average;
+    * shared: one row of L + G T tokens; a prompt token attends within the prompt (L / 2 keys on
+      average), a completion token to the prompt and causally to its own completion (L + T / 2).
+
+    One image of `patches` patches per prompt in both (the tower runs once per prompt).
+    """
+    big_l, t = prompt_len, completion_len
+    if layout == "repeated":
+        return forward_flops(cfg, rows=prompts * g, new=big_l + t, keys=(big_l + t) / 2,
+                             head_rows=prompts * g * t, images=prompts if patches else 0,
+                             patches=patches)
+    if layout != "shared":
+        raise ValueError(f"unknown layout {layout!r}")
+    new = big_l + g * t
+    keys = (big_l * big_l / 2 + g * t * (big_l + t / 2)) / new
+    return forward_flops(cfg, rows=prompts, new=new, keys=keys, head_rows=prompts * g * t,
+                         images=prompts if patches else 0, patches=patches)

@@ -86,13 +86,22 @@ def _rl_config() -> mlc.ConfigDict:
     rl.dynamic_sampling_max_rounds = 3
     rl.logp_mismatch_alarm = 0.05
     # rl/grpo.py GRPOLossConfig and friends
-    rl.policy_loss = "grpo"  # registered name (grpo.POLICY_LOSSES)
+    rl.policy_loss = "grpo"  # grpo (token ratios) | gspo (sequence ratios, arXiv 2507.18071)
     rl.adv_std_ddof = 1  # unbiased group std, as torch.std in verl/EasyR1
     rl.log_ratio_clamp = 20.0  # |logp - old_logp| clamp before exp
     rl.kl_clamp = 10.0  # per-token KL clamp (verl low_var_kl); 0 = off
     rl.norm_len = 0  # seq-sum-token-mean divisor; 0 = max_new_tokens (static T)
     rl.logprob_chunk = 256  # positions per LM-head call when computing log-probs
-    rl.tis_cap = 0.0  # truncated IS weight cap for sampler/trainer mismatch (0 = off; TRL/verl 2)
+    # Truncated importance sampling (0 = off; TRL/verl use 2): the learner recomputes the old
+    # log-probs and weights each token's policy loss by min(p_learner / p_sampler, tis_cap).
+    rl.tis_cap = 0.0
+    # DAPO soft overlong punishment (arXiv 2503.14476): the reward falls linearly to
+    # -overlong_penalty over the last overlong_buffer tokens before max_new_tokens (0 = off).
+    rl.overlong_buffer = 0
+    rl.overlong_penalty = 1.0
+    # Sequences of the log-prob and update passes (model/sequence.py): "shared" runs each
+    # prompt once per group, [prompt | c_1 | ... | c_G]; "repeated" G rows [prompt | c_g].
+    rl.sequence_layout = "shared"
     rl.stop_ids = ()  # () = the model's eos (<|im_end|>)
     return rl
 

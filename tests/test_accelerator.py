@@ -38,6 +38,7 @@ def test_official_values_match_the_3b_preset():
     for k, v in OFFICIAL["model"].items():
         assert c.model[k] == v, k
     assert c.rl.logprob_chunk == OFFICIAL["logprob_chunk"]
+    assert c.rl.sequence_layout == OFFICIAL["sequence_layout"]
 
 
 @pytest.mark.slow

@@ -9,6 +9,11 @@ Each chunk calls `jax.nn.dot_product_attention` (implementation "xla" or "cudnn"
 prompt: B*G query rows attend over a B-row prompt prefix (read once per prompt, never copied G
 times) plus their own keys, under one softmax over both parts. `attend_decode` is the
 single-query (decode step) form of both, reading the cache in its stored layout.
+
+`attend_prompt_groups` is the training-side counterpart: one row `[prompt | c_1 | ... | c_G]`
+per prompt, where completion c_g sees the prompt and (causally) itself, never c_h. It is
+`attend` with a shared segment (the prompt's keys are visible from every segment), split so
+that prompt queries read only prompt keys.
 """
 
 from __future__ import annotations
@@ -17,16 +22,20 @@ import jax
 import jax.numpy as jnp
 
 
-def _mask(q_seg, kv_seg, q_pos, kv_pos):
-    """(B, 1, T, S) bool: same segment, key segment >= 0, and key pos <= query pos if causal."""
-    m = (q_seg[:, :, None] == kv_seg[:, None, :]) & (kv_seg >= 0)[:, None, :]
+def _mask(q_seg, kv_seg, q_pos, kv_pos, shared_seg=None):
+    """(B, 1, T, S) bool: key segment >= 0, same segment as the query (or the key is in
+    `shared_seg`, visible from every segment), and key pos <= query pos if causal."""
+    same = q_seg[:, :, None] == kv_seg[:, None, :]
+    if shared_seg is not None:
+        same = same | (kv_seg == shared_seg)[:, None, :]
+    m = same & (kv_seg >= 0)[:, None, :]
     if q_pos is not None:
         m = m & (kv_pos[:, None, :] <= q_pos[:, :, None])
     return m[:, None]
 
 
-def _attend_dense(q, k, v, q_seg, kv_seg, q_pos, kv_pos, impl):
-    mask = _mask(q_seg, kv_seg, q_pos, kv_pos)
+def _attend_dense(q, k, v, q_seg, kv_seg, q_pos, kv_pos, impl, shared_seg=None):
+    mask = _mask(q_seg, kv_seg, q_pos, kv_pos, shared_seg)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
 
 
@@ -42,6 +51,7 @@ def attend(
     impl: str = "xla",
     chunk: int = 512,
     reach: int = 0,
+    shared_seg: int | None = None,
 ) -> jax.Array:
     """Segment-masked (optionally causal) attention, scale head_dim^-0.5, fp32 softmax.
 
@@ -60,6 +70,8 @@ def attend(
         requires T == S, non-causal). Each query chunk then reads only its
         `chunk + 2 * reach` neighbouring keys: work sum(P) * (chunk + 2 reach) instead of
         sum(P)^2 for many images in one buffer. The result is the same as with reach = 0.
+      shared_seg: None, or a segment id whose keys every query sees (whatever its own
+        segment; still subject to the causal rule): a prompt shared by several completions.
     Returns:
       (B, T, N, H) in q.dtype.
     """
@@ -68,14 +80,66 @@ def attend(
     causal = q_pos is not None
     t, s = q.shape[1], k.shape[1]
     if reach and not causal and t == s and t > chunk and chunk + 2 * reach < s:
+        if shared_seg is not None:
+            raise ValueError("attend: reach and shared_seg do not combine")
         return _attend_key_windows(q, k, v, q_seg, kv_seg, chunk, reach, impl)
     if not causal:
         q_pos = jnp.zeros(q_seg.shape, jnp.int32)  # placeholder, unused below
 
     def dense(qc, sc, pc):
-        return _attend_dense(qc, k, v, sc, kv_seg, pc if causal else None, kv_pos, impl)
+        return _attend_dense(qc, k, v, sc, kv_seg, pc if causal else None, kv_pos, impl,
+                             shared_seg)
 
     return _map_query_chunks(dense, chunk, q, (q_seg, -2), (q_pos, 0))
+
+
+def attend_prompt_groups(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    q_seg: jax.Array,
+    kv_seg: jax.Array,
+    prompt_len: int,
+    *,
+    impl: str = "xla",
+    chunk: int = 512,
+) -> jax.Array:
+    """Causal attention over rows `[prompt | c_1 | ... | c_G]` (one row per prompt).
+
+    Slot i sees slot j iff j <= i, kv_seg[j] >= 0 and (kv_seg[j] == 0 or kv_seg[j] ==
+    q_seg[i]): the prompt (segment 0, slots [0, prompt_len)) is visible from every completion,
+    a completion (segment g + 1) only from itself. Exactly `attend(q, k, v, q_seg, kv_seg,
+    idx, idx, shared_seg=0)` with idx the slot index; computed in two parts because no prompt
+    query can see a completion key (they all come later): prompt queries over the prompt's
+    keys (prompt_len^2 pairs), completion queries over all keys (G T (prompt_len + G T)
+    pairs), instead of (prompt_len + G T)^2.
+
+    Args:
+      q: (B, S, N, H); k, v: (B, S, K, H), S = prompt_len + G * T.
+      q_seg: (B, S) int32: 0 on the prompt, g + 1 on completion g (padding included, so a
+        pad query sees what it sees in a `[prompt | completion]` row).
+      kv_seg: (B, S) int32: q_seg with padding negative (never attended: the prompt's left
+        padding and the completions' right padding).
+      prompt_len: static.
+    Returns:
+      (B, S, N, H) in q.dtype.
+    """
+    b, s = kv_seg.shape
+    if (not 0 < prompt_len <= s or q.shape[:2] != (b, s) or k.shape[:2] != (b, s)
+            or q_seg.shape != (b, s)):
+        raise ValueError(f"attend_prompt_groups: q {q.shape}, k {k.shape}, q_seg {q_seg.shape}, "
+                         f"kv_seg {kv_seg.shape} and prompt_len {prompt_len} do not describe "
+                         "one layout")
+    idx = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+    kw = dict(impl=impl, chunk=chunk, shared_seg=0)
+    p = slice(0, prompt_len)
+    out_p = attend(q[:, p], k[:, p], v[:, p], q_seg[:, p], kv_seg[:, p], idx[:, p], idx[:, p],
+                   **kw)
+    if prompt_len == s:
+        return out_p
+    c = slice(prompt_len, s)
+    out_c = attend(q[:, c], k, v, q_seg[:, c], kv_seg, idx[:, c], idx, **kw)
+    return jnp.concatenate([out_p, out_c], axis=1)
 
 
 def _attend_key_windows(q, k, v, q_seg, kv_seg, chunk: int, reach: int, impl: str):

@@ -14,7 +14,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rewardmap_jax.model import kv_cache as kvc
-from rewardmap_jax.model.attention import attend, attend_decode, attend_shared_prefix
+from rewardmap_jax.model.attention import (
+    attend,
+    attend_decode,
+    attend_prompt_groups,
+    attend_shared_prefix,
+)
 from rewardmap_jax.model.config import ModelConfig
 from rewardmap_jax.model.layers import (
     RESIDUAL_AXES,
@@ -33,6 +38,9 @@ class _AttnContext(NamedTuple):
     kv_seg (B', S) int32 (-1 = never attended), q_pos (B', T), kv_pos (B', S) slot indices,
     index () the write slot of this call's keys; prefix_valid (B, P) bool when the cache is a
     `SharedKVCache` (B' = B*G rows attend over a shared B-row prefix), else None.
+    prompt_len > 0: rows are `[prompt | c_1 | ... | c_G]` with q_seg 0 on the prompt and
+    g + 1 on completion g, kv_seg the same but -1 on padding (`attention.attend_prompt_groups`;
+    no cache).
     """
 
     kv_seg: jax.Array
@@ -40,6 +48,8 @@ class _AttnContext(NamedTuple):
     kv_pos: jax.Array
     index: jax.Array
     prefix_valid: jax.Array | None = None
+    prompt_len: int = 0
+    q_seg: jax.Array | None = None
 
 
 def mrope_cos_sin(positions: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
@@ -93,6 +103,9 @@ class TextAttention(nnx.Module):
         elif prefix_kv is not None:
             o = attend_shared_prefix(q, k, v, ctx.kv_seg, ctx.q_pos, ctx.kv_pos, *prefix_kv,
                                      ctx.prefix_valid, chunk=self.cfg.attn_chunk)
+        elif ctx.prompt_len:
+            o = attend_prompt_groups(q, k, v, ctx.q_seg, ctx.kv_seg, ctx.prompt_len,
+                                     impl=self.cfg.attn_impl, chunk=self.cfg.attn_chunk)
         else:
             q_seg = jnp.zeros((b, n), jnp.int32)
             o = attend(q, k, v, q_seg, ctx.kv_seg, ctx.q_pos, ctx.kv_pos,
@@ -153,11 +166,17 @@ class TextModel(nnx.Module):
         positions: jax.Array,
         attention_mask: jax.Array,
         cache: kvc.KVCache | kvc.SharedKVCache | None,
+        segment_ids: jax.Array | None = None,
+        prompt_len: int = 0,
     ) -> tuple[jax.Array, kvc.KVCache | kvc.SharedKVCache | None]:
         """x (B, T, D) input embeddings; positions (3, B, T); attention_mask (B, T) bool.
 
         With a `SharedKVCache`, B = prefix rows * G and the T tokens are written to the
         per-sample slots. Returns final-normed hidden states (B, T, D) and the updated cache.
+        `segment_ids` (B, T) int32 with `prompt_len` > 0 (static; no cache): each row is
+        `[prompt | c_1 | ... | c_G]`, segment 0 on the first `prompt_len` slots and g + 1 on
+        completion g, which sees the prompt and causally itself only
+        (`attention.attend_prompt_groups`; `model.sequence` builds these rows).
         """
         b, n = x.shape[:2]
         x = constrain(x, RESIDUAL_AXES)
@@ -165,6 +184,8 @@ class TextModel(nnx.Module):
         mask = attention_mask.astype(bool)
         shared = isinstance(cache, kvc.SharedKVCache)
         own = cache.suffix if shared else cache
+        if (segment_ids is None) != (prompt_len == 0) or (prompt_len and cache is not None):
+            raise ValueError("segment_ids and prompt_len > 0 go together, without a cache")
         if shared and b != own.valid.shape[0]:
             raise ValueError(
                 f"SharedKVCache has {own.valid.shape[0]} sample rows "
@@ -180,9 +201,10 @@ class TextModel(nnx.Module):
             q_pos = jnp.broadcast_to(index + jnp.arange(n, dtype=jnp.int32), (b, n))
             kv_pos = jnp.broadcast_to(jnp.arange(own.max_len, dtype=jnp.int32), (b, own.max_len))
             valid = kvc.write(own.valid, mask, index)
-        kv_seg = jnp.where(valid, 0, -1).astype(jnp.int32)
+        seg = 0 if segment_ids is None else segment_ids
+        kv_seg = jnp.where(valid, seg, -1).astype(jnp.int32)
         ctx = _AttnContext(kv_seg, q_pos, kv_pos, index,
-                           cache.prefix.valid if shared else None)
+                           cache.prefix.valid if shared else None, prompt_len, segment_ids)
 
         def run(graphdef, state, x, kv, prefix_kv):
             return nnx.merge(graphdef, state)(x, cos, sin, kv, ctx, prefix_kv)

@@ -131,7 +131,7 @@ class VisionTower(nnx.Module):
         if self.cfg.remat != "none":
             # Functional remat (split -> jax.checkpoint -> merge) rather than nnx.remat: nnx.remat
             # writes the block's state back after the call, which fails when the tower runs
-            # under jax.vmap (one image per buffer, `rl.steps.embed`) with the params unbatched.
+            # under jax.vmap (one image per buffer, `sequence.embed`) with the params unbatched.
             run = jax.checkpoint(run, policy=remat_policy(self.cfg.remat), static_argnums=(0,))
         for block in self.blocks:
             x = run(*nnx.split(block), x)

@@ -207,6 +207,29 @@ def dynamic_sampling_keep(rewards: Array, num_generations: int) -> tuple[Array, 
     return keep, 1.0 - keep.mean(dtype=jnp.float32)
 
 
+def overlong_penalty(lengths: Array, max_len: int, buffer: int, factor: float = 1.0) -> Array:
+    """DAPO's soft overlong punishment (Yu et al. 2025, arXiv 2503.14476, eq. 13), added to the
+    reward before the advantages (`rl.overlong_buffer`, `rl.overlong_penalty`).
+
+    A completion of |y| tokens (stop token included) gets 0 while |y| <= max_len - buffer,
+    then a linear ramp factor * ((max_len - buffer) - |y|) / buffer down to -factor at
+    |y| = max_len (the sampler truncates there, so the paper's -1 branch for |y| > max_len is
+    the end of the ramp). verl's `overlong_buffer` (len, penalty_factor) is the same rule.
+
+    Args:
+      lengths: `(N,)` int completion lengths; max_len: the sampler's max new tokens (static);
+      buffer: tokens of the ramp (0 = off: all zeros); factor: the penalty at max_len.
+    Returns:
+      `(N,)` fp32 penalties in [-factor, 0].
+    """
+    if buffer < 0 or buffer > max_len:
+        raise ValueError(f"overlong buffer {buffer} must be in [0, max_len = {max_len}]")
+    lengths = jnp.asarray(lengths, jnp.float32)
+    if buffer == 0:
+        return jnp.zeros_like(lengths)
+    return factor * jnp.clip((max_len - buffer - lengths) / buffer, -1.0, 0.0)
+
+
 # --------------------------------------------------------------------------------------------
 # Aggregation
 # --------------------------------------------------------------------------------------------
@@ -305,31 +328,11 @@ def _masked_min_max(x: Array, mask: Array) -> tuple[Array, Array]:
     return lo, hi
 
 
-@register_policy_loss("grpo")
-def clipped_policy_loss(
-    logps: Array, old_logps: Array, advantages: Array, mask: Array, cfg: GRPOLossConfig
+def _clipped_surrogate(
+    ratio: Array, adv: Array, mask: Array, cfg: GRPOLossConfig, logps: Array, old_logps: Array
 ) -> tuple[Array, Metrics]:
-    """PPO clipped surrogate per token (GRPO/DAPO), optional dual clip.
-
-    loss_t = max(-A r, -A clip(r, 1-clip_low, 1+clip_high)); with dual_clip c > 1 and A < 0,
-    loss_t = min(loss_t, -c A). r = exp(clamp(logp - old_logp)).
-
-    Args:
-      logps, old_logps: `(N, T)` fp32; advantages: `(N,)` (broadcast over tokens) or `(N, T)`.
-    Returns:
-      per-token loss `(N, T)` fp32 (unmasked) and token-mean metrics: `clipfrac_low` (A<0, ratio
-      below 1-clip_low), `clipfrac_high` (A>0, ratio above 1+clip_high), `clipfrac`,
-      `dual_clipfrac`, `ratio_mean/min/max`, `approx_kl` (k3 of old vs new).
-    """
-    adv = _wide(advantages)
-    if adv.ndim == 1:
-        adv = adv[:, None]
-    log_ratio = jnp.clip(
-        _wide(logps) - _wide(old_logps),
-        -cfg.log_ratio_clamp,
-        cfg.log_ratio_clamp,
-    )
-    ratio = jnp.exp(log_ratio)
+    """max(-A r, -A clip(r, 1-clip_low, 1+clip_high)) per token (dual clip optional), and the
+    clipping / ratio metrics; shared by the token- and sequence-level ratios."""
     pg1 = -adv * ratio
     pg2 = -adv * jnp.clip(ratio, 1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
     loss = jnp.maximum(pg1, pg2)
@@ -359,6 +362,64 @@ def clipped_policy_loss(
         "approx_kl": (kl_k3(logps, old_logps) * m).sum() / n,
     }
     return loss, metrics
+
+
+def _advantage_per_token(advantages: Array) -> Array:
+    adv = _wide(advantages)
+    return adv[:, None] if adv.ndim == 1 else adv
+
+
+@register_policy_loss("grpo")
+def clipped_policy_loss(
+    logps: Array, old_logps: Array, advantages: Array, mask: Array, cfg: GRPOLossConfig
+) -> tuple[Array, Metrics]:
+    """PPO clipped surrogate per token (GRPO/DAPO), optional dual clip.
+
+    loss_t = max(-A r, -A clip(r, 1-clip_low, 1+clip_high)); with dual_clip c > 1 and A < 0,
+    loss_t = min(loss_t, -c A). r = exp(clamp(logp - old_logp)).
+
+    Args:
+      logps, old_logps: `(N, T)` fp32; advantages: `(N,)` (broadcast over tokens) or `(N, T)`.
+    Returns:
+      per-token loss `(N, T)` fp32 (unmasked) and token-mean metrics: `clipfrac_low` (A<0, ratio
+      below 1-clip_low), `clipfrac_high` (A>0, ratio above 1+clip_high), `clipfrac`,
+      `dual_clipfrac`, `ratio_mean/min/max`, `approx_kl` (k3 of old vs new).
+    """
+    log_ratio = jnp.clip(
+        _wide(logps) - _wide(old_logps),
+        -cfg.log_ratio_clamp,
+        cfg.log_ratio_clamp,
+    )
+    return _clipped_surrogate(jnp.exp(log_ratio), _advantage_per_token(advantages), mask, cfg,
+                              logps, old_logps)
+
+
+@register_policy_loss("gspo")
+def sequence_policy_loss(
+    logps: Array, old_logps: Array, advantages: Array, mask: Array, cfg: GRPOLossConfig
+) -> tuple[Array, Metrics]:
+    """GSPO (Zheng et al. 2025, arXiv 2507.18071): the clipped surrogate with one importance
+    ratio per sequence, the geometric mean of its token ratios,
+
+        s_i = exp(mean_{t in y_i} (logp_t - old_t))      (masked mean over the y_i tokens)
+
+    in the paper's GSPO-token form (eq. 13-14): token t of sequence i uses
+    s_i,t = sg[s_i] * exp(logp_t - sg[logp_t]), whose value is s_i and whose gradient is
+    s_i * grad logp_t. With `loss_agg="seq-mean-token-mean"` and a per-sequence advantage the
+    loss (and its gradient) is exactly the paper's sequence-level objective
+    (1/G) sum_i max(-A_i s_i, -A_i clip(s_i, 1 - clip_low, 1 + clip_high)), as verl's
+    `gspo` policy loss. The paper's clip ranges are small (3e-4 / 4e-4): sequence ratios stay
+    close to 1. The log of s_i is clamped to `log_ratio_clamp`; metrics as `clipped_policy_loss`
+    (ratios are the sequence ratios, per token).
+    """
+    m = mask.astype(jnp.float32)
+    d = (_wide(logps) - _wide(old_logps)) * m
+    seq = d.sum(axis=-1, keepdims=True) / jnp.maximum(m.sum(axis=-1, keepdims=True), 1.0)
+    seq = jnp.clip(jax.lax.stop_gradient(seq), -cfg.log_ratio_clamp, cfg.log_ratio_clamp)
+    lp = _wide(logps)
+    ratio = jnp.exp(seq + lp - jax.lax.stop_gradient(lp))
+    return _clipped_surrogate(ratio, _advantage_per_token(advantages), mask, cfg, logps,
+                              old_logps)
 
 
 def grpo_loss(

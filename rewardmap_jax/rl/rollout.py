@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rewardmap_jax.mapworld.records import TASK_TYPES, Record
-from rewardmap_jax.model import rope_index
+from rewardmap_jax.model import rope_index, sequence
 from rewardmap_jax.model.config import ModelConfig
 from rewardmap_jax.model.vision_layout import (
     bucket_patches,
@@ -35,7 +35,7 @@ from rewardmap_jax.model.vision_layout import (
     pack_vision_inputs,
     required_patches,
 )
-from rewardmap_jax.rl import grpo, sampler, scoring, steps
+from rewardmap_jax.rl import grpo, sampler, scoring
 from rewardmap_jax.rl.placement import PROMPT_BATCH_DIMS, Placement
 
 PROMPT_KEYS = ("prompt_ids", "prompt_mask", "positions", "rope_deltas", "vision", "vis_offsets")
@@ -87,7 +87,7 @@ def prepare_prompts(batch: dict[str, Any], cfg: ModelConfig, num_patches: int | 
     One image per prompt (the pipeline's contract). With `num_patches` (the trainer: from
     `agree_batch`), or when every image has the same patch grid (the map world), each image gets
     its own window buffer of that many slots and `vision` leaves are stacked (B, P_1, ...): the
-    tower then runs per image (`steps.embed`), data-parallel over the batch's shards, and its
+    tower then runs per image (`sequence.embed`), data-parallel over the batch's shards, and its
     full-attention blocks cost B * P_1^2 instead of (B * P_1)^2 over one packed buffer.
     Otherwise (single-process callers only) one packed buffer.
     """
@@ -192,11 +192,11 @@ class RolloutResult:
 
 
 def _forward(model, ids, positions, mask, vision, cache):
-    """Sampler contract (`sampler.ModelAdapter.forward`) with `steps.embed`'s vision path."""
+    """Sampler contract (`sampler.ModelAdapter.forward`) with `sequence.embed`'s vision path."""
     if vision is None:
         x = model.language_model.embed(ids)
     else:
-        x = steps.embed(model, ids, vision[0], vision[1], 1)
+        x = sequence.embed(model, ids, vision[0], vision[1])
     hidden, cache = model.language_model(x, positions, mask, cache)
     return model.logits(hidden[:, -1]), cache
 
@@ -251,7 +251,11 @@ def rollout(model: Any, prompts: dict[str, Any], batch: dict[str, Any],
     task_ids = np.repeat(np.asarray(batch["task_id"], np.int32), g)
     all_lengths, task_ids = ((lengths, task_ids) if place is None
                              else place.gather_rows((lengths, task_ids), n))
-    adv, adv_m = grpo.group_advantages(jnp.asarray(scores["overall"]), g,
+    if int(rl.get("overlong_buffer", 0)):  # DAPO soft overlong punishment, in the advantages
+        scores["overlong_penalty"] = np.asarray(grpo.overlong_penalty(
+            all_lengths, tokens.shape[1], int(rl.overlong_buffer), float(rl.overlong_penalty)))
+    shaped = scores["overall"] + scores.get("overlong_penalty", 0.0)
+    adv, adv_m = grpo.group_advantages(jnp.asarray(shaped), g,
                                        scaling=rl.adv_scaling, eps=float(rl.adv_eps),
                                        ddof=int(rl.adv_std_ddof))
     adv = np.asarray(adv, np.float32)

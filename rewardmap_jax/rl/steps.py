@@ -1,9 +1,12 @@
-"""Jitted update steps over `[prompt | completion]` sequences: SFT, GRPO, and log-prob passes.
+"""Jitted update steps over prompts and their completions: SFT, GRPO, and log-prob passes.
 
 Every function here works on one device batch (a dict of arrays, see `SeqBatch` below) and the
-parameter `nnx.State` of the policy; the model graph is closed over (static). Images are encoded
-once per prompt and their features are reused by all G completions of the prompt (rows
-`b * G + g`), in the update as in the sampler.
+parameter `nnx.State` of the policy; the model graph is closed over (static). The sequences are
+built by `model.sequence` in one of its layouts (`layout`, config `rl.sequence_layout`):
+"shared" runs each prompt once per group as `[prompt | c_1 | ... | c_G]` (the default),
+"repeated" runs G rows `[prompt | completion]` (the reference). Images are encoded once per
+prompt and their features are reused by all G completions of the prompt (rows `b * G + g`), in
+the update as in the sampler.
 
 SeqBatch keys (B prompts, N = B * G rows, L prompt bucket, T completion length, P patch slots):
 
@@ -16,6 +19,7 @@ SeqBatch keys (B prompts, N = B * G rows, L prompt bucket, T completion length, 
 | vis_offsets | (B,) | int32 | index of each prompt's first vision feature |
 | completion, completion_mask | (N, T) | int32, bool | sampled completions / SFT targets |
 | old_logps, ref_logps | (N, T) | float32 | GRPO only |
+| sampler_logps | (N, T) | float32 | GRPO with `tis_cap` > 0: the sampler's log-probs |
 | advantages | (N,) | float32 | GRPO only |
 
 Layout on a mesh (`placement=`): every leaf is a global array sharded on its batch dim (dim 1 of
@@ -35,73 +39,13 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from rewardmap_jax.model.layers import constrain
+from rewardmap_jax.model.sequence import LAYOUTS, sequence_logprobs
 from rewardmap_jax.rl import grpo, optim, sft
-from rewardmap_jax.rl.logprobs import completion_logprobs
 from rewardmap_jax.rl.placement import PROMPT_BATCH_DIMS, Placement, check_global
 
 Array = jax.Array
 # Incremented when jax traces (= compiles) a step; the trainer logs the total.
 TRACE_COUNTS: collections.Counter[str] = collections.Counter()
-
-
-def _maybe_frozen(feats: Array, frozen: bool) -> Array:
-    return jax.lax.stop_gradient(feats) if frozen else feats
-
-
-def embed(model: Any, ids: Array, vision: Any, vis_offsets: Array, reps: int,
-          freeze_vision: bool = False) -> Array:
-    """Token embeddings (N, S, D) of N = B * reps rows with each prompt's image features.
-
-    The vision tower runs once on the B prompts' images; row r = b * reps + g takes the k-th
-    feature of prompt b at its k-th image pad (every copy of a prompt has the same pads).
-    `vision` is either one packed buffer (leaves (P, ...)) or per-image buffers stacked
-    (leaves (B, P_1, ...), all images with the same grid), which the tower runs image by image.
-    `freeze_vision`: no gradient into the tower (its activations need not be kept for backward).
-    """
-    x = model.language_model.embed(ids)
-    cfg = model.cfg
-    is_vis = (ids == cfg.image_token_id) | (ids == cfg.video_token_id)
-    rank = jnp.cumsum(is_vis, axis=1) - 1
-    if vision.pixels.ndim == 3:  # stacked per-image buffers
-        feats = _maybe_frozen(jax.vmap(model.visual)(vision).astype(x.dtype), freeze_vision)
-        feats = constrain(feats, ("batch", None, None))  # (B, M, D): images stay on their shard
-        b, m = feats.shape[:2]
-        # Per-prompt gather (batched over B): row b*reps+g reads only prompt b's features, so
-        # a batch-sharded layout needs no all-gather of the image features.
-        idx = jnp.clip(rank, 0, m - 1).reshape(b, reps, -1)
-        vis = jax.vmap(lambda f, i: f[i])(feats, idx).reshape(*rank.shape, -1)
-    else:
-        feats = _maybe_frozen(model.visual(vision).astype(x.dtype), freeze_vision)  # (M, D)
-        idx = jnp.clip(jnp.repeat(vis_offsets, reps)[:, None] + rank, 0, feats.shape[0] - 1)
-        vis = jnp.take(feats, idx, axis=0)
-    return jnp.where(is_vis[..., None], vis, x)
-
-
-def sequence_logprobs(
-    model: Any, batch: dict[str, Any], reps: int, chunk: int, with_entropy: bool = True,
-    freeze_vision: bool = False,
-) -> tuple[Array, Array | None]:
-    """Log-probs (N, T) fp32 (and entropies) of `completion` after the prompts.
-
-    Completion token i of row b * reps + g is at M-RoPE position L + rope_delta[b] + i on all
-    three axes, the sampler's convention, so sampler and learner see the same positions.
-    """
-    ids_p = jnp.repeat(batch["prompt_ids"], reps, axis=0)
-    mask_p = jnp.repeat(batch["prompt_mask"].astype(bool), reps, axis=0)
-    pos_p = jnp.repeat(batch["positions"], reps, axis=1)
-    comp = batch["completion"]
-    n, t = comp.shape
-    length = ids_p.shape[1]
-    deltas = jnp.repeat(batch["rope_deltas"], reps)
-    pos_c = (length + deltas)[:, None] + jnp.arange(t, dtype=jnp.int32)[None]
-    ids = jnp.concatenate([ids_p, comp], axis=1)
-    mask = jnp.concatenate([mask_p, batch["completion_mask"].astype(bool)], axis=1)
-    pos = jnp.concatenate([pos_p, jnp.broadcast_to(pos_c[None], (3, n, t))], axis=2)
-    x = embed(model, ids, batch["vision"], batch["vis_offsets"], reps, freeze_vision)
-    hidden, _ = model.language_model(x, pos, mask, None)
-    return completion_logprobs(hidden, comp, length, model.logits, chunk_size=chunk,
-                               with_entropy=with_entropy)
 
 
 def _apply(tx: optax.GradientTransformation, params, opt_state, grads, loss):
@@ -111,7 +55,8 @@ def _apply(tx: optax.GradientTransformation, params, opt_state, grads, loss):
 
 
 # Completion-row keys (N = B * reps rows); everything else in a SeqBatch is per prompt.
-_ROW_KEYS = ("completion", "completion_mask", "old_logps", "ref_logps", "advantages")
+_ROW_KEYS = ("completion", "completion_mask", "old_logps", "ref_logps", "sampler_logps",
+             "advantages")
 
 
 def _by_prompt(batch: dict[str, Any], reps: int) -> dict[str, Any]:
@@ -252,8 +197,8 @@ def make_sft_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
 
     def loss_fn(params, batch, denom):
         model = nnx.merge(graphdef, params)
-        logps, _ = sequence_logprobs(model, batch, 1, chunk, with_entropy=False,
-                                     freeze_vision=freeze_vision)
+        logps, _ = sequence_logprobs(model, batch, 1, layout="repeated", chunk=chunk,
+                                     with_entropy=False, freeze_vision=freeze_vision)
         mask = batch["completion_mask"]
         loss, m = sft.sft_loss(logps, mask, loss_agg=loss_agg, denom=denom)
         # Whole-answer exact match under teacher forcing: every answer token has p > 0.5.
@@ -267,15 +212,23 @@ def make_sft_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
         placement)
 
 
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown sequence layout {layout!r}; choose one of {LAYOUTS}")
+
+
 def make_logprob_fn(graphdef: nnx.GraphDef, reps: int, chunk: int = 256,
-                    placement: Placement | None = None) -> Callable:
+                    placement: Placement | None = None, layout: str = "shared") -> Callable:
     """`fn(params, batch) -> logps (N, T)`: behaviour / reference log-probs (no gradient);
-    with `placement` the output rows are sharded like the batch's (`jit_step`)."""
+    with `placement` the output rows are sharded like the batch's (`jit_step`). `layout`:
+    `model.sequence` layout."""
+    _check_layout(layout)
 
     def fn(params, batch):
         TRACE_COUNTS["logprobs"] += 1
         model = nnx.merge(graphdef, params)
-        logps, _ = sequence_logprobs(model, batch, reps, chunk, with_entropy=False)
+        logps, _ = sequence_logprobs(model, batch, reps, layout=layout, chunk=chunk,
+                                     with_entropy=False)
         return logps
 
     rows_out = None if placement is None else (
@@ -287,12 +240,15 @@ def make_grpo_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                    cfg: grpo.GRPOLossConfig, reps: int, *, chunk: int = 256,
                    mismatch_threshold: float = 0.05, grad_accum: int = 1,
                    freeze_vision: bool = False, donate: bool = False,
-                   placement: Placement | None = None) -> Callable:
+                   placement: Placement | None = None, layout: str = "shared") -> Callable:
     """`step(params, opt_state, batch) -> (params, opt_state, metrics)`: one GRPO update.
 
     `batch` holds `old_logps` (the sampler's when one update per batch), `ref_logps` (zeros
-    when kl_coef == 0), `advantages`. Also reports how far the learner's log-probs before the
-    update are from `old_logps` (`logp_diff_mean`, ...; meaningful on the first update only).
+    when kl_coef == 0), `advantages`, and with `cfg.tis_cap > 0` `sampler_logps` (then
+    `old_logps` are the learner's recomputation; the policy loss is weighted by the truncated
+    importance ratio, `grpo.grpo_loss`). Also reports how far the learner's log-probs before
+    the update are from the sampler's (`sampler_logps`, else `old_logps`: `logp_diff_mean`,
+    ...; meaningful on the first update only). `layout`: `model.sequence` layout.
     `grad_accum` micro-batches of whole prompt groups per update (the same update as one pass:
     every micro-batch loss is over the full batch's denominator); `freeze_vision` stops the
     gradient at the vision features (the tower's activations are not kept for backward);
@@ -300,15 +256,23 @@ def make_grpo_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     (`jit_step`).
     """
 
+    _check_layout(layout)
+
     def loss_fn(params, batch, denom):
+        if cfg.tis_cap > 0 and "sampler_logps" not in batch:
+            raise ValueError("rl.tis_cap > 0: the batch needs the sampler's log-probs "
+                             "('sampler_logps') next to the learner's 'old_logps'")
+        sampler_logps = batch["sampler_logps"] if cfg.tis_cap > 0 else None
         model = nnx.merge(graphdef, params)
-        logps, ent = sequence_logprobs(model, batch, reps, chunk,
+        logps, ent = sequence_logprobs(model, batch, reps, layout=layout, chunk=chunk,
                                        with_entropy=cfg.entropy_coef != 0,
                                        freeze_vision=freeze_vision)
         mask = batch["completion_mask"]
         loss, m = grpo.grpo_loss(logps, batch["old_logps"], batch["ref_logps"],
-                                 batch["advantages"], mask, cfg, entropy=ent, denom=denom)
-        m.update(grpo.logp_consistency(batch["old_logps"], jax.lax.stop_gradient(logps), mask,
+                                 batch["advantages"], mask, cfg, entropy=ent, denom=denom,
+                                 sampler_logps=sampler_logps)
+        behaviour = batch.get("sampler_logps", batch["old_logps"])
+        m.update(grpo.logp_consistency(behaviour, jax.lax.stop_gradient(logps), mask,
                                        mismatch_threshold))
         return loss, m
 
@@ -322,7 +286,8 @@ def config_errors(config: Any) -> list[str]:
     """Update-step settings that cannot work, each naming its keys ([] when consistent):
     grad_accum must divide the prompts of one update; a warmup_cosine warmup must be shorter
     than the phase's optimizer updates; params below 32 bits lose the updates (unless
-    optim.allow_low_precision_params)."""
+    optim.allow_low_precision_params); a known sequence layout; an overlong buffer within the
+    completion length."""
     errs = []
     o = config.optim
     if (jnp.dtype(config.model.param_dtype).itemsize < 4
@@ -338,6 +303,13 @@ def config_errors(config: Any) -> list[str]:
     if acc < 1 or mb % acc:
         errs.append(f"rl.grad_accum ({acc}) must divide the prompts per update "
                     f"min(rl.mini_batch_size, data.batch_size) = {mb}")
+    layout = rl.get("sequence_layout", "shared")
+    if layout not in LAYOUTS:
+        errs.append(f"rl.sequence_layout={layout!r} is not one of {LAYOUTS}")
+    buf, t = int(rl.get("overlong_buffer", 0)), int(rl.max_new_tokens)
+    if not 0 <= buf <= t or float(rl.get("overlong_penalty", 1.0)) < 0:
+        errs.append(f"rl.overlong_buffer ({buf}) must be in [0, rl.max_new_tokens = {t}] and "
+                    f"rl.overlong_penalty ({rl.get('overlong_penalty')}) >= 0")
     sacc = int(sft_c.get("grad_accum", 1))
     if int(sft_c.steps) and (sacc < 1 or int(sft_c.batch_size) % sacc):
         errs.append(f"sft.grad_accum ({sacc}) must divide sft.batch_size ({sft_c.batch_size})")

@@ -158,9 +158,10 @@ class Trainer:
             self.step_fn = steps.make_grpo_step(
                 self.graphdef, self.tx, self.loss_cfg, self.g, chunk=chunk,
                 mismatch_threshold=float(rl.logp_mismatch_alarm), grad_accum=int(rl.grad_accum),
-                freeze_vision=self.freeze_vision, donate=True, placement=self.place)
+                freeze_vision=self.freeze_vision, donate=True, placement=self.place,
+                layout=rl.sequence_layout)
             self.logp_fn = steps.make_logprob_fn(self.graphdef, self.g, chunk=chunk,
-                                                 placement=self.place)
+                                                 placement=self.place, layout=rl.sequence_layout)
         self.phase = phase
 
     def _state(self) -> dict[str, Any]:
@@ -299,7 +300,8 @@ class Trainer:
                 mb["ref_logps"] = self.logp_fn(self.ref_params, mb)
             else:  # zeros laid out like the rows (lax.full_like keeps the sharding)
                 mb["ref_logps"] = jax.lax.full_like(mb["old_logps"], 0)
-            if int(rl.ppo_epochs) > 1 or self.minibatches > 1:
+            mb["sampler_logps"] = mb["old_logps"]
+            if int(rl.ppo_epochs) > 1 or self.minibatches > 1 or self.loss_cfg.tis_cap > 0:
                 mb["old_logps"] = self.logp_fn(self.params, mb)  # learner's own, pre-update
         metrics: list[dict[str, Any]] = []
         for _ in range(int(rl.ppo_epochs)):

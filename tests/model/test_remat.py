@@ -1,5 +1,5 @@
 """Remat under outer transforms: the real presets use remat "full", and the model then runs
-inside `jax.vmap` (the vision tower, one window buffer per image, `rl.steps.embed`) and inside
+inside `jax.vmap` (the vision tower, one window buffer per image, `model.sequence.embed`) and inside
 the sampler's decode loop (`lax.while_loop`); both must match remat "none" exactly."""
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -297,3 +298,68 @@ def test_truncated_importance_sampling_weights():
     assert float(m["tis_weight_mean"]) == pytest.approx((2 + 1 + 1 + 0.5 + 1) / 5, rel=1e-5)
     with pytest.raises(ValueError, match="sampler_logps"):
         grpo.grpo_loss(logps, old, None, adv, mask, cfg)
+
+
+def test_gspo_sequence_ratio_hand_values():
+    """GSPO (arXiv 2507.18071): one ratio per sequence, the geometric mean of its token ratios.
+    row 0 (A=+1): s0 = (1.5 * 1.1 * 0.5)^(1/3) = 0.825^(1/3) = 0.937850, inside [0.8, 1.28]:
+      per-token loss -s0 on its 3 tokens;
+    row 1 (A=-1, third token masked): s1 = (4.0 * 0.5)^(1/2) = sqrt 2 = 1.414214;
+      max(s1, clip(s1) = 1.28) = s1 (A < 0 clips only below 0.8), under the dual clip 3.
+    seq-mean-token-mean = the paper's (1/G) sum_i: (-0.937850 + 1.414214) / 2 = 0.238182.
+    Gradient w.r.t. logp_t (GSPO-token: d s_i / d logp_t = s_i / |y_i|): row 0 each token
+    -s0 / 3 / 2 = -0.156308; row 1 s1 / 2 / 2 = 0.353553 on its 2 tokens, 0 on the masked one.
+    """
+    logps, old, adv, mask = _hand_batch()
+    s0, s1 = 0.825 ** (1 / 3), math.sqrt(2.0)
+    cfg = grpo.GRPOLossConfig(policy_loss="gspo", clip_low=0.2, clip_high=0.28, dual_clip=3.0,
+                              kl_coef=0.0, entropy_coef=0.0, loss_agg="seq-mean-token-mean")
+    f = lambda lp, a: grpo.grpo_loss(lp, old, None, a, mask, cfg)  # noqa: E731
+    (loss, m), grad = jax.value_and_grad(f, has_aux=True)(logps, adv)
+    assert float(loss) == pytest.approx((-s0 + s1) / 2, rel=1e-5)
+    np.testing.assert_allclose(grad, [[-s0 / 6] * 3, [s1 / 4, s1 / 4, 0.0]], rtol=1e-5)
+    assert float(m["ratio_min"]) == pytest.approx(s0, rel=1e-5)
+    assert float(m["ratio_max"]) == pytest.approx(s1, rel=1e-5)
+    assert float(m["clipfrac"]) == 0.0
+    # token-mean weighs sequences by their tokens: (3 * -s0 + 2 * s1) / 5
+    tok = dataclasses.replace(cfg, loss_agg="token-mean")
+    assert float(grpo.grpo_loss(logps, old, None, adv, mask, tok)[0]) == pytest.approx(
+        (-3 * s0 + 2 * s1) / 5, rel=1e-4)
+    # A = +1 on row 1 too: s1 > 1.28 is clipped, so the whole sequence gets no gradient
+    # (per-sequence clipping); loss (-s0 - 1.28) / 2, clipfrac_high 2 of 5 tokens
+    (loss, m), grad = jax.value_and_grad(f, has_aux=True)(logps, jnp.array([1.0, 1.0]))
+    assert float(loss) == pytest.approx((-s0 - 1.28) / 2, rel=1e-5)
+    np.testing.assert_allclose(grad[1], [0.0, 0.0, 0.0], atol=0)
+    np.testing.assert_allclose(grad[0], [-s0 / 6] * 3, rtol=1e-5)
+    assert float(m["clipfrac_high"]) == pytest.approx(2 / 5)
+
+
+def test_gspo_equals_grpo_on_one_token_sequences():
+    """With one token per sequence the sequence ratio is the token ratio: same loss and
+    gradient as the token-level GRPO loss."""
+    rng = np.random.default_rng(5)
+    lp = jnp.asarray(np.log(rng.uniform(0.1, 1, (6, 1))), jnp.float32)
+    old = lp + jnp.asarray(rng.normal(0, 0.3, (6, 1)), jnp.float32)
+    adv = jnp.asarray(rng.normal(size=6), jnp.float32)
+    mask = jnp.ones((6, 1))
+    out = {}
+    for name in ("grpo", "gspo"):
+        cfg = grpo.GRPOLossConfig(policy_loss=name, kl_coef=0.0, entropy_coef=0.0)
+        out[name] = jax.value_and_grad(
+            lambda x, cfg=cfg: grpo.grpo_loss(x, old, None, adv, mask, cfg)[0])(lp)
+    np.testing.assert_allclose(out["gspo"][0], out["grpo"][0], rtol=1e-6)
+    np.testing.assert_allclose(out["gspo"][1], out["grpo"][1], rtol=1e-5, atol=1e-7)
+    assert float(jnp.abs(out["grpo"][1]).max()) > 1e-3
+
+
+def test_overlong_penalty_hand_values():
+    """DAPO soft overlong punishment (arXiv 2503.14476, eq. 13), max_len 10, buffer 4: no
+    penalty up to 10 - 4 = 6 tokens, then (6 - |y|) / 4: 7 -> -0.25, 8 -> -0.5, 10 -> -1."""
+    lengths = jnp.array([3, 6, 7, 8, 10])
+    np.testing.assert_allclose(grpo.overlong_penalty(lengths, 10, 4),
+                               [0, 0, -0.25, -0.5, -1.0], atol=1e-7)
+    np.testing.assert_allclose(grpo.overlong_penalty(lengths, 10, 4, factor=0.5),
+                               [0, 0, -0.125, -0.25, -0.5], atol=1e-7)
+    np.testing.assert_array_equal(grpo.overlong_penalty(lengths, 10, 0), np.zeros(5))
+    with pytest.raises(ValueError, match="overlong buffer 11"):
+        grpo.overlong_penalty(lengths, 10, 11)

@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from rewardmap_jax.data.pipeline import DataPipeline
+from rewardmap_jax.model import sequence
 from rewardmap_jax.model.build import model_config
 from rewardmap_jax.model.qwen2_5_vl import Qwen2_5_VL
 from rewardmap_jax.model.vision_layout import pack_vision_inputs
@@ -42,11 +43,11 @@ def test_per_image_vision_equals_packed_buffer(setup):
     rows = np.concatenate([ro._example_rows(batch, i) for i in range(len(ids))])
     packed = pack_vision_inputs(rows, batch["image_grid_thw"], model.cfg.vision)
     want = model.embed(ids, jax.tree.map(jnp.asarray, packed))
-    got = steps.embed(model, ids, jax.tree.map(jnp.asarray, prompts["vision"]),
-                      jnp.asarray(prompts["vis_offsets"]), 1)
+    got = sequence.embed(model, ids, jax.tree.map(jnp.asarray, prompts["vision"]),
+                         jnp.asarray(prompts["vis_offsets"]))
     np.testing.assert_allclose(got, want, atol=1e-5)
-    got_packed = steps.embed(model, ids, jax.tree.map(jnp.asarray, packed),
-                             jnp.asarray(prompts["vis_offsets"]), 1)
+    got_packed = sequence.embed(model, ids, jax.tree.map(jnp.asarray, packed),
+                                jnp.asarray(prompts["vis_offsets"]))
     np.testing.assert_allclose(got_packed, want, atol=1e-6)
 
 
@@ -106,10 +107,10 @@ def test_bandit_reward_rises(tmp_path):
 
 @pytest.mark.slow
 def test_minibatches_epochs_and_dynamic_sampling(tmp_path):
-    """ppo_epochs x mini-batches (learner-recomputed behaviour log-probs) and DAPO dynamic
-    sampling run end to end; the first update's learner/behaviour mismatch is at float32
-    rounding level (the log-prob pass and the update are separate XLA programs: not
-    bit-identical on every CPU)."""
+    """ppo_epochs x mini-batches (learner-recomputed behaviour log-probs), DAPO dynamic
+    sampling and overlong shaping, truncated IS and GSPO run end to end; before the first
+    update the learner's log-probs equal the sampler's up to float32 rounding (separate XLA
+    programs, not bit-identical on every CPU), so the TIS weights are 1."""
     c = get_config()
     c.sft.steps = 0
     c.train.rl_steps = 2
@@ -121,6 +122,9 @@ def test_minibatches_epochs_and_dynamic_sampling(tmp_path):
     c.rl.max_new_tokens = 1
     c.rl.dynamic_sampling = True
     c.rl.dynamic_sampling_max_rounds = 3
+    c.rl.tis_cap = 2.0
+    c.rl.policy_loss = "gspo"
+    c.rl.overlong_buffer = 1  # every 1-token completion sits at the end of the ramp: -1
     c.reward.fn = f"{HERE / 'bandit_reward.py'}:prefer_space"
     trainer.run(c, str(tmp_path))
     rows = [r for r in read_metrics(tmp_path) if "reward/mean" in r]
@@ -129,5 +133,7 @@ def test_minibatches_epochs_and_dynamic_sampling(tmp_path):
         assert 1 <= r["dynamic_sampling/rounds"] <= 3
         # Curves come from the drawn batch, the update batch's reward is logged apart.
         assert 0.0 <= r["reward/mean"] <= 1.0 and 0.0 <= r["dynamic_sampling/update_reward"] <= 1.0
-        assert r["logp_diff_max"] <= 1e-5  # old logps are the learner's own before the update
+        assert r["logp_diff_max"] < 1e-4  # sampler vs learner, same params, fp32
+        assert r["tis_weight_mean"] == pytest.approx(1.0, abs=1e-3)
+        assert r["reward/overlong_penalty"] == -1.0
         assert np.isfinite(r["loss"]) and r["grad_norm"] >= 0

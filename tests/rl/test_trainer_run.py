@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
     ("sft.grad_accum", 3, r"sft.grad_accum \(3\) must divide sft.batch_size \(4\)"),
     ("eval.batch_size", 200, r"eval.batch_size \(200\) x at least 16 patch rows"),
     ("eval.tasks", ("TorF9",), r"eval.tasks has unknown task types \['TorF9'\]"),
+    ("rl.sequence_layout", "packed", r"rl.sequence_layout='packed' is not one of"),
+    ("rl.overlong_buffer", 7, r"rl.overlong_buffer \(7\) must be in \[0, rl.max_new_tokens = 6\]"),
 ])
 def test_config_errors_name_keys(key, value, match):
     c = get_config()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 from flax import nnx
 
 from rewardmap_jax.data.pipeline import DataPipeline
+from rewardmap_jax.model import sequence
 from rewardmap_jax.model.build import model_config
 from rewardmap_jax.model.qwen2_5_vl import Qwen2_5_VL
 from rewardmap_jax.rl import grpo, optim, steps
@@ -123,16 +126,16 @@ def test_freeze_vision_stops_gradient_and_updates(setup):
 
     def loss(p):
         model = nnx.merge(graphdef, p)
-        logps, _ = steps.sequence_logprobs(model, batch, G, 256, with_entropy=False,
-                                           freeze_vision=True)
+        logps, _ = sequence.sequence_logprobs(model, batch, G, with_entropy=False,
+                                              freeze_vision=True)
         return (logps * batch["completion_mask"]).sum()
 
     grads = jax.grad(loss)(params)
     gvis, gtext = _split_vision(grads)
     assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in gvis.values())
     assert max(float(jnp.max(jnp.abs(g))) for g in gtext.values()) > 0
-    unfrozen = jax.grad(lambda p: (steps.sequence_logprobs(
-        nnx.merge(graphdef, p), batch, G, 256, with_entropy=False)[0]
+    unfrozen = jax.grad(lambda p: (sequence.sequence_logprobs(
+        nnx.merge(graphdef, p), batch, G, with_entropy=False)[0]
         * batch["completion_mask"]).sum())(params)
     assert max(float(jnp.max(jnp.abs(g))) for g in _split_vision(unfrozen)[0].values()) > 0
 
@@ -150,3 +153,32 @@ def test_donated_steps_update_in_place_and_match(setup):
         assert _max_diff(got[0], want[0]) == 0.0 and _max_diff(got[1], want[1]) == 0.0
         assert all(x.is_deleted() for x in jax.tree.leaves(p))
         assert all(x.is_deleted() for x in jax.tree.leaves(s))
+
+
+def test_truncated_importance_sampling_switch(setup):
+    """rl.tis_cap in the update step: sampler log-probs ln 3 below the learner's old ones give
+    w = min(e^(ln 3), 2) = 2 on every token, so the policy term doubles while KL and entropy
+    do not move; sampler = old gives w = 1, the same update as tis_cap = 0. Without
+    `sampler_logps` in the batch the step refuses to trace."""
+    c, graphdef, params, batch, _ = setup
+    sgd = optax.sgd(1.0)
+    cfg = grpo.GRPOLossConfig.from_config(c.rl)
+    assert cfg.tis_cap == 0
+
+    def run(tis_cap, shift):
+        b = dict(batch, sampler_logps=batch["old_logps"] - shift)
+        step = steps.make_grpo_step(graphdef, sgd, dataclasses.replace(cfg, tis_cap=tis_cap), G)
+        return step(params, sgd.init(params), b)
+
+    off, same, doubled = run(0.0, 0.0), run(2.0, 0.0), run(2.0, np.log(3.0))
+    assert float(same[2]["tis_weight_mean"]) == pytest.approx(1.0)
+    assert float(doubled[2]["tis_weight_mean"]) == pytest.approx(2.0, rel=1e-6)
+    assert _max_diff(same[0], off[0]) <= 1e-7
+    np.testing.assert_allclose(doubled[2]["pg_loss"], 2 * off[2]["pg_loss"], rtol=1e-5)
+    for k in ("kl", "entropy"):
+        np.testing.assert_allclose(doubled[2][k], off[2][k], rtol=1e-6)
+    # the logged mismatch is sampler vs learner: ln 3 on every token
+    assert float(doubled[2]["logp_diff_mean"]) == pytest.approx(np.log(3.0), rel=1e-4)
+    step = steps.make_grpo_step(graphdef, sgd, dataclasses.replace(cfg, tis_cap=2.0), G)
+    with pytest.raises(ValueError, match="needs the sampler's log-probs"):
+        step(params, sgd.init(params), batch)
