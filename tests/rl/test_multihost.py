@@ -101,14 +101,18 @@ def test_trainer_two_processes_match_one(tmp_path):
                   "entropy", "response_length", "tokens", "logp_diff_mean", "grad_norm"):
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), k
     assert any(m["adv/adv_std"] > 0 for m in metrics[0])  # the rewards varied within groups
-    # per-host input: each process processed exactly its rows of the 3 global batches
+    # Per-host input: each process processed its rows of the 3 global batches and no other
+    # process's row. (Grain's read-ahead may also have processed this process's rows of the
+    # next planned batches - the stage plans 8 - depending on timing.)
     seen = [json.loads((multi / "out" / f"elements_{i}.json").read_text()) for i in range(2)]
     assert [s["rows"] for s in seen] == [[0, 1, 2, 3], [4, 5, 6, 7]]
     for s in seen:
-        want = [step * 8 + r for step in range(3) for r in s["rows"]]
-        assert sorted(s["processed"]) == want
+        done = {step * 8 + r for step in range(3) for r in s["rows"]}
+        mine = {step * 8 + r for step in range(8) for r in s["rows"]}
+        assert done <= set(s["processed"]) <= mine
+        assert len(s["processed"]) == len(set(s["processed"]))  # each element once
     one = json.loads((single / "out" / "elements_0.json").read_text())
-    assert sorted(one["processed"]) == list(range(24))
+    assert set(range(24)) <= set(one["processed"]) <= set(range(64))
     mix = [json.loads((multi / "out" / f"mixing_{i}.json").read_text()) for i in range(2)]
     for m in mix:
         assert m["guard"].startswith("grpo_step: input [") and \

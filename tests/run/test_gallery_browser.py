@@ -34,7 +34,9 @@ def test_training_page_shows_every_map(tmp_path):
     recs = [r for r in records for _ in range(g)]
     texts = [answer_text(r) if i % 2 == 0 else "no idea" for i, r in enumerate(recs)]
     scores = make_reward_fn(c.reward)(recs, texts)
-    res = types.SimpleNamespace(records=recs, texts=texts, scores=scores)
+    # A single-process rollout: local row i is global row i (`RolloutResult.rows`).
+    res = types.SimpleNamespace(records=recs, texts=texts, scores=scores,
+                                rows=np.arange(len(recs)))
     page = G.write_training_gallery(tmp_path, 7, res, g, 3, pipe.sources)
     info = browser.inspect_page(page, tmp_path / "browser")
     browser.assert_maps_drawn(info, 3)
