@@ -202,7 +202,7 @@ def test_config_helpers(tmp_path):
     with pytest.raises(AttributeError):
         loaded.rl.new_key = 1  # locked like the CLI's config
     text = config_utils.presets_help()
-    assert "Presets: tiny, qwen2_5_vl_3b, qwen2_5_vl_7b (default tiny)" in text
+    assert "Presets: tiny, route, qwen2_5_vl_3b, qwen2_5_vl_7b (default tiny)" in text
 
 
 @pytest.mark.slow
