@@ -19,7 +19,6 @@ tensor=2 over all processes' devices) and writes to `--out`:
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -104,11 +103,9 @@ def _mixing_check(t, out: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--num_processes", type=int, required=True)
-    ap.add_argument("--process_id", type=int, required=True)
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--local_devices", type=int, required=True)
+    from tests.rl.multihost_worker import process_parser
+
+    ap = process_parser()
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--resume_from", default="")

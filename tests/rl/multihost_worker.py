@@ -39,12 +39,18 @@ def set_mesh(m, args, shape):
     return m
 
 
-def main() -> None:
+def process_parser() -> argparse.ArgumentParser:
+    """The flags every multi-host worker takes: its place in the process group."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--num_processes", type=int, required=True)
     ap.add_argument("--process_id", type=int, required=True)
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--local_devices", type=int, required=True)
+    return ap
+
+
+def main() -> None:
+    ap = process_parser()
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
