@@ -367,6 +367,8 @@ def collectives(text: str, loops: list) -> dict[str, dict[str, int]]:
 
 
 def main(argv=None) -> int:
+    if str(_REPO) not in sys.path:  # `python benchmarks/decode_step.py` puts benchmarks/ first
+        sys.path.insert(0, str(_REPO))
     from benchmarks import harness
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -415,7 +417,8 @@ def main(argv=None) -> int:
                    for n, r in roots.items()}
         try:
             fns = {f"{n}@{t}": _timed(w, t) for n, w in workers.items() for t in (t1, t2)}
-            tm = harness.interleave(fns, args.repeats, load_limit=args.load_limit)
+            tm = harness.interleave(fns, args.repeats, load_limit=args.load_limit,
+                            foreign_limit=args.foreign_limit)
             traces = {n: w.ask("trace") for n, w in workers.items()} if args.trace else {}
         finally:
             for w in workers.values():

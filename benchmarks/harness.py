@@ -7,9 +7,14 @@ its spread (min-max and interquartile range), per-round ratios (the median and r
 a/b measured in the same round), the process CPU seconds beside the wall seconds (CPU time is
 far less sensitive to other jobs than wall time), and the load average before and after.
 
-A loaded machine (1-minute load average above `--load-limit`, default 1.5 for the 2-core
-development box) is flagged loudly on stderr and in the output (`"loaded": true`); with
-`--strict` the script then exits with status 3, so a quiet benchmark pass can refuse it.
+A loaded machine is flagged loudly on stderr and in the output (`"loaded": true`); with
+`--strict` the script then exits with status 3, so a quiet benchmark pass can refuse it. Loaded
+means either: the 1-minute load average *before the first call* is above `--load-limit`
+(default 1.5 for the 2-core development box), or, during the timed rounds, other processes used
+more than `--foreign-limit` cores on average (default 0.25). The second is measured, not
+inferred from the load average (which counts the benchmark's own threads, so a long benchmark on
+2 cores always ends near 2): the machine's busy CPU time from /proc/stat minus this process's
+and its waited children's CPU time and the CPU time its worker processes report (`Measured`).
 
 Each script prints one JSON object per measurement on stdout and a Markdown table row after it
 (`markdown_row`), so its figures go to docs/benchmarks.md as printed.
@@ -29,6 +34,7 @@ from typing import Any
 
 MIN_REPEATS = 5
 LOAD_LIMIT = 1.5
+FOREIGN_LIMIT = 0.25
 EXIT_LOADED = 3
 
 
@@ -38,7 +44,11 @@ def add_arguments(ap: argparse.ArgumentParser, repeats: int = MIN_REPEATS) -> No
     ap.add_argument("--strict", action="store_true",
                     help="exit with status 3 when the machine is loaded")
     ap.add_argument("--load-limit", type=float, default=LOAD_LIMIT,
-                    help="1-minute load average above which timings are flagged")
+                    help="1-minute load average (before the benchmark) above which timings "
+                         "are flagged")
+    ap.add_argument("--foreign-limit", type=float, default=FOREIGN_LIMIT,
+                    help="mean cores used by other processes during the timed rounds above "
+                         "which timings are flagged")
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -71,6 +81,9 @@ class Timings:
     load_before: tuple[float, float, float]
     load_after: tuple[float, float, float]
     load_limit: float = LOAD_LIMIT
+    # Mean cores other processes used during the timed rounds (None: /proc/stat unreadable).
+    foreign_cores: float | None = None
+    foreign_limit: float = FOREIGN_LIMIT
 
     def median(self, name: str) -> float:
         return statistics.median(self.wall[name])
@@ -81,7 +94,20 @@ class Timings:
 
     @property
     def loaded(self) -> bool:
-        return max(self.load_before[0], self.load_after[0]) > self.load_limit
+        if self.load_before[0] > self.load_limit:
+            return True
+        if self.foreign_cores is None:  # no /proc/stat: the load average after, as a fallback
+            return self.load_after[0] > self.load_limit
+        return self.foreign_cores > self.foreign_limit
+
+    def why_loaded(self) -> str:
+        if self.load_before[0] > self.load_limit:
+            return (f"1-minute load average {self.load_before[0]:.2f} > {self.load_limit} "
+                    "before the benchmark")
+        if self.foreign_cores is None:
+            return f"1-minute load average {self.load_after[0]:.2f} > {self.load_limit} after"
+        return (f"other processes used {self.foreign_cores:.2f} cores on average "
+                f"> {self.foreign_limit} during the timed rounds")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -90,7 +116,10 @@ class Timings:
             "runs_s": {k: [round(x, 4) for x in v] for k, v in self.wall.items()},
             "load": {"before": [round(x, 2) for x in self.load_before],
                      "after": [round(x, 2) for x in self.load_after],
-                     "limit": self.load_limit, "loaded": self.loaded},
+                     "limit": self.load_limit,
+                     "foreign_cores": (None if self.foreign_cores is None
+                                       else round(self.foreign_cores, 3)),
+                     "foreign_limit": self.foreign_limit, "loaded": self.loaded},
         }
 
 
@@ -102,18 +131,42 @@ class Measured:
     cpu: float
 
 
+def machine_busy_s() -> float | None:
+    """CPU seconds all processes have used since boot (/proc/stat: every state but idle and
+    iowait), or None where /proc/stat is not readable."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s() -> float:
+    """CPU seconds of this process and its waited-for children."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def interleave(fns: dict[str, Callable[[int], Any]], repeats: int, warmup: int = 1,
-               load_limit: float = LOAD_LIMIT) -> Timings:
+               load_limit: float = LOAD_LIMIT,
+               foreign_limit: float = FOREIGN_LIMIT) -> Timings:
     """Runs every fn(round) once per round, rounds interleaved and rotated; fn must block until
     its work is done (e.g. `jax.block_until_ready`). Warm-up calls get negative round numbers.
-    A fn that returns a `Measured` is timed by it instead of around the call."""
+    A fn that returns a `Measured` is timed by it instead of around the call (its CPU seconds
+    are its worker's, which the foreign-CPU measure then does not count as foreign)."""
     names = list(fns)
+    before = os.getloadavg()  # before the benchmark's own work raises it
     for w in range(warmup):
         for name in names:
             fns[name](-1 - w)
     wall = {n: [] for n in names}
     cpu = {n: [] for n in names}
-    before = os.getloadavg()
+    workers_cpu = 0.0
+    busy0, own0, t_start = machine_busy_s(), own_cpu_s(), time.perf_counter()
     for r in range(repeats):
         for name in names[r % len(names):] + names[: r % len(names)]:
             t0, c0 = time.perf_counter(), time.process_time()
@@ -121,9 +174,14 @@ def interleave(fns: dict[str, Callable[[int], Any]], repeats: int, warmup: int =
             w, c = time.perf_counter() - t0, time.process_time() - c0
             if isinstance(out, Measured):
                 w, c = out.wall, out.cpu
+                workers_cpu += c
             wall[name].append(w)
             cpu[name].append(c)
-    return Timings(wall, cpu, before, os.getloadavg(), load_limit)
+    busy1, own1, elapsed = machine_busy_s(), own_cpu_s(), time.perf_counter() - t_start
+    foreign = None
+    if busy0 is not None and busy1 is not None and elapsed > 0:
+        foreign = max(0.0, (busy1 - busy0) - (own1 - own0) - workers_cpu) / elapsed
+    return Timings(wall, cpu, before, os.getloadavg(), load_limit, foreign, foreign_limit)
 
 
 def markdown_row(cells: Sequence[Any]) -> str:
@@ -147,8 +205,7 @@ def emit(result: dict[str, Any], timings: Timings | None, args: argparse.Namespa
         print(markdown_row(row), flush=True)
     loaded = timings is not None and timings.loaded
     if loaded:
-        load = max(timings.load_before[0], timings.load_after[0])
-        print(f"\n*** LOADED MACHINE: 1-minute load average {load:.2f} > {timings.load_limit}: "
-              "these wall-clock figures are NOT benchmark results; re-run on an idle "
-              "machine. ***\n", file=sys.stderr, flush=True)
+        print(f"\n*** LOADED MACHINE: {timings.why_loaded()}: these wall-clock figures are "
+              "NOT benchmark results; re-run on an idle machine. ***\n", file=sys.stderr,
+              flush=True)
     return EXIT_LOADED if loaded and args.strict else 0

@@ -14,10 +14,10 @@ the CPU executable rematerialising). One prompt of 4,096 tokens with a 64x64-pat
 
 * XLA memory analysis of each compiled step (temp = activations and transients; peak =
   argument + output + temp - alias): load-independent.
-* wall time of the step, the two layouts alternating (order swapped every repeat), after one
-  warm-up call each: median and spread (min-max) over `--repeats`, with the 1-minute load
-  average around every call; a loaded machine (load > 1.5 on this 2-core box) is flagged and
-  its times are not benchmark figures.
+* wall time of the step through `benchmarks/harness.py` (the layouts interleaved, order
+  rotated every round, one warm-up call each): median and spread over `--repeats` (>= 5), the
+  per-round ratio, and the harness's loaded-machine verdict (load average before, CPU used by
+  other processes during the rounds); with `--strict` a loaded machine exits with status 3.
 
 **FLOPs** (`--flops`): XLA's cost analysis of the 3B and 7B update at RewardMap's lengths
 (prompt 20,480 tokens holding a 280x280-patch map = 19,600 image tokens, 2,048-token
@@ -52,6 +52,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from benchmarks import harness  # noqa: E402
 from benchmarks.memory import REMAT_XLA_FLAGS, build_batch, tiny_wide  # noqa: E402
 from rewardmap_jax.config_utils import get_config  # noqa: E402
 from rewardmap_jax.model import vision_layout  # noqa: E402
@@ -61,7 +62,6 @@ from rewardmap_jax.model.sequence import LAYOUTS  # noqa: E402
 from rewardmap_jax.rl import grpo, optim, steps  # noqa: E402
 
 MiB = 2**20
-LOADED = 1.5  # load average above which a 2-core box is not idle
 _CONFIG = _REPO / "configs" / "curriculum.py"
 
 
@@ -103,28 +103,29 @@ def time_and_memory(args: argparse.Namespace) -> dict[str, Any]:
     out["peak_ratio"] = rep["peak"] / sh["peak"]
     if args.no_run:
         return out
-    times: dict[str, list[float]] = {k: [] for k in LAYOUTS}
-    loads: list[float] = []
-    for r in range(-1, args.repeats):  # r = -1: warm-up, not recorded
-        order = LAYOUTS if r % 2 == 0 else LAYOUTS[::-1]
-        for layout in order:
+    losses: dict[str, float] = {}
+
+    def call(layout: str):
+        def fn(r: int) -> None:
             exe, opt_state = compiled[layout]
-            load0 = os.getloadavg()[0]
             t0 = time.perf_counter()
             res = exe(params, opt_state, batch)
-            loss = float(res[2]["loss"])
-            dt = time.perf_counter() - t0
-            if r >= 0:
-                times[layout].append(dt)
-                loads += [load0, os.getloadavg()[0]]
-            print(f"repeat {r} {layout}: {dt:.1f} s, loss {loss:.6f}, load {load0:.1f}",
-                  flush=True)
+            losses[layout] = float(res[2]["loss"])  # blocks until the step is done
+            print(f"round {r} {layout}: {time.perf_counter() - t0:.1f} s, loss "
+                  f"{losses[layout]:.6f}", flush=True)
+        return fn
+
+    tm = harness.interleave({k: call(k) for k in LAYOUTS}, args.repeats,
+                            load_limit=args.load_limit, foreign_limit=args.foreign_limit)
     for layout in LAYOUTS:
-        v = times[layout]
-        out["layouts"][layout].update(median_s=statistics.median(v), min_s=min(v), max_s=max(v))
+        v = tm.wall[layout]
+        out["layouts"][layout].update(median_s=statistics.median(v), min_s=min(v), max_s=max(v),
+                                      cpu_s=statistics.median(tm.cpu[layout]),
+                                      loss=losses[layout])
     out["speedup"] = rep["median_s"] / sh["median_s"]
-    out["load"] = {"min": min(loads), "max": max(loads)}
-    out["loaded"] = max(loads) > LOADED
+    out["speedup_per_round"] = tm.ratio("repeated", "shared")
+    out.update(tm.as_dict())
+    out["loaded"] = tm.loaded
     return out
 
 
@@ -207,7 +208,7 @@ def flops(models: list[str]) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=4)
@@ -223,7 +224,7 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=4096, help="prompt tokens")
     ap.add_argument("--completion", type=int, default=512, help="tokens per completion")
     ap.add_argument("--g", type=int, default=4, help="completions per prompt")
-    ap.add_argument("--repeats", type=int, default=5)
+    harness.add_arguments(ap)
     ap.add_argument("--no-time", action="store_true", help="skip the tiny-wide step")
     ap.add_argument("--no-run", action="store_true", help="tiny-wide: compile and memory only")
     ap.add_argument("--flops", action="store_true", help="3B/7B FLOPs (compile only)")
@@ -232,8 +233,8 @@ def main() -> None:
     args = ap.parse_args()
     # read when the CPU backend starts (first computation), so setting it here is in time
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {REMAT_XLA_FLAGS}".strip()
-    if args.repeats < 1:
-        raise SystemExit("--repeats must be >= 1")
+    if not args.no_time and not args.no_run:
+        harness.check_arguments(args)
     res: dict[str, Any] = {"argv": sys.argv[1:], "jax": jax.__version__}
     if not args.no_time:
         res["step"] = s = time_and_memory(args)
@@ -243,8 +244,10 @@ def main() -> None:
             print(f"| {lay} | {r['temp'] / MiB:,.0f} | {r['peak'] / MiB:,.0f} | {t} |")
         print(f"repeated / shared: temp {s['temp_ratio']:.2f}x, peak {s['peak_ratio']:.2f}x")
         if "speedup" in s:
-            print(f"repeated / shared step time {s['speedup']:.2f}x; load "
-                  f"{s['load']['min']:.1f}-{s['load']['max']:.1f}"
+            ld = s["load"]
+            print(f"repeated / shared step time {s['speedup']:.2f}x (per round "
+                  f"{harness.spread(s['speedup_per_round'])}); load before {ld['before'][0]}, "
+                  f"after {ld['after'][0]}, other processes {ld['foreign_cores']} cores"
                   + (" (LOADED: re-measure the times on an idle machine)" if s["loaded"] else ""))
     if args.flops:
         res["flops"] = f = flops(args.models.split(","))
@@ -255,7 +258,8 @@ def main() -> None:
     print(json.dumps(res))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
+    return harness.EXIT_LOADED if args.strict and res.get("step", {}).get("loaded") else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
