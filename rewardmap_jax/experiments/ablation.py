@@ -9,7 +9,9 @@ For every seed: one supervised warm start (`configs/ablation.py:warm_start`), th
 warm start's params (`train.init_from`) and trains for the same number of steps. Each run is a
 plain `python -m rewardmap_jax.main` subprocess (its command is printed and logged in
 `<workdir>/<arm>/seed<k>/train.log`); a finished run (its `train_summary.json` says it reached
-its last step) is skipped, an interrupted one resumes from its latest checkpoint. After each run
+its last step, or its row is already in `--results`, e.g. committed from another checkout) is
+skipped, an interrupted one resumes from its latest checkpoint; a seed's warm start is re-run
+(deterministically) only when an arm of that seed still needs its checkpoint. After each run
 its held-out results are collected (`collect.summarize_run`) into one line of `--results`
 (rewritten sorted after every run, so the file only depends on the runs), and a summary of the
 arms is printed at the end. docs/reproduction.md is generated from that file by
@@ -197,7 +199,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs += [(a, s) for s in range(args.seeds) for a in arms]
 
     def done(job: tuple[str, int]) -> bool:
-        return job in results and is_finished(run_dir(workdir, *job))
+        # A collected row is a finished run, even from another checkout (the committed
+        # results file): the study can run in pieces. A warm start is needed again only while
+        # an arm of its seed still has to start from it and its checkpoint is not here.
+        if job not in results:
+            return False
+        arm, seed = job
+        if arm != WARM_START or is_finished(run_dir(workdir, arm, seed)):
+            return True
+        return all((a, seed) in results for a in arms)
 
     todo = [j for j in jobs if not done(j)]
     print(f"study {config_path.name}: {len(arms)} arms x {args.seeds} seeds + "

@@ -67,6 +67,27 @@ def test_a_finished_run_without_a_row_is_collected_not_retrained(fake_runs, tmp_
     assert [c[c.index("--workdir") + 1] for c in fake_runs] == [str(unfinished)]
 
 
+def test_committed_rows_count_as_done_in_a_fresh_checkout(fake_runs, tmp_path):
+    """The study runs in pieces: rows collected elsewhere (the committed results file) are not
+    re-run in a new workdir; a warm start is re-run only for a seed with an arm still to run."""
+    results = tmp_path / "r.jsonl"
+    args = ["--seeds", "2", "--scale", "quick", "--arms", "sparse_rl,sft_only",
+            "--results", str(results)]
+    assert ablation.main([*args, "--workdir", str(tmp_path / "first")]) == 0
+    rows = [json.loads(x) for x in results.read_text().splitlines()]
+    # Drop seed 1's sft_only row: the only arm left to run.
+    kept = [r for r in rows if (r["arm"], r["seed"]) != ("sft_only", 1)]
+    results.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    fake_runs.clear()
+    fresh = tmp_path / "fresh"  # none of the first workdir's checkpoints
+    assert ablation.main([*args, "--workdir", str(fresh)]) == 0
+    ran = [(c[c.index("--config") + 1].split(":")[-1], c[c.index("--workdir") + 1])
+           for c in fake_runs]
+    assert ran == [("warm_start@quick", str(ablation.run_dir(fresh, "warm_start", 1))),
+                   ("sft_only@quick", str(ablation.run_dir(fresh, "sft_only", 1)))]
+    assert len(results.read_text().splitlines()) == len(rows)
+
+
 def test_bad_arguments_fail_before_any_run(fake_runs, tmp_path):
     for bad in (["--arms", "nope"], ["--scale", "huge"], ["--seeds", "0"]):
         with pytest.raises(SystemExit):
