@@ -20,7 +20,8 @@ _REPO = Path(__file__).resolve().parents[1]
 pytest.importorskip("torch")
 
 
-@pytest.mark.rehearsal  # deselected by default (pyproject.toml): `pytest -m rehearsal`
+@pytest.mark.slow
+@pytest.mark.rehearsal  # `pytest -m 'not rehearsal'` leaves it out (~10 GB peak RSS)
 def test_reduced_rehearsal(tmp_path):
     work = tmp_path / "rehearsal"
     proc = subprocess.run([sys.executable, str(_REPO / "scripts" / "rehearsal.py"),
