@@ -275,9 +275,11 @@ def _grad_accum(args: argparse.Namespace, model: str, devices: int, program: str
     """update_preset: --grad-accum, else one prompt group per device per micro-step
     (rl.mini_batch_size / devices, the per-slice value docs/memory.md recommends); other
     programs: the preset's (unused)."""
-    from configs.curriculum import get_config
+    if str(_REPO) not in sys.path:  # run as `python benchmarks/real_shapes.py`
+        sys.path.insert(0, str(_REPO))
+    from rewardmap_jax.config_utils import get_config
 
-    c = get_config(model)
+    c = get_config(_REPO / "configs" / "curriculum.py", model)
     if program == "update_preset":
         return args.grad_accum or max(1, int(c.rl.mini_batch_size) // devices)
     return int(c.rl.grad_accum)
