@@ -68,9 +68,19 @@ def test_numbers_and_verdicts_follow_the_rows():
     assert claims["The detail reward helps planning over correctness alone"].endswith(
         "**holds** |")
     assert claims["The difficulty-aware weight adds to the detail reward"].endswith(
-        "not resolved (|z| < 2) |")
+        "not resolved (|t| < 4.303) |")
     assert claims["The perception-to-planning curriculum adds to the reward"].endswith(
         "**reversed** |")
     stat = tables.paired(rows, "detail", "plus_tasks", "planning/accuracy")
     assert stat[0] == pytest.approx(0.1) and stat[2] == 3
     assert math.isnan(tables.mean_se([0.3])[1])
+
+
+def test_verdicts_use_students_t_for_few_seeds():
+    mod = _script()
+    # t = 5 resolves with 3 seeds (critical 4.30) but not with 2 (12.7); 30 seeds use ~2.04.
+    assert mod.verdict((0.05, 0.01, 3)) == "**holds**"
+    assert mod.verdict((0.05, 0.01, 2)) == "not resolved (|t| < 12.706)"
+    assert mod.verdict((-0.05, 0.01, 4)) == "**reversed**"
+    assert mod.t_crit(31) == 2.042 and mod.t_crit(100) == 1.96 and mod.t_crit(14) == 2.228
+    assert mod.verdict((0.05, 0.01, 1)) == "not measured"
