@@ -367,7 +367,10 @@ def collectives(text: str, loops: list) -> dict[str, dict[str, int]]:
 
 
 def main(argv=None) -> int:
-    if str(_REPO) not in sys.path:  # `python benchmarks/decode_step.py` puts benchmarks/ first
+    # `python benchmarks/decode_step.py` puts benchmarks/ first. Not at import time, and never
+    # ahead of PYTHONPATH: a baseline worker has its own package root first there (and this
+    # checkout after it, so the guard leaves its order alone).
+    if str(_REPO) not in sys.path:
         sys.path.insert(0, str(_REPO))
     from benchmarks import harness
 
@@ -417,8 +420,7 @@ def main(argv=None) -> int:
                    for n, r in roots.items()}
         try:
             fns = {f"{n}@{t}": _timed(w, t) for n, w in workers.items() for t in (t1, t2)}
-            tm = harness.interleave(fns, args.repeats, load_limit=args.load_limit,
-                            foreign_limit=args.foreign_limit)
+            tm = harness.interleave(fns, args.repeats, **harness.limits(args))
             traces = {n: w.ask("trace") for n, w in workers.items()} if args.trace else {}
         finally:
             for w in workers.values():

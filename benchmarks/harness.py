@@ -51,6 +51,11 @@ def add_arguments(ap: argparse.ArgumentParser, repeats: int = MIN_REPEATS) -> No
                          "which timings are flagged")
 
 
+def limits(args: argparse.Namespace) -> dict[str, float]:
+    """The loaded-machine limits of `add_arguments`, as `interleave` keywords."""
+    return {"load_limit": args.load_limit, "foreign_limit": args.foreign_limit}
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     if args.repeats < MIN_REPEATS:
         raise SystemExit(f"--repeats {args.repeats}: at least {MIN_REPEATS} rounds are needed "
@@ -94,20 +99,22 @@ class Timings:
 
     @property
     def loaded(self) -> bool:
-        if self.load_before[0] > self.load_limit:
-            return True
-        if self.foreign_cores is None:  # no /proc/stat: the load average after, as a fallback
-            return self.load_after[0] > self.load_limit
-        return self.foreign_cores > self.foreign_limit
+        return self.why_loaded() is not None
 
-    def why_loaded(self) -> str:
+    def why_loaded(self) -> str | None:
+        """Why these timings are not a benchmark result, or None on an idle machine."""
         if self.load_before[0] > self.load_limit:
             return (f"1-minute load average {self.load_before[0]:.2f} > {self.load_limit} "
                     "before the benchmark")
-        if self.foreign_cores is None:
-            return f"1-minute load average {self.load_after[0]:.2f} > {self.load_limit} after"
-        return (f"other processes used {self.foreign_cores:.2f} cores on average "
-                f"> {self.foreign_limit} during the timed rounds")
+        if self.foreign_cores is None:  # no /proc/stat: the load average after, as a fallback
+            if self.load_after[0] > self.load_limit:
+                return (f"1-minute load average {self.load_after[0]:.2f} > {self.load_limit} "
+                        "after")
+            return None
+        if self.foreign_cores > self.foreign_limit:
+            return (f"other processes used {self.foreign_cores:.2f} cores on average "
+                    f"> {self.foreign_limit} during the timed rounds")
+        return None
 
     def as_dict(self) -> dict[str, Any]:
         return {

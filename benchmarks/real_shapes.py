@@ -47,6 +47,8 @@ from typing import Any
 import numpy as np
 
 _REPO = Path(__file__).resolve().parents[1]
+if str(_REPO) not in sys.path:  # `python benchmarks/real_shapes.py` puts benchmarks/ first
+    sys.path.insert(0, str(_REPO))
 GiB = 2**30
 REMAT_XLA_FLAGS = "--xla_disable_hlo_passes=cse_barrier_expander"  # as benchmarks/memory.py
 FIT_DEPTHS = ((1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2))
@@ -275,11 +277,9 @@ def _grad_accum(args: argparse.Namespace, model: str, devices: int, program: str
     """update_preset: --grad-accum, else one prompt group per device per micro-step
     (rl.mini_batch_size / devices, the per-slice value docs/memory.md recommends); other
     programs: the preset's (unused)."""
-    if str(_REPO) not in sys.path:  # run as `python benchmarks/real_shapes.py`
-        sys.path.insert(0, str(_REPO))
-    from rewardmap_jax.config_utils import get_config
+    from configs.curriculum import get_config
 
-    c = get_config(_REPO / "configs" / "curriculum.py", model)
+    c = get_config(model)
     if program == "update_preset":
         return args.grad_accum or max(1, int(c.rl.mini_batch_size) // devices)
     return int(c.rl.grad_accum)

@@ -135,8 +135,7 @@ def run_default(args, hf, model, cfg) -> int:
     fns["hf"] = lambda r: hf_generate(hf, cfg, ids, mask, grids, pv, g, t, greedy=False,
                                       seed=r + 1)
     traces = trace_counts()
-    tm = harness.interleave(fns, args.repeats, load_limit=args.load_limit,
-                            foreign_limit=args.foreign_limit)
+    tm = harness.interleave(fns, args.repeats, **harness.limits(args))
     assert trace_counts() == traces, "a timed round recompiled"
     new_tokens = args.prompts * g * t
     med = {n: tm.median(n) for n in fns}
@@ -184,8 +183,7 @@ def run_mixed(args, hf, model, cfg) -> int:
     lengths = np.asarray(outs["compact"].lengths).reshape(args.prompts, g)
     is_short = np.isin(np.arange(args.prompts), short)
     traces = trace_counts()
-    tm = harness.interleave(fns, args.repeats, warmup=0, load_limit=args.load_limit,
-                            foreign_limit=args.foreign_limit)
+    tm = harness.interleave(fns, args.repeats, warmup=0, **harness.limits(args))
     assert trace_counts() == traces, "a timed round recompiled"
     result = {
         "bench": "sampler_mixed", "model": args.model, "prompts": args.prompts,

@@ -116,7 +116,7 @@ def time_and_memory(args: argparse.Namespace) -> dict[str, Any]:
         return fn
 
     tm = harness.interleave({k: call(k) for k in LAYOUTS}, args.repeats,
-                            load_limit=args.load_limit, foreign_limit=args.foreign_limit)
+                            **harness.limits(args))
     for layout in LAYOUTS:
         v = tm.wall[layout]
         out["layouts"][layout].update(median_s=statistics.median(v), min_s=min(v), max_s=max(v),

@@ -58,8 +58,7 @@ def main(argv=None) -> int:
         feats_out[name] = np.asarray(fwd(params, vi))
         fns[f"{name}_fwd"] = lambda r, f=fwd, p=params: jax.block_until_ready(f(p, vi))
         fns[f"{name}_fwd+bwd"] = lambda r, f=grad, p=params: jax.block_until_ready(f(p, vi))
-    tm = harness.interleave(fns, args.repeats, load_limit=args.load_limit,
-                            foreign_limit=args.foreign_limit)
+    tm = harness.interleave(fns, args.repeats, **harness.limits(args))
     speedup = {k: tm.ratio(f"all_keys_{k}", f"frame_span_{k}") for k in ("fwd", "fwd+bwd")}
     result = {
         "bench": "vision_attention", "images": args.images, "slots": int(vi.pixels.shape[0]),

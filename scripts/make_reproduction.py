@@ -70,7 +70,8 @@ _T_CRIT = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365
 
 
 def t_crit(n: int) -> float:
-    """The two-sided 95% critical |t| for a mean over n paired seeds (df = n - 1)."""
+    """The two-sided 95% critical |t| for a mean over n paired seeds (df = n - 1); a df between
+    tabulated ones takes the next lower one's value (larger: conservative)."""
     df = n - 1
     known = [d for d in _T_CRIT if d <= df]
     return _T_CRIT[max(known)] if df <= 30 else 1.96
