@@ -13,7 +13,7 @@ Presets (`--config configs/curriculum.py:PRESET`):
 
     python -m rewardmap_jax.main --config configs/curriculum.py:qwen2_5_vl_7b \
       --config.model.hf_dir=/data/Qwen2.5-VL-7B-Instruct \
-      --config.data.reasonmap_train_dir=/data/ReasonMap-Train --workdir /mnt/shared/rewardmap-7b
+      --config.data.reasonmap_train_dir=/data/ReasonMap-Train --workdir /mnt/nfs/rewardmap-7b
 
 Any key can be overridden on the command line, e.g. `--config.rl.num_generations=8`.
 """
