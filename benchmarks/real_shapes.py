@@ -161,7 +161,13 @@ def _compile(spec: dict[str, Any]) -> dict[str, Any]:
                                                       (None, "batch", None)), cache)
         else:
             raise SystemExit(f"unknown program {program!r}")
-        compiled = lowered.compile()
+        try:
+            compiled = lowered.compile()
+        except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses a program over HBM
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            return {**spec, "compile_s": round(time.perf_counter() - t0, 1),
+                    "does_not_fit": str(e).strip().splitlines()[0][:400]}
     seconds = time.perf_counter() - t0
     ma = compiled.memory_analysis()
     cost = compiled.cost_analysis()
@@ -307,6 +313,10 @@ def main() -> None:
     ap.add_argument("--programs", default="update_micro,prefill,decode,logprobs,update_preset")
     ap.add_argument("--grad-accum", type=int, default=0, help="0 = the preset's rl.grad_accum")
     ap.add_argument("--check", action="store_true", help="also compile (2, 2, 2) to test the fit")
+    ap.add_argument("--full-depth", action="store_true",
+                    help="compile each program once at the model's full depth, no fit (what "
+                    "the TPU compiler, a few minutes a program, should be given: its memory is "
+                    "not linear in the depth at 1-2 layers, docs/memory.md §5.2)")
     ap.add_argument("--jobs", type=int, default=1, help="compile workers at a time")
     ap.add_argument("--topology", default="",
                     help="compile for TPU slices instead of CPU devices, e.g. "
@@ -334,7 +344,7 @@ def main() -> None:
     specs = [{"model": m, "devices": n, "program": p, "depth": list(d),
               "grad_accum": _grad_accum(args, m, n, p), "topology": topo.get(str(n), "")}
              for p in programs for n in meshes for m in models
-             for d in _depths(m, n, p, args.check)]
+             for d in ([full_depth(m)] if args.full_depth else _depths(m, n, p, args.check))]
     todo = [] if args.report_only else [sp for sp in specs if _key(sp) not in done]
 
     def one(spec: dict[str, Any]) -> dict[str, Any]:
@@ -360,7 +370,11 @@ def main() -> None:
                 rows = [done[_key(sp)] for sp in want]
                 fit_rows = [r for r in rows if tuple(r["depth"]) != CHECK_DEPTH]
                 borrow = coefs.get(VISION_FIT)
-                if p == "update_preset":  # as compiled, next to update_micro at the same depth
+                refused = [r for r in rows if r.get("does_not_fit")]
+                if refused:  # no fit through a program the compiler refused
+                    results.append({**refused[0], "coef": None})
+                    continue
+                if p == "update_preset" or args.full_depth:  # as compiled, no fit
                     results.append({**rows[0], "coef": None})
                     continue
                 res = {"model": m, "devices": n, "program": p, "grad_accum": rows[0]["grad_accum"],
@@ -379,9 +393,14 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         g = lambda k, r=r: f"{r[k] / GiB:.1f}"  # noqa: E731
+        if r.get("does_not_fit"):
+            print(f"| {r['model']} | {r['devices']} | {r['program']} at depth "
+                  f"{tuple(r['depth'])}: **does not fit**: {r['does_not_fit']} | | | | | | | | |")
+            continue
         if r["coef"] is None:
-            print(f"| {r['model']} | {r['devices']} | {r['program']} (grad_accum "
-                  f"{r['grad_accum']}), as compiled at depth {tuple(r['depth'])} | {g('arg')} | "
+            ga = f" (grad_accum {r['grad_accum']})" if r["program"] == "update_preset" else ""
+            print(f"| {r['model']} | {r['devices']} | {r['program']}{ga}, as compiled at depth "
+                  f"{tuple(r['depth'])} | {g('arg')} | "
                   f"{g('out')} | {g('alias')} | {g('temp')} | {g('peak')} | | | "
                   f"{r['flops'] / 1e12:,.1f} |")
             continue

@@ -27,7 +27,7 @@ from rewardmap_jax.model.layers import (
     RMSNorm,
     constrain,
     param,
-    remat_policy,
+    remat_layer,
     rotate_half,
 )
 
@@ -213,7 +213,7 @@ class TextModel(nnx.Module):
             # Functional remat (split -> jax.checkpoint -> merge), not nnx.remat: nnx.remat writes
             # the layer's state back after the call, which fails when the model was merged
             # outside the current trace (the sampler's decode loop, jax.vmap).
-            run = jax.checkpoint(run, policy=remat_policy(self.cfg.remat), static_argnums=(0,))
+            run = remat_layer(run, self.cfg.remat)
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             kv = None if own is None else (own.k[i], own.v[i])

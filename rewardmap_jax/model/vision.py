@@ -8,7 +8,7 @@ from flax import nnx
 
 from rewardmap_jax.model.attention import attend
 from rewardmap_jax.model.config import ModelConfig
-from rewardmap_jax.model.layers import Linear, RMSNorm, remat_policy, rotate_half
+from rewardmap_jax.model.layers import Linear, RMSNorm, remat_layer, rotate_half
 from rewardmap_jax.model.vision_layout import VisionInputs
 
 
@@ -132,7 +132,7 @@ class VisionTower(nnx.Module):
             # Functional remat (split -> jax.checkpoint -> merge) rather than nnx.remat: nnx.remat
             # writes the block's state back after the call, which fails when the tower runs
             # under jax.vmap (one image per buffer, `sequence.embed`) with the params unbatched.
-            run = jax.checkpoint(run, policy=remat_policy(self.cfg.remat), static_argnums=(0,))
+            run = remat_layer(run, self.cfg.remat)
         for block in self.blocks:
             x = run(*nnx.split(block), x)
         return self.merger(x)
