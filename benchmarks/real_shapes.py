@@ -1,11 +1,14 @@
 """AOT proof at the official lengths: the 3B / 7B programs compiled on fake meshes, no allocation.
 
-    python benchmarks/real_shapes.py                          # 3B + 7B, 8 and 4 devices
-    python benchmarks/real_shapes.py --models qwen2_5_vl_3b --devices 8 --programs update
+    python benchmarks/real_shapes.py                          # 3B + 7B, 8 and 4 CPU devices
+    python benchmarks/real_shapes.py --models qwen2_5_vl_3b --devices 8 --programs update_micro
+    python benchmarks/real_shapes.py --full-depth --topology 4=v5p:2x2x1,8=v5p:2x2x2 \
+        --libtpu /opt/libtpu --json benchmarks/results/real_shapes_tpu.jsonl   # TPU compiler
 
 Each program is the project's own code, lowered with `jax.ShapeDtypeStruct` inputs that carry
 their shardings (params / optimizer state by `mesh.rules` as the trainer lays them out, batches
-over the prompt axis) and compiled for N fake CPU devices (mesh (1, N, 1): FSDP over all):
+over the prompt axis) and compiled for N fake CPU devices or the N chips of a TPU slice (mesh
+(1, N, 1): FSDP over all):
 
 * `prefill`: `rl.sampler.generate` through the trainer's adapter (`rl.rollout.ADAPTER`: images
   encoded once per prompt) with one new token: vision tower + prompt prefill + group-shared
@@ -13,23 +16,32 @@ over the prompt axis) and compiled for N fake CPU devices (mesh (1, N, 1): FSDP 
 * `decode`: one decode step of that adapter on the full-size `SharedKVCache` (prompt bucket +
   G x `rl.max_new_tokens` own slots), cache donated as in the sampler's loop;
 * `logprobs`: `rl.steps.make_logprob_fn` over one mini-batch (reference / old log-probs);
-* `update`: `rl.steps.make_grpo_step` (remat, `rl.grad_accum` micro-batches, AdamW, donated
-  state) over one mini-batch.
+* `update_micro`: `rl.steps.make_grpo_step` (remat, AdamW, donated state) over one micro-batch:
+  one prompt group per device;
+* `update_preset`: the same step over one mini-batch with `rl.grad_accum` micro-batches (the
+  preset's step as it runs).
 
 Shapes: prompt bucket 20,480 tokens holding one real-size map (256 x 256 patches = 65,536
 patches, 16,384 image tokens: the largest `data.max_pixels` allows), 2,048 completion tokens,
 G = 4, 16 prompts; the preset's dtypes (fp32 params, bf16 compute), remat and attention chunk.
 
-Full depth does not compile in reasonable time on a 2-core machine, so every program is compiled
-at a few depths, (text layers, windowed vision blocks, full-attention vision blocks) = (1, 1, 1),
-(2, 1, 1), (1, 2, 1), (1, 1, 2) (decode: text layers 1 and 2 only), and each memory figure and
-the FLOPs are extrapolated per layer with the exact linear fit a + b L + c W + d F (text layers
-L, windowed blocks W, full blocks F) to (36 or 28, 28, 4). A fifth depth, (2, 2, 2), checks the
-fit (`--check`). Memory is XLA's per-device `memory_analysis()` of the CPU executable (argument,
-output, alias, temp; peak = argument + output + temp - alias); FLOPs are `cost_analysis()` of the
-per-device program (remat recomputation included). Every worker keeps `jax.checkpoint`'s
-barriers (`memory.REMAT_XLA_FLAGS`), else CPU XLA would undo remat. docs/memory.md compares
-the numbers with its estimates term by term.
+Two ways to get full-depth figures:
+
+* `--full-depth` compiles every program once at the model's depth, (text layers, windowed vision
+  blocks, full-attention vision blocks) = (36 or 28, 28, 4), and reports it as compiled. Use it
+  with `--topology` (the TPU compiler: 5-11 minutes a program on 2 cores). A program the TPU
+  compiler refuses (RESOURCE_EXHAUSTED: more than the chip's HBM) is reported as not fitting.
+* Otherwise (the CPU compiler, too slow at full depth on 2 cores) every program is compiled at a
+  few depths, (1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2) (decode: text layers 1 and 2 only), and
+  each memory figure and the FLOPs are extrapolated with the exact linear fit a + b L + c W + d F
+  to the full depth; (2, 2, 2) checks the fit (`--check`). Do not fit the TPU compiler's
+  figures: its memory is not linear in the depth at 1-4 layers (docs/memory.md §5.2).
+
+Memory is XLA's per-device `memory_analysis()` of the executable (argument, output, alias, temp;
+peak = argument + output + temp - alias); FLOPs are `cost_analysis()` of the per-device program
+(remat recomputation included). CPU workers keep `jax.checkpoint`'s barriers
+(`memory.REMAT_XLA_FLAGS`), else CPU XLA would undo remat. docs/memory.md compares the numbers
+with its estimates term by term.
 """
 
 from __future__ import annotations
@@ -119,7 +131,7 @@ def _compile(spec: dict[str, Any]) -> dict[str, Any]:
         prompts = spec["devices"]
     t0 = time.perf_counter()
     with activation_sharding(mesh, c.mesh.rules):
-        if program in ("logprobs", "update", "update_micro"):
+        if program in ("logprobs", "update_micro", "update_preset"):
             batch = shapes.abstract_batch(cfg, prompts, g, PROMPT_LEN, t, SIDE, batch_sharding)
             if program == "logprobs":
                 lowered = steps.make_logprob_fn(graphdef, g, chunk).lower(params, batch)

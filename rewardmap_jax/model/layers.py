@@ -167,9 +167,10 @@ def remat_layer(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
     Why the fence: plain `jax.checkpoint` bounds what the *forward* pass keeps, but in an
     unrolled stack nothing orders each layer's *weight* gradients. XLA's TPU scheduler (bottom
     up) places them next to their only user, the optimizer update at the end of the step, and
-    keeps every layer's rematerialised activations alive until then: the 3B update at the
-    official lengths (docs/memory.md §5.2) held 14 layers' recomputed bf16 MLP activations
-    (2 x 0.59 GiB each) at its peak, 97.9 GiB of temp per chip. Here the layer's whole
+    keeps every layer's rematerialised activations alive until then. At the official lengths
+    (docs/memory.md §5.2) the TPU compiler refused the 3B update (97.9 GB of temporaries for a
+    95.7 GB chip); with 18 layers, its peak held 14 layers' recomputed MLP activations. With
+    the fence the full-depth update needs 16.5 GiB of temporaries. Here the layer's whole
     cotangent (input and parameters) leaves its backward through one
     `lax.optimization_barrier`, so the next layer's backward cannot start before this layer's
     weight gradients exist, and the activations die with the layer.
