@@ -27,10 +27,11 @@ G = 4, 16 prompts; the preset's dtypes (fp32 params, bf16 compute), remat and at
 
 Two ways to get full-depth figures:
 
-* `--full-depth` compiles every program once at the model's depth, (text layers, windowed vision
-  blocks, full-attention vision blocks) = (36 or 28, 28, 4), and reports it as compiled. Use it
-  with `--topology` (the TPU compiler: 5-11 minutes a program on 2 cores). A program the TPU
-  compiler refuses (RESOURCE_EXHAUSTED: more than the chip's HBM) is reported as not fitting.
+* `--full-depth` (`--depth full`) compiles every program once at the model's depth, (text
+  layers, windowed vision blocks, full-attention vision blocks) = (36 or 28, 28, 4), and reports
+  it as compiled (`--depth L,W,F`: any one depth). Use it with `--topology` (the TPU compiler:
+  5-16 minutes a program on 2 cores). A program the TPU compiler refuses (RESOURCE_EXHAUSTED:
+  more than the chip's HBM) is reported as not fitting.
 * Otherwise (the CPU compiler, too slow at full depth on 2 cores) every program is compiled at a
   few depths, (1, 1, 1), (2, 1, 1), (1, 2, 1), (1, 1, 2) (decode: text layers 1 and 2 only), and
   each memory figure and the FLOPs are extrapolated with the exact linear fit a + b L + c W + d F
@@ -303,6 +304,18 @@ def _grad_accum(args: argparse.Namespace, model: str, devices: int, program: str
     return int(c.rl.grad_accum)
 
 
+def _chosen_depths(args: argparse.Namespace, model: str, devices: int, program: str
+                   ) -> list[tuple[int, int, int]]:
+    if args.depth == "fit":
+        return _depths(model, devices, program, args.check)
+    if args.depth == "full":
+        return [full_depth(model)]
+    depth = tuple(int(x) for x in args.depth.split(","))
+    if len(depth) != 3:
+        raise SystemExit(f"--depth {args.depth!r}: expected 'fit', 'full' or L,W,F")
+    return [depth]
+
+
 def _depths(model: str, devices: int, program: str, check: bool
             ) -> list[tuple[int, int, int]]:
     """Depths compiled per (model, mesh, program). Text layers vary everywhere; the vision
@@ -325,10 +338,14 @@ def main() -> None:
     ap.add_argument("--programs", default="update_micro,prefill,decode,logprobs,update_preset")
     ap.add_argument("--grad-accum", type=int, default=0, help="0 = the preset's rl.grad_accum")
     ap.add_argument("--check", action="store_true", help="also compile (2, 2, 2) to test the fit")
-    ap.add_argument("--full-depth", action="store_true",
-                    help="compile each program once at the model's full depth, no fit (what "
-                    "the TPU compiler, a few minutes a program, should be given: its memory is "
-                    "not linear in the depth at 1-2 layers, docs/memory.md §5.2)")
+    ap.add_argument("--depth", default="fit",
+                    help="'fit' (default): a few shallow depths, fitted to the full depth; "
+                    "'full': each program once at the model's depth, no fit (what the TPU "
+                    "compiler, minutes a program, should be given: its memory is not linear in "
+                    "the depth, docs/memory.md §5.2); 'L,W,F': that depth (text layers, windowed "
+                    "and full-attention vision blocks), as compiled")
+    ap.add_argument("--full-depth", dest="depth", action="store_const", const="full",
+                    help="same as --depth full")
     ap.add_argument("--jobs", type=int, default=1, help="compile workers at a time")
     ap.add_argument("--topology", default="",
                     help="compile for TPU slices instead of CPU devices, e.g. "
@@ -356,7 +373,7 @@ def main() -> None:
     specs = [{"model": m, "devices": n, "program": p, "depth": list(d),
               "grad_accum": _grad_accum(args, m, n, p), "topology": topo.get(str(n), "")}
              for p in programs for n in meshes for m in models
-             for d in ([full_depth(m)] if args.full_depth else _depths(m, n, p, args.check))]
+             for d in _chosen_depths(args, m, n, p)]
     todo = [] if args.report_only else [sp for sp in specs if _key(sp) not in done]
 
     def one(spec: dict[str, Any]) -> dict[str, Any]:
@@ -386,7 +403,7 @@ def main() -> None:
                 if refused:  # no fit through a program the compiler refused
                     results.append({**refused[0], "coef": None})
                     continue
-                if p == "update_preset" or args.full_depth:  # as compiled, no fit
+                if p == "update_preset" or args.depth != "fit":  # as compiled, no fit
                     results.append({**rows[0], "coef": None})
                     continue
                 res = {"model": m, "devices": n, "program": p, "grad_accum": rows[0]["grad_accum"],
@@ -399,7 +416,8 @@ def main() -> None:
                     pred = fit(fit_rows, CHECK_DEPTH, p, n, m, borrow)
                     res["check"] = {f: (check[0][f], pred[f]) for f in ("temp", "peak", "flops")}
                 results.append(res)
-    print("\nPer device, extrapolated to full depth (GiB; TFLOP per device per call):\n")
+    how = "extrapolated to full depth" if args.depth == "fit" else "as compiled"
+    print(f"\nPer device, {how} (GiB; TFLOP per device per call, a loop body counted once):\n")
     print("| model | devices | program | arguments | outputs | aliased | temp | peak "
           "| per text layer (temp) | per vision block (temp) | TFLOP |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
