@@ -395,7 +395,10 @@ def generate(
 def _rows_split(ids: jax.Array) -> bool:
     """Whether the prompt rows are split over devices: a batch-sharded input, or activation
     sharding rules (`Placement.context`) that shard the `batch` axis of these B rows."""
-    if ids.sharding.shard_shape(ids.shape)[0] < ids.shape[0]:
+    # Traced (`generate` inside an outer jit, as `benchmarks/real_shapes.py` compiles it) the
+    # input's sharding is not known here; the activation rules below still are.
+    if not isinstance(ids, jax.core.Tracer) and (
+            ids.sharding.shard_shape(ids.shape)[0] < ids.shape[0]):
         return True
     rules, mesh = flax_spmd.get_logical_axis_rules(), jax.sharding.get_abstract_mesh()
     if not rules or mesh.empty:

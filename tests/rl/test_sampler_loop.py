@@ -287,3 +287,17 @@ def test_stale_rope_deltas_are_rejected():
     stale = sampler.PromptBatch(ids, m, pos, rope_deltas=deltas)
     with pytest.raises(ValueError, match="re-padded"):
         sampler.generate(make_model(), FAKE_ADAPTER, stale, params(), jax.random.key(0))
+
+
+def test_generate_traces_inside_an_outer_jit():
+    """`generate` under the caller's own `jax.jit` (how `benchmarks/real_shapes.py` compiles the
+    prefill) gives the same rollout as called eagerly."""
+    model = make_model(2)
+    prompts = make_prompts([5, 8, 3], bucket=8, seed=1)
+    p = params(max_new_tokens=4, temperature=1.0)
+    want = sampler.generate(model, FAKE_ADAPTER, prompts, p, jax.random.key(2))
+    got = jax.jit(lambda ids, mask, pos: sampler.generate(
+        model, FAKE_ADAPTER, sampler.PromptBatch(ids, mask, pos), p, jax.random.key(2)))(
+        prompts.input_ids, prompts.attention_mask, prompts.positions)
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_allclose(got.logp_policy, want.logp_policy, rtol=1e-6)
