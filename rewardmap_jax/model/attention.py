@@ -8,7 +8,7 @@ Each chunk calls `jax.nn.dot_product_attention` (implementation "xla" or "cudnn"
 `attend_shared_prefix` is the group-shared ("cascade") variant used to decode G samples per
 prompt: B*G query rows attend over a B-row prompt prefix (read once per prompt, never copied G
 times) plus their own keys, under one softmax over both parts. `attend_decode` is the
-single-query (decode step) form of both, reading the cache in its stored layout.
+single-query (decode step) form of both, reading the head-major cache as it lies.
 
 `attend_prompt_groups` is the training-side counterpart: one row `[prompt | c_1 | ... | c_G]`
 per prompt, where completion c_g sees the prompt and (causally) itself, never c_h. It is
@@ -259,54 +259,57 @@ def attend_decode(
     prefix_v: jax.Array | None = None,
     prefix_valid: jax.Array | None = None,
 ) -> jax.Array:
-    """One query per row over a cache read in its stored layout (the decode step).
+    """One query per row over a head-major cache read as it lies (the decode step).
 
     Same result as `attend` (plain cache) or `attend_shared_prefix` (group-shared prefix) for a
-    single query, written as broadcast products and reductions instead of dot_generals: a dot
-    wants its operands as [batch, contracting, free], so XLA copied the whole (rows, slots,
-    kv_heads, head_dim) cache into that layout every step (and the read-only prefix too); a
-    reduction reads it where it lies. One query is a matrix-vector product per head, bound by
-    reading the keys either way.
+    single query. The cache is head-major (`kv_cache.KVCache`), so per row and kv head the
+    scores and the value sum are batched matrix-vector products over the slots with the
+    operands in the [batch, free, contracting] / [batch, contracting, free] layouts a dot takes:
+    nothing as large as the cache is copied. The G samples of a prompt read its prefix as one
+    (G * R, H) x (H, P) product (their queries gathered, not its keys repeated).
 
     Args:
       q: (N, 1, NH, H) the step's queries (N = B*G rows with a prefix, else any N).
-      k, v: (N, C, K, H) the rows' own cache slots (NH % K == 0).
+      k, v: (N, K, C, H) the rows' own cache slots, head-major (NH % K == 0).
       visible: (N, C) bool, the slots this query attends (written, not padding, <= its slot).
-      prefix_k, prefix_v: (B, P, K, H) a prefix shared by the G = N / B rows of each prompt
+      prefix_k, prefix_v: (B, K, P, H) a prefix shared by the G = N / B rows of each prompt
         (row b * G + g reads prefix row b), prefix_valid (B, P) bool; or all None.
     Returns:
       (N, 1, NH, H) in q.dtype. Scores and softmax in fp32, probabilities cast to the value
       dtype before the value sum (accumulated in fp32), as `attend_shared_prefix`.
     """
     n, _, nh, hd = q.shape
-    nkv = k.shape[2]
+    nkv = k.shape[1]
     rep = nh // nkv
     f32 = jnp.promote_types(q.dtype, jnp.float32)
     neg = jnp.asarray(-0.7 * jnp.finfo(f32).max, f32)
     scale = jnp.asarray(hd**-0.5, f32)
-    qr = q.reshape(n, 1, nkv, rep, hd).astype(f32)
-    # (N, C, K, R): query head j reads kv head j // rep (HF repeat_kv order).
-    s_own = jnp.sum(qr * k[:, :, :, None, :].astype(f32), axis=-1)
-    s_own = jnp.where(visible[:, :, None, None], s_own * scale, neg)
-    top = jnp.max(s_own, axis=1)  # (N, K, R)
+    # Query head j reads kv head j // rep (HF repeat_kv order).
+    qr = q.reshape(n, nkv, rep, hd)
+    s_own = jnp.einsum("nkrh,nkch->nkrc", qr, k, preferred_element_type=f32)
+    s_own = jnp.where(visible[:, None, None, :], s_own * scale, neg)  # (N, K, R, C)
+    top = jnp.max(s_own, axis=-1)
     if prefix_k is not None:
-        b, p = prefix_k.shape[:2]
+        b, _, p, _ = prefix_k.shape
         g = n // b
-        qg = qr.reshape(b, g, 1, nkv, rep, hd)
-        s_pre = jnp.sum(qg * prefix_k[:, None, :, :, None, :].astype(f32), axis=-1)
-        s_pre = jnp.where(prefix_valid[:, None, :, None, None], s_pre * scale, neg)  # (B,G,P,K,R)
-        top = jnp.maximum(top, jnp.max(s_pre, axis=2).reshape(n, nkv, rep))
-    e_own = jnp.exp(s_own - top[:, None])
-    denom = jnp.sum(e_own, axis=1)
+        # (N, K, R, .) <-> (B, K, G*R, .): the rows of one prompt as one matrix per kv head.
+        to_groups = lambda x: (x.reshape(b, g, nkv, rep, -1).transpose(0, 2, 1, 3, 4)  # noqa: E731
+                               .reshape(b, nkv, g * rep, -1))
+        from_groups = lambda x: (x.reshape(b, nkv, g, rep, -1).transpose(0, 2, 1, 3, 4)  # noqa: E731
+                                 .reshape(n, nkv, rep, -1))
+        s_pre = jnp.einsum("bkqh,bkph->bkqp", to_groups(qr), prefix_k, preferred_element_type=f32)
+        s_pre = from_groups(jnp.where(prefix_valid[:, None, None, :], s_pre * scale, neg))
+        top = jnp.maximum(top, jnp.max(s_pre, axis=-1))
+    e_own = jnp.exp(s_own - top[..., None])
+    denom = jnp.sum(e_own, axis=-1)
     if prefix_k is not None:
-        e_pre = jnp.exp(s_pre - top.reshape(b, g, 1, nkv, rep))
-        denom = denom + jnp.sum(e_pre, axis=2).reshape(n, nkv, rep)
-    inv = 1.0 / denom
-    w_own = (e_own * inv[:, None]).astype(v.dtype)
-    o = jnp.sum(w_own[..., None].astype(f32) * v[:, :, :, None, :].astype(f32), axis=1)
+        e_pre = jnp.exp(s_pre - top[..., None])
+        denom = denom + jnp.sum(e_pre, axis=-1)
+    inv = (1.0 / denom)[..., None]
+    o = jnp.einsum("nkrc,nkch->nkrh", (e_own * inv).astype(v.dtype), v,
+                   preferred_element_type=f32)
     if prefix_k is not None:
-        w_pre = (e_pre * inv.reshape(b, g, 1, nkv, rep)).astype(prefix_v.dtype)
-        o_pre = jnp.sum(w_pre[..., None].astype(f32)
-                        * prefix_v[:, None, :, :, None, :].astype(f32), axis=2)
-        o = o + o_pre.reshape(n, nkv, rep, hd)
+        w_pre = to_groups((e_pre * inv).astype(prefix_v.dtype))
+        o = o + from_groups(jnp.einsum("bkqp,bkph->bkqh", w_pre, prefix_v,
+                                       preferred_element_type=f32))
     return o.reshape(n, 1, nh, hd).astype(q.dtype)

@@ -4,6 +4,11 @@ All rows of a batch share one write index (prompts are left-padded to a common l
 slot index is the same absolute position for every row; `valid` marks slots that hold real tokens
 (False for left padding and for slots not written yet).
 
+Keys and values are stored head-major, (rows, kv_heads, slots, head_dim), as transformers' cache
+stores them: a decode step's attention is then, per row and kv head, a matrix-vector product over
+the slots as they lie (`attention.attend_decode`). Stored slot-major, (rows, slots, kv_heads,
+head_dim), every such product needs the whole cache relaid out first, at every step.
+
 `SharedKVCache` is the group-shared variant for sampling G completions per prompt: the prompts'
 cache (B rows, written once by the prefill) plus a per-sample cache (B*G rows) whose slots follow
 the prompt's. The decoder attends over both with one softmax (`attention.attend_shared_prefix`),
@@ -18,10 +23,13 @@ from flax import struct
 
 from rewardmap_jax.model.config import ModelConfig
 
+# The slot axis of a key / value buffer (rows, kv_heads, slots, head_dim).
+SLOT_AXIS = 2
+
 
 @struct.dataclass
 class KVCache:
-    """k[i], v[i]: (B, S_max, kv_heads, head_dim) for decoder layer i, compute dtype.
+    """k[i], v[i]: (B, kv_heads, S_max, head_dim) for decoder layer i, compute dtype (head-major).
     valid: (B, S_max) bool. index: () int32, the next slot to write (= tokens written so far)."""
 
     k: tuple[jax.Array, ...]
@@ -34,7 +42,7 @@ class KVCache:
         """Empty cache for `batch` rows and `max_len` slots (prompt + generated tokens)."""
         t = cfg.text
         dtype = cfg.dtype if dtype is None else dtype
-        shape = (batch, max_len, t.num_key_value_heads, t.head_dim)
+        shape = (batch, t.num_key_value_heads, max_len, t.head_dim)
         zeros = tuple(jnp.zeros(shape, dtype) for _ in range(t.num_hidden_layers))
         return cls(
             k=zeros,
@@ -50,10 +58,12 @@ class KVCache:
     def take(self, rows: jax.Array | None, slots: int) -> KVCache:
         """Rows `rows` (R,) int32 (None: all, in place) and the first `slots` slots: a compacted
         decode state. The write index is kept, so it must stay < `slots` for the next write."""
-        def f(x):
-            return (x if rows is None else jnp.take(x, rows, axis=0))[:, :slots]
+        def f(x, axis):
+            x = x if rows is None else jnp.take(x, rows, axis=0)
+            return jax.lax.slice_in_dim(x, 0, slots, axis=axis)
 
-        return self.replace(k=tuple(map(f, self.k)), v=tuple(map(f, self.v)), valid=f(self.valid))
+        kv = lambda xs: tuple(f(x, SLOT_AXIS) for x in xs)  # noqa: E731
+        return self.replace(k=kv(self.k), v=kv(self.v), valid=f(self.valid, 1))
 
     def put(self, sub: KVCache, rows: jax.Array | None) -> KVCache:
         """Writes `take(rows, slots)`'s (updated) result back: rows `rows`, slots [0, slots)."""
@@ -63,7 +73,7 @@ class KVCache:
             y = y.astype(x.dtype)
             if rows is None:
                 return jax.lax.dynamic_update_slice(x, y, (0,) * x.ndim)
-            return x.at[rows, :n].set(y)
+            return x.at[(rows, *(slice(None),) * (_slot_axis(x) - 1), slice(0, n))].set(y)
 
         return self.replace(k=tuple(map(f, self.k, sub.k)), v=tuple(map(f, self.v, sub.v)),
                             valid=f(self.valid, sub.valid), index=sub.index)
@@ -101,7 +111,8 @@ class SharedKVCache:
                 "must be >= 1"
             )
         rows = prefix.valid.shape[0] * num_generations
-        shape = (rows, max_len, *prefix.k[0].shape[2:])
+        _, heads, _, head_dim = prefix.k[0].shape
+        shape = (rows, heads, max_len, head_dim)
         zeros = lambda: tuple(jnp.zeros(shape, x.dtype) for x in prefix.k)
         suffix = KVCache(k=zeros(), v=zeros(), valid=jnp.zeros((rows, max_len), bool),
                          index=jnp.zeros((), jnp.int32))
@@ -137,7 +148,7 @@ class SharedKVCache:
     def unshare(self) -> KVCache:
         """The equivalent plain cache: B*G rows, P + S slots (prefix repeated G times)."""
         rep = self.prefix.repeat(self.num_generations)
-        cat = lambda a, b: jnp.concatenate([a, b.astype(a.dtype)], axis=1)
+        cat = lambda a, b: jnp.concatenate([a, b.astype(a.dtype)], axis=_slot_axis(a))  # noqa: E731
         return KVCache(k=tuple(map(cat, rep.k, self.suffix.k)),
                        v=tuple(map(cat, rep.v, self.suffix.v)),
                        valid=cat(rep.valid, self.suffix.valid), index=self.index)
@@ -145,7 +156,28 @@ class SharedKVCache:
 
 def write(buf: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
     """buf (B, S_max, ...) with new (B, T, ...) written at slots [index, index + T)."""
-    start = (jnp.zeros((), jnp.int32), index.astype(jnp.int32)) + (jnp.zeros((), jnp.int32),) * (
-        buf.ndim - 2
-    )
+    return _write_at(buf, new, index, 1)
+
+
+def write_kv(buf: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
+    """buf (B, K, S_max, H) head-major with new (B, T, K, H) (as projected) written at slots
+    [index, index + T)."""
+    return _write_at(buf, jnp.swapaxes(new, 1, 2), index, SLOT_AXIS)
+
+
+def slot_major(x: jax.Array) -> jax.Array:
+    """A head-major cache buffer (B, K, S, H) as (B, S, K, H), the layout `attention.attend`
+    takes (a copy: the multi-token calls, e.g. the prefill, read it once per call)."""
+    return jnp.swapaxes(x, 1, 2)
+
+
+def _slot_axis(x: jax.Array) -> int:
+    """The slot axis of a cache leaf: keys / values (rows, kv_heads, slots, head_dim) or
+    `valid` (rows, slots)."""
+    return SLOT_AXIS if x.ndim == 4 else 1
+
+
+def _write_at(buf: jax.Array, new: jax.Array, index: jax.Array, axis: int) -> jax.Array:
+    zero = jnp.zeros((), jnp.int32)
+    start = tuple(index.astype(jnp.int32) if d == axis else zero for d in range(buf.ndim))
     return jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), start)

@@ -83,8 +83,9 @@ class TextAttention(nnx.Module):
         self.o_proj = Linear(nh * hd, t.hidden_size, axes=("heads", "embed"), bias=False, **kw)
 
     def __call__(self, x, cos, sin, kv, ctx: _AttnContext, prefix_kv=None):
-        """x (B, T, D). kv: None or this layer's cached (k, v) (B, S_max, K, H); prefix_kv: this
-        layer's shared prefix (k, v) (B/G, P, K, H) with `ctx.prefix_valid`, or None.
+        """x (B, T, D). kv: None or this layer's cached (k, v) (B, K, S_max, H) (head-major,
+        `kv_cache.KVCache`); prefix_kv: this layer's shared prefix (k, v) (B/G, K, P, H) with
+        `ctx.prefix_valid`, or None.
         Returns (out (B, T, D), (k, v) to keep: the updated cache, or this call's k/v)."""
         t = self.cfg.text
         b, n = x.shape[:2]
@@ -95,20 +96,22 @@ class TextAttention(nnx.Module):
         q = q * c + rotate_half(q) * s
         k = k * c + rotate_half(k) * s
         if kv is not None:
-            k = kvc.write(kv[0], k, ctx.index)
-            v = kvc.write(kv[1], v, ctx.index)
-        if n == 1 and kv is not None:  # a decode step: no dot_general, no cache re-layout
+            k = kvc.write_kv(kv[0], k, ctx.index)
+            v = kvc.write_kv(kv[1], v, ctx.index)
+        if n == 1 and kv is not None:  # a decode step: the head-major cache read as it lies
             visible = (ctx.kv_seg >= 0) & (ctx.kv_pos <= ctx.q_pos)
             o = attend_decode(q, k, v, visible, *(prefix_kv or (None, None)), ctx.prefix_valid)
         elif prefix_kv is not None:
-            o = attend_shared_prefix(q, k, v, ctx.kv_seg, ctx.q_pos, ctx.kv_pos, *prefix_kv,
+            o = attend_shared_prefix(q, kvc.slot_major(k), kvc.slot_major(v), ctx.kv_seg,
+                                     ctx.q_pos, ctx.kv_pos, *map(kvc.slot_major, prefix_kv),
                                      ctx.prefix_valid, chunk=self.cfg.attn_chunk)
         elif ctx.prompt_len:
             o = attend_prompt_groups(q, k, v, ctx.q_seg, ctx.kv_seg, ctx.prompt_len,
                                      impl=self.cfg.attn_impl, chunk=self.cfg.attn_chunk)
-        else:
+        else:  # no cache, or a multi-token call on one (the prefill: read once, relaid out)
+            keys, values = (k, v) if kv is None else (kvc.slot_major(k), kvc.slot_major(v))
             q_seg = jnp.zeros((b, n), jnp.int32)
-            o = attend(q, k, v, q_seg, ctx.kv_seg, ctx.q_pos, ctx.kv_pos,
+            o = attend(q, keys, values, q_seg, ctx.kv_seg, ctx.q_pos, ctx.kv_pos,
                        impl=self.cfg.attn_impl, chunk=self.cfg.attn_chunk)
         return self.o_proj(o.reshape(b, n, -1)), (k, v)
 

@@ -130,5 +130,5 @@ def test_real_presets_trace_prefill_with_image_and_cache(name):
             jnp.ones((2, 160), bool), jax.tree.map(jnp.asarray, vi), c),
         state, cache)
     assert logits.shape == (2, 160, cfg.text.vocab_size) and logits.dtype == jnp.float32
-    assert new.k[0].shape == (2, 200, cfg.text.num_key_value_heads, 128)
+    assert new.k[0].shape == (2, cfg.text.num_key_value_heads, 200, 128)
     assert new.k[0].dtype == jnp.bfloat16 and len(new.k) == cfg.text.num_hidden_layers

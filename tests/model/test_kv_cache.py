@@ -15,13 +15,14 @@ def test_init_write_and_repeat():
     cache = kvc.KVCache.init(cfg, batch=2, max_len=6)
     t = cfg.text
     assert len(cache.k) == t.num_hidden_layers
-    assert cache.k[0].shape == (2, 6, t.num_key_value_heads, t.head_dim)
+    assert cache.k[0].shape == (2, t.num_key_value_heads, 6, t.head_dim)  # head-major
     assert cache.valid.shape == (2, 6) and int(cache.index) == 0
     new = jnp.arange(2 * 3 * t.num_key_value_heads * t.head_dim, dtype=jnp.float32).reshape(
         2, 3, t.num_key_value_heads, t.head_dim)
-    k0 = kvc.write(cache.k[0], new, jnp.int32(2))
-    np.testing.assert_array_equal(np.asarray(k0[:, 2:5]), np.asarray(new))
-    assert not np.asarray(k0[:, :2]).any() and not np.asarray(k0[:, 5:]).any()
+    k0 = kvc.write_kv(cache.k[0], new, jnp.int32(2))
+    np.testing.assert_array_equal(np.asarray(k0[:, :, 2:5]), np.asarray(new).transpose(0, 2, 1, 3))
+    assert not np.asarray(k0[:, :, :2]).any() and not np.asarray(k0[:, :, 5:]).any()
+    np.testing.assert_array_equal(kvc.slot_major(k0)[:, 2:5], new)
     valid = kvc.write(cache.valid, jnp.array([[True, False, True], [True, True, True]]),
                       jnp.int32(1))
     cache = cache.replace(k=(k0, *cache.k[1:]), valid=valid, index=jnp.int32(4))
@@ -45,24 +46,27 @@ def test_take_and_put_rows_and_slots():
                           valid=cache.valid.at[:, :3].set(True), index=jnp.int32(3))
     rows = jnp.array([3, 1], jnp.int32)
     sub = cache.take(rows, 4)
-    assert sub.k[0].shape == (2, 4, *cache.k[0].shape[2:]) and int(sub.index) == 3
-    np.testing.assert_array_equal(sub.k[1], cache.k[1][np.array([3, 1]), :4])
+    heads, head_dim = cache.k[0].shape[1], cache.k[0].shape[3]
+    assert sub.k[0].shape == (2, heads, 4, head_dim) and int(sub.index) == 3
+    np.testing.assert_array_equal(sub.k[1], cache.k[1][np.array([3, 1]), :, :4])
+    np.testing.assert_array_equal(sub.valid, cache.valid[np.array([3, 1]), :4])
     sub = sub.replace(k=tuple(x + 1 for x in sub.k), index=jnp.int32(4))
     back = cache.put(sub, rows)
-    np.testing.assert_array_equal(back.k[0][np.array([3, 1]), :4], sub.k[0])
+    np.testing.assert_array_equal(back.k[0][np.array([3, 1]), :, :4], sub.k[0])
     np.testing.assert_array_equal(back.k[0][np.array([0, 2])], cache.k[0][np.array([0, 2])])
-    np.testing.assert_array_equal(back.k[0][:, 4:], cache.k[0][:, 4:])
+    np.testing.assert_array_equal(back.k[0][:, :, 4:], cache.k[0][:, :, 4:])
     assert int(back.index) == 4
     shared = kvc.SharedKVCache.share(cache, num_generations=3, max_len=5)
     shared = shared.replace(suffix=shared.suffix.replace(
         k=tuple(map(fill, shared.suffix.k)), index=jnp.int32(2)))
     prompts = jnp.array([2], jnp.int32)
     part = shared.take(prompts, 3)
-    assert part.prefix.k[0].shape[0] == 1 and part.suffix.k[0].shape[:2] == (3, 3)
+    assert part.prefix.k[0].shape[0] == 1 and part.suffix.k[0].shape == (3, heads, 3, head_dim)
     np.testing.assert_array_equal(part.prefix.k[0][0], shared.prefix.k[0][2])
-    np.testing.assert_array_equal(part.suffix.k[0], shared.suffix.k[0][6:9, :3])
+    np.testing.assert_array_equal(part.suffix.k[0], shared.suffix.k[0][6:9, :, :3])
     part = part.replace(suffix=part.suffix.replace(k=tuple(-x for x in part.suffix.k)))
     back = shared.put(part, prompts)
-    np.testing.assert_array_equal(back.suffix.k[0][6:9, :3], -shared.suffix.k[0][6:9, :3])
+    np.testing.assert_array_equal(back.suffix.k[0][6:9, :, :3], -shared.suffix.k[0][6:9, :, :3])
+    np.testing.assert_array_equal(back.suffix.k[0][6:9, :, 3:], shared.suffix.k[0][6:9, :, 3:])
     np.testing.assert_array_equal(back.suffix.k[0][:6], shared.suffix.k[0][:6])
     np.testing.assert_array_equal(back.prefix.k[0], shared.prefix.k[0])

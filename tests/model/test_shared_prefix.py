@@ -65,12 +65,13 @@ def test_decode_attention_equals_attention(dtype):
     kv_pos = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b * g, s))
     q_pos = jnp.full((b * g, 1), 3, jnp.int32)
     tol = dict(atol=2e-6, rtol=1e-6) if dtype == jnp.float32 else dict(atol=2e-2, rtol=2e-2)
-    got = attend_decode(q, k, v, visible, pk, pv, prefix_valid)
+    hm = lambda x: jnp.swapaxes(x, 1, 2)  # noqa: E731  (the cache's head-major layout)
+    got = attend_decode(q, hm(k), hm(v), visible, hm(pk), hm(pv), prefix_valid)
     want = attend_shared_prefix(q, k, v, kv_seg, q_pos, kv_pos, pk, pv, prefix_valid)
     assert got.shape == want.shape and got.dtype == dtype
     np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), **tol)
     # plain cache: no prefix
-    got = attend_decode(q, k, v, visible)
+    got = attend_decode(q, hm(k), hm(v), visible)
     want = attend(q, k, v, jnp.zeros((b * g, 1), jnp.int32), kv_seg, q_pos, kv_pos)
     live = np.asarray(visible.any(-1))  # a row with nothing visible: meaningless, finite
     np.testing.assert_allclose(np.asarray(got, np.float32)[live],
@@ -78,15 +79,29 @@ def test_decode_attention_equals_attention(dtype):
     assert np.isfinite(np.asarray(got, np.float32)).all()
 
 
+def _decode_attention_temp_bytes(attention, k, pk) -> int:
+    q = jnp.zeros((6, 1, 4, 64))
+    compiled = jax.jit(attention).lower(q, k, k, jnp.ones((6, 16), bool), pk, pk,
+                                        jnp.ones((2, 32), bool)).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
 def test_decode_attention_reads_the_cache_in_place():
-    """The decode step's attention holds no transposed copy of the cache: no transpose and no
-    dot_general on the (rows, slots, kv_heads, head_dim) keys in the lowered program."""
-    q = jnp.zeros((6, 1, 4, 8))
-    k = jnp.zeros((6, 16, 2, 8))
-    pk = jnp.zeros((2, 32, 2, 8))
-    text = jax.jit(attend_decode).lower(q, k, k, jnp.ones((6, 16), bool), pk, pk,
-                                        jnp.ones((2, 32), bool)).as_text()
-    assert "stablehlo.transpose" not in text and "dot_general" not in text
+    """The decode step's attention copies nothing as large as the cache: its compiled temporaries
+    (scores, weights) stay under half the smallest cache operand (the (2, 2, 32, 64) prefix,
+    32 KiB). Reading a slot-major cache instead (the layout before the cache became head-major)
+    makes XLA relayout it, which the same bound catches."""
+    k = jnp.zeros((6, 2, 16, 64))  # (rows, kv_heads, slots, head_dim)
+    pk = jnp.zeros((2, 2, 32, 64))
+    bound = pk.size * pk.dtype.itemsize // 2
+    assert _decode_attention_temp_bytes(attend_decode, k, pk) < bound
+
+    def slot_major(q, k, v, visible, pk, pv, prefix_valid):  # the same maths, dots on (N,C,K,H)
+        sm = lambda x: jnp.swapaxes(x, 1, 2)  # noqa: E731
+        return attend_decode(q, sm(k), sm(v), visible, sm(pk), sm(pv), prefix_valid)
+
+    assert _decode_attention_temp_bytes(
+        slot_major, jnp.swapaxes(k, 1, 2), jnp.swapaxes(pk, 1, 2)) >= bound
 
 
 def test_shared_prefix_attention_rejects_mismatched_rows():
@@ -150,8 +165,8 @@ def test_model_with_shared_cache_equals_repeated_cache():
     assert int(flat.index) == int(repeated.index)
     # (left-pad slots hold meaningless keys from rows with nothing to attend to: skip them)
     live = np.asarray(flat.valid)
-    np.testing.assert_allclose(np.asarray(flat.k[1])[live], np.asarray(repeated.k[1])[live],
-                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(kvc.slot_major(flat.k[1]))[live],
+                               np.asarray(kvc.slot_major(repeated.k[1]))[live], atol=1e-5)
     # the full no-cache forward over [prompt | continuation] gives the same last logits
     full_ids = jnp.concatenate([jnp.repeat(ids, g, 0), new], axis=1)
     full_mask = jnp.concatenate([jnp.repeat(mask, g, 0), jnp.ones((b * g, 4), bool)], axis=1)

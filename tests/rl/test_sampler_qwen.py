@@ -245,7 +245,7 @@ def test_shared_mode_holds_one_prompt_cache_per_prompt(models):
 
     logits, shared = state(sampler.QWEN2_5_VL)
     assert logits.shape == (b * g, cfg.text.vocab_size)
-    assert shared.prefix.k[0].shape == (b, length, kv, hd)
-    assert shared.suffix.k[0].shape == (b * g, t, kv, hd)
+    assert shared.prefix.k[0].shape == (b, kv, length, hd)  # head-major
+    assert shared.suffix.k[0].shape == (b * g, kv, t, hd)
     _, repeated = state(sampler.QWEN2_5_VL_REPEAT)
-    assert repeated.k[0].shape == (b * g, length + t, kv, hd)
+    assert repeated.k[0].shape == (b * g, kv, length + t, hd)
