@@ -246,11 +246,13 @@ def params_from_config(rl: Any, cfg: ModelConfig, stop_ids: Sequence[int] | None
     return SamplingParams(**kw)
 
 
-def rope_deltas_from_positions(positions: jax.Array, attention_mask: jax.Array) -> jax.Array:
-    """(3,B,L) int positions, (B,L) bool mask -> (B,) int32 deltas: max valid position + 1 - L."""
+def rope_deltas_from_positions(positions: Any, attention_mask: Any) -> Any:
+    """(3,B,L) int positions, (B,L) bool mask -> (B,) int32 deltas: max valid position + 1 - L.
+    numpy in, numpy out (no device work); jax arrays or tracers otherwise."""
+    xp = np if isinstance(positions, np.ndarray) and isinstance(attention_mask, np.ndarray) else jnp
     length = attention_mask.shape[-1]
-    masked = jnp.where(attention_mask[None], positions, jnp.iinfo(jnp.int32).min)
-    return (jnp.max(masked, axis=(0, 2)) + 1 - length).astype(jnp.int32)
+    masked = xp.where(attention_mask[None], positions, np.iinfo(np.int32).min)
+    return (xp.max(masked, axis=(0, 2)) + 1 - length).astype(np.int32)
 
 
 def _repeat_rows(tree: Any, reps: int, axis: int) -> Any:
@@ -363,18 +365,27 @@ def generate(
     """
     check_global({f.name: getattr(prompts, f.name) for f in dataclasses.fields(prompts)},
                  "sampler.generate")
+    # Nothing here waits for the device (a host sync per call would stall a caller that
+    # dispatches ahead): host prompts are checked and their deltas derived in numpy.
     ids = _on_device(prompts.input_ids, jnp.int32)
     mask = _on_device(prompts.attention_mask, bool)
     pos = _on_device(prompts.positions, jnp.int32)
     _check_prompts(ids, mask, pos)
+    if prompts.rope_deltas is None:
+        host = isinstance(prompts.positions, np.ndarray) and isinstance(prompts.attention_mask,
+                                                                        np.ndarray)
+        deltas = (rope_deltas_from_positions(prompts.positions.astype(np.int32),
+                                             prompts.attention_mask.astype(bool)) if host
+                  else rope_deltas_from_positions(pos, mask))
+    else:
+        _check_deltas(prompts)
+        deltas = prompts.rope_deltas
+    deltas = _on_device(deltas, jnp.int32).reshape(-1)
     graphdef, state = nnx.split(model)
-    deltas = rope_deltas_from_positions(pos, mask)
-    if prompts.rope_deltas is not None:
-        _check_deltas(prompts, deltas)
-        deltas = _on_device(prompts.rope_deltas, jnp.int32).reshape(-1)
     g, t = params.num_generations, params.max_new_tokens
     vocab = adapter.vocab_size(model)
-    knobs = (jnp.float32(params.temperature), jnp.int32(params.top_k), jnp.float32(params.top_p))
+    # Host scalars (numpy): traced by the jit without a device dispatch each.
+    knobs = (np.float32(params.temperature), np.int32(params.top_k), np.float32(params.top_p))
     # A fixed-size stop array (-1 never matches) keeps the stop set out of the compile key.
     if len(params.stop_ids) > MAX_STOP_IDS:
         raise ValueError(f"at most {MAX_STOP_IDS} stop ids, got {len(params.stop_ids)}")
@@ -387,7 +398,7 @@ def generate(
         # on their shards instead (segments only); shard-local compaction is not built.
         plan = dataclasses.replace(plan, unit_buckets=1)
     out = _rollout(adapter, graphdef, state, ids, pos, mask, deltas, prompts.vision, key, knobs,
-                   (jnp.asarray(stop), forbidden), g, t, params.pad_id, params.sampling_class,
+                   (stop, forbidden), g, t, params.pad_id, params.sampling_class,
                    plan)
     return Rollout(*out)
 
@@ -413,15 +424,16 @@ def _on_device(x: Any, dtype: Any) -> jax.Array:
     return jnp.asarray(x, dtype)
 
 
-def _check_deltas(prompts: PromptBatch, derived: jax.Array) -> None:
+def _check_deltas(prompts: PromptBatch) -> None:
     """Host-side prompts only (no device sync): given deltas must match the positions, else the
     prompts were re-padded after `get_rope_index` and decoding would continue at wrong positions."""
     given = prompts.rope_deltas
     if not all(isinstance(x, np.ndarray) for x in (given, prompts.positions,
                                                    prompts.attention_mask)):
         return
-    given = np.asarray(given).reshape(-1)
-    derived = np.asarray(derived)
+    given = given.reshape(-1)
+    derived = rope_deltas_from_positions(prompts.positions.astype(np.int32),
+                                         prompts.attention_mask.astype(bool))
     if given.shape != derived.shape or np.any(given != derived):
         raise ValueError(
             f"rope_deltas {given.tolist()} do not match the prompt positions (max valid position "
