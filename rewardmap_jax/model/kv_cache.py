@@ -58,12 +58,11 @@ class KVCache:
     def take(self, rows: jax.Array | None, slots: int) -> KVCache:
         """Rows `rows` (R,) int32 (None: all, in place) and the first `slots` slots: a compacted
         decode state. The write index is kept, so it must stay < `slots` for the next write."""
-        def f(x, axis):
+        def f(x):
             x = x if rows is None else jnp.take(x, rows, axis=0)
-            return jax.lax.slice_in_dim(x, 0, slots, axis=axis)
+            return jax.lax.slice_in_dim(x, 0, slots, axis=_slot_axis(x))
 
-        kv = lambda xs: tuple(f(x, SLOT_AXIS) for x in xs)  # noqa: E731
-        return self.replace(k=kv(self.k), v=kv(self.v), valid=f(self.valid, 1))
+        return self.replace(k=tuple(map(f, self.k)), v=tuple(map(f, self.v)), valid=f(self.valid))
 
     def put(self, sub: KVCache, rows: jax.Array | None) -> KVCache:
         """Writes `take(rows, slots)`'s (updated) result back: rows `rows`, slots [0, slots)."""

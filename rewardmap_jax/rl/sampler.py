@@ -371,14 +371,11 @@ def generate(
     mask = _on_device(prompts.attention_mask, bool)
     pos = _on_device(prompts.positions, jnp.int32)
     _check_prompts(ids, mask, pos)
+    derived = _host_deltas(prompts)
     if prompts.rope_deltas is None:
-        host = isinstance(prompts.positions, np.ndarray) and isinstance(prompts.attention_mask,
-                                                                        np.ndarray)
-        deltas = (rope_deltas_from_positions(prompts.positions.astype(np.int32),
-                                             prompts.attention_mask.astype(bool)) if host
-                  else rope_deltas_from_positions(pos, mask))
+        deltas = rope_deltas_from_positions(pos, mask) if derived is None else derived
     else:
-        _check_deltas(prompts)
+        _check_deltas(prompts.rope_deltas, derived)
         deltas = prompts.rope_deltas
     deltas = _on_device(deltas, jnp.int32).reshape(-1)
     graphdef, state = nnx.split(model)
@@ -424,16 +421,22 @@ def _on_device(x: Any, dtype: Any) -> jax.Array:
     return jnp.asarray(x, dtype)
 
 
-def _check_deltas(prompts: PromptBatch) -> None:
-    """Host-side prompts only (no device sync): given deltas must match the positions, else the
-    prompts were re-padded after `get_rope_index` and decoding would continue at wrong positions."""
-    given = prompts.rope_deltas
-    if not all(isinstance(x, np.ndarray) for x in (given, prompts.positions,
-                                                   prompts.attention_mask)):
+def _host_deltas(prompts: PromptBatch) -> np.ndarray | None:
+    """The deltas of host-side prompts, derived in numpy; None for device-side prompts."""
+    if not (isinstance(prompts.positions, np.ndarray)
+            and isinstance(prompts.attention_mask, np.ndarray)):
+        return None
+    return rope_deltas_from_positions(prompts.positions.astype(np.int32),
+                                      prompts.attention_mask.astype(bool))
+
+
+def _check_deltas(given: Any, derived: np.ndarray | None) -> None:
+    """Host-side deltas and prompts only (no device sync): given deltas must match the positions,
+    else the prompts were re-padded after `get_rope_index` and decoding would continue at wrong
+    positions."""
+    if derived is None or not isinstance(given, np.ndarray):
         return
     given = given.reshape(-1)
-    derived = rope_deltas_from_positions(prompts.positions.astype(np.int32),
-                                         prompts.attention_mask.astype(bool))
     if given.shape != derived.shape or np.any(given != derived):
         raise ValueError(
             f"rope_deltas {given.tolist()} do not match the prompt positions (max valid position "
