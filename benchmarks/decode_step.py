@@ -311,7 +311,9 @@ def plan_profile(args: argparse.Namespace) -> list[dict[str, Any]]:
         with context():
             args_of_call = rollout_args(sampler, functools.partial(
                 sampler.generate, model, adapter, batch, params, jax.random.key(0), plan))
-            args_of_call = (*args_of_call[:-1], plan)  # as given, also under data parallelism
+            # The plan as given, also under data parallelism (`generate` turns compaction off).
+            args_of_call = tuple(plan if isinstance(a, decode.DecodePlan) else a
+                                 for a in args_of_call)
             c0 = time.process_time()
             compiled = sampler._rollout.lower(*args_of_call).compile()
             cpu = time.process_time() - c0

@@ -9,6 +9,9 @@ Both sides run the same random Qwen2.5-VL weights (transformers builds them; our
 saved directory with `hf_io.load_hf`), the same left-padded prompts with one 84x84 map image each
 (9 image tokens) and G samples per prompt; vision tokens are forbidden on both sides; fp32.
 Timing goes through `benchmarks/harness.py` (interleaved rounds, median and spread, load).
+Our sampler is given the weights split once, `(graphdef, state)`, as the trainer holds them
+(`sampler.split_policy`); transformers is given its module. Each timed round includes
+everything else either side does per call (inputs from host numpy, checks, dispatch).
 
 * default: plain sampling (temperature 1, no truncation), exactly T new tokens (no stop on
   either side). Implementations: `jax_shared` (default adapter: one prompt cache per prompt
@@ -119,6 +122,8 @@ def run_default(args, hf, model, cfg) -> int:
                                     pad_id=cfg.pad_token_id,
                                     forbidden_ids=sampler.vision_special_ids(cfg))
     adapters = {"jax_shared": sampler.QWEN2_5_VL, "jax_repeat": sampler.QWEN2_5_VL_REPEAT}
+    # The weights as the trainer holds them, split once (`sampler.split_policy`).
+    model = sampler.split_policy(model)
     first_s = {}
     for name, adapter in adapters.items():
         t0 = time.perf_counter()
@@ -159,6 +164,7 @@ def run_mixed(args, hf, model, cfg) -> int:
     g, t = args.generations, args.max_new_tokens
     ids, mask, grids, pv = build_prompts(cfg, args.prompts, args.seed)
     batch = prompt_batch(cfg, ids, mask, grids, pv)
+    model = sampler.split_policy(model)  # as in run_default
     base = sampler.SamplingParams(max_new_tokens=t, num_generations=g, temperature=0.0,
                                   pad_id=cfg.pad_token_id,
                                   forbidden_ids=sampler.vision_special_ids(cfg))

@@ -217,6 +217,7 @@ def generate(model: Any, records: Sequence[Record], config: Any, *,
     sp = sampler.params_from_config(config.rl, model.cfg, num_generations=1, temperature=0.0,
                                     max_new_tokens=int(ev.max_new_tokens))
     key = jax.random.key(0)  # greedy: the key is never used for a draw
+    policy = sampler.split_policy(model)  # once, not once per batch
     stopped = False
     bar = tqdm(total=len(records), initial=len(records) - len(todo), desc=desc, unit="q",
                disable=not progress, dynamic_ncols=True)
@@ -229,7 +230,7 @@ def generate(model: Any, records: Sequence[Record], config: Any, *,
             if prompts is not None:
                 n = len(prompts["prompt_ids"])
                 mine = prompts if place is None else ro.take_prompts(prompts, place.rows(n))
-                tokens, lengths, _ = ro.local_outputs(ro.sample(model, mine, sp, key, place, n),
+                tokens, lengths, _ = ro.local_outputs(ro.sample(policy, mine, sp, key, place, n),
                                                       place, n)
                 if place is not None:
                     tokens, lengths = place.gather_rows((tokens, lengths), n)

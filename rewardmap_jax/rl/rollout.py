@@ -204,7 +204,7 @@ def _forward(model, ids, positions, mask, vision, cache):
 ADAPTER = dataclasses.replace(sampler.QWEN2_5_VL, forward=_forward)
 
 
-def sample(model: Any, prompts: dict[str, Any], params: sampler.SamplingParams,
+def sample(model: sampler.Policy, prompts: dict[str, Any], params: sampler.SamplingParams,
            key: jax.Array, place: Placement | None = None, n: int | None = None
            ) -> sampler.Rollout:
     """G samples per prompt (rows b * G + g); images encoded once per prompt.
@@ -233,7 +233,7 @@ def local_outputs(out: sampler.Rollout, place: Placement | None, n: int
     return tuple(place.local(x, n) for x in (out.tokens, out.lengths, out.logp_policy))
 
 
-def rollout(model: Any, prompts: dict[str, Any], batch: dict[str, Any],
+def rollout(model: sampler.Policy, prompts: dict[str, Any], batch: dict[str, Any],
             params: sampler.SamplingParams, key: jax.Array, tokenizer: Any, reward_fn: Any,
             rl: Any, place: Placement | None = None, n: int | None = None) -> RolloutResult:
     """Samples G completions per prompt, decodes and scores this process's, computes

@@ -19,7 +19,8 @@ may be omitted and is then derived from the prompt positions: max over valid tok
 Vision special tokens are masked out of the sampling distribution, so no completion can change
 the prompt's image-token count. Sampling values are traced scalars: changing them never
 recompiles; the shapes (batch, prompt bucket, patch bucket, T, G), the sampling class (greedy /
-plain / top-k-top-p: `sampling.SamplingClass`) and the `DecodePlan` select a compilation.
+plain / top-k-top-p: `sampling.SamplingClass`), the `DecodePlan` and the forbidden ids (fixed by
+the model: its vision special tokens) select a compilation.
 """
 
 from __future__ import annotations
@@ -96,8 +97,9 @@ class ModelAdapter:
 class SamplingParams:
     """Per-call sampling settings. `max_new_tokens`, `num_generations` and the setting's class
     (`sampling_class`: greedy / plain sampling / sampling with top-k or top-p) select a
-    compilation; every value is traced (changing temperature 0.7 -> 1.0 or top_p 0.9 -> 0.8
-    never recompiles)."""
+    compilation, as does the set of `forbidden_ids` (a constant of the program, checked against
+    the vocabulary when it is traced); every other value is traced (changing temperature
+    0.7 -> 1.0, top_p 0.9 -> 0.8 or the stop ids never recompiles)."""
 
     max_new_tokens: int
     num_generations: int = 1
@@ -320,16 +322,17 @@ def _loop(adapter: ModelAdapter, model, cls: sampling.SamplingClass, num_generat
         cls=cls, max_new=max_new, pad_id=pad_id)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 11, 12, 13, 14, 15))
+@functools.partial(jax.jit, static_argnums=(0, 1, 11, 12, 13, 14, 15, 16))
 def _rollout(adapter, graphdef, state, ids, positions, mask, deltas, vision, key, knobs,
-             stop_and_forbidden, num_generations, max_new, pad_id, cls, plan):
+             stop_ids, num_generations, max_new, pad_id, cls, plan, forbidden_ids):
     """Prefill + decode as one program: no host round trip, the loop state never leaves it."""
     TRACE_COUNTS["rollout"] += 1
     model = nnx.merge(graphdef, state)
+    # Built while tracing (the vocabulary is the model's, known here): a constant of the program.
+    forbidden = sampling.forbidden_mask(adapter.vocab_size(model), forbidden_ids)
     logits, cache = _prefill(adapter, model, ids, positions, mask, vision, num_generations,
                              max_new)
     start = jnp.repeat(deltas + ids.shape[1], num_generations)
-    stop_ids, forbidden = stop_and_forbidden
     loop = _loop(adapter, model, cls, num_generations, max_new, ids.shape[1], pad_id)
     out = decode_lib.decode(loop, plan, cache, logits, start, key, knobs, stop_ids, forbidden)
     # Under activation sharding the B*G output rows stay on their prompts' shards.
@@ -337,8 +340,27 @@ def _rollout(adapter, graphdef, state, ids, positions, mask, deltas, vision, key
                  for x in out)
 
 
+# The policy as `generate` takes it: a module, or the (graphdef, state) pair of `nnx.split`.
+Policy = nnx.Module | tuple[nnx.GraphDef, nnx.State]
+
+
+def split_policy(model: Policy) -> tuple[nnx.GraphDef, nnx.State]:
+    """(graphdef, state) of a policy: a module is split, a pair is returned as it is.
+
+    Splitting walks the whole module graph in Python (~2 ms for the tiny model's 56 arrays, more
+    for deeper ones): a caller that holds its weights split (the trainer) or samples many
+    batches with the same weights (evaluation) passes the pair and pays it never or once."""
+    if isinstance(model, nnx.Module):
+        return nnx.split(model)
+    if (isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], nnx.GraphDef)
+            and isinstance(model[1], nnx.State)):
+        return model
+    raise TypeError("the policy must be an nnx.Module or the (graphdef, state) pair of "
+                    f"nnx.split, got {type(model).__name__}")
+
+
 def generate(
-    model: nnx.Module,
+    model: Policy,
     adapter: ModelAdapter,
     prompts: PromptBatch,
     params: SamplingParams,
@@ -348,8 +370,9 @@ def generate(
     """Samples `params.num_generations` completions per prompt.
 
     Args:
-      model: the policy (Flax NNX module; split into graphdef + state on every call, so the latest
-        weights are always used). Its arrays may be sharded: nothing here places data on devices.
+      model: the policy: a Flax NNX module (split on every call, so its latest weights are
+        used), or the `(graphdef, state)` pair of `nnx.split` (`split_policy`), which skips the
+        split. Its arrays may be sharded: nothing here places data on devices.
       adapter: the model contract (see `ModelAdapter`).
       prompts: a left-padded bucketed `PromptBatch` of B prompts: host arrays (one process),
         or global arrays sharded on their batch dim (`rl.placement.Placement.put`), which a
@@ -378,9 +401,8 @@ def generate(
         _check_deltas(prompts.rope_deltas, derived)
         deltas = prompts.rope_deltas
     deltas = _on_device(deltas, jnp.int32).reshape(-1)
-    graphdef, state = nnx.split(model)
+    graphdef, state = split_policy(model)
     g, t = params.num_generations, params.max_new_tokens
-    vocab = adapter.vocab_size(model)
     # Host scalars (numpy): traced by the jit without a device dispatch each.
     knobs = (np.float32(params.temperature), np.int32(params.top_k), np.float32(params.top_p))
     # A fixed-size stop array (-1 never matches) keeps the stop set out of the compile key.
@@ -388,15 +410,14 @@ def generate(
         raise ValueError(f"at most {MAX_STOP_IDS} stop ids, got {len(params.stop_ids)}")
     stop = np.full((MAX_STOP_IDS,), -1, np.int32)
     stop[: len(params.stop_ids)] = params.stop_ids
-    forbidden = sampling.forbidden_mask(vocab, params.forbidden_ids)
     if plan.unit_buckets > 1 and _rows_split(ids):
         # Compaction gathers live prompts from every shard: under data parallelism XLA turns
         # that into an all-reduce of the whole compacted decode state on every device. Rows stay
         # on their shards instead (segments only); shard-local compaction is not built.
         plan = dataclasses.replace(plan, unit_buckets=1)
     out = _rollout(adapter, graphdef, state, ids, pos, mask, deltas, prompts.vision, key, knobs,
-                   (stop, forbidden), g, t, params.pad_id, params.sampling_class,
-                   plan)
+                   stop, g, t, params.pad_id, params.sampling_class, plan,
+                   tuple(sorted(set(params.forbidden_ids))))
     return Rollout(*out)
 
 

@@ -259,9 +259,10 @@ class Trainer:
 
     def _sample_round(self, key: jax.Array):
         batch, prompts = self._prompts(next(self.rl_it))
-        model = nnx.merge(self.graphdef, self.params)
-        res = ro.rollout(model, prompts, batch, self.sp, key, self.tokenizer, self.reward_fn,
-                         self.config.rl, self.place, self.rl_data.batch_size)
+        # The weights as the trainer holds them (no merge here, no split in the sampler).
+        res = ro.rollout((self.graphdef, self.params), prompts, batch, self.sp, key,
+                         self.tokenizer, self.reward_fn, self.config.rl, self.place,
+                         self.rl_data.batch_size)
         return batch, prompts, res
 
     def _dynamic_sampling(self, key, first):

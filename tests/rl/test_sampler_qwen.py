@@ -192,6 +192,33 @@ def test_new_images_same_buckets_do_not_recompile(models):
     assert sampler.TRACE_COUNTS["rollout"] == before
 
 
+def test_split_policy_same_rollout_same_program(models):
+    """The (graphdef, state) pair the trainer holds samples what the module samples, through the
+    same compiled program; anything else is refused, and so is a forbidden id outside the
+    vocabulary (when the program is traced, before anything runs)."""
+    _, model = models
+    cfg = model.cfg
+    params = sampler.SamplingParams(max_new_tokens=T_NEW, num_generations=2, temperature=1.0,
+                                    stop_ids=(EOS,), pad_id=PAD,
+                                    forbidden_ids=sampler.vision_special_ids(cfg))
+    batch, _ = prompt_batch(cfg)
+    want = sampler.generate(model, sampler.QWEN2_5_VL, batch, params, jax.random.key(7))
+    before = sampler.TRACE_COUNTS["rollout"]
+    pair = nnx.split(model)
+    assert sampler.split_policy(pair) is pair
+    got = sampler.generate(pair, sampler.QWEN2_5_VL, batch, params, jax.random.key(7))
+    assert sampler.TRACE_COUNTS["rollout"] == before
+    for name in ("tokens", "lengths", "logp_policy"):
+        np.testing.assert_array_equal(np.asarray(getattr(got, name)),
+                                      np.asarray(getattr(want, name)), err_msg=name)
+    with pytest.raises(TypeError, match="nnx.Module or the .graphdef, state. pair"):
+        sampler.generate(pair[1], sampler.QWEN2_5_VL, batch, params, jax.random.key(7))
+    bad = sampler.SamplingParams(**{**params.__dict__,
+                                    "forbidden_ids": (cfg.text.vocab_size + 3,)})
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        sampler.generate(pair, sampler.QWEN2_5_VL, batch, bad, jax.random.key(7))
+
+
 @pytest.mark.slow
 def test_sharded_model_and_batch_same_rollout(models):
     """Params sharded by the config's logical rules (fsdp + tensor), rows over data: same output."""
