@@ -42,7 +42,11 @@ def _reward_config() -> mlc.ConfigDict:
     r.route_credit_direct = 4.0  # 0-transfer question: the line holds both endpoints
     r.route_credit_transfer = 3.0  # question with transfers: the line exists
     r.transfer_credit = 1.0  # correct transfer station, section index < transfer count
-    r.extra_section_penalty = 5.0  # each section with index >= transfer count
+    r.extra_section_penalty = 5.0  # each section with index >= transfer count + allowance
+    # 0 = official (a plan's last section always pays the penalty); 1 = only sections beyond the
+    # transfers + 1 a plan needs: a deviation that removes the official rule's traps for a weak
+    # policy (docs/rewards.md).
+    r.extra_section_allowance = 0
     r.counting1_step = 0.5  # Counting1 stop list: +/- per stop
     # Official-code switches (docs/rewards.md): the official "baseline" mode keeps the detail
     # reward; ours drops it unless asked. Arrival field: "remainder" = official text after
@@ -197,6 +201,7 @@ def _train_config() -> mlc.ConfigDict:
     # A run directory: a fresh run starts from the params of its latest checkpoint (optimizer,
     # step and data state start afresh; rewardmap_jax/experiments/ablation.py shares warm starts).
     t.init_from = ""
+    t.init_from_step = 0  # the checkpoint of `init_from` to start from; 0 = its latest
     # Map world: also mark the stations a question names on its map (ring = 1st, square = 2nd);
     # the tiny model learns Counting2 from the marker, not from reading labels (tiny_world.md).
     t.highlight_stations = False

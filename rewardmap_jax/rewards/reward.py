@@ -60,6 +60,11 @@ class RewardParams:
     route_credit_transfer: float = 3.0
     transfer_credit: float = 1.0
     extra_section_penalty: float = 5.0
+    # Sections a plan may have beyond its question's transfer count before each further one pays
+    # `extra_section_penalty`: 0 = the official code (every plan's last section pays it, so a
+    # well-formed wrong plan can score below an unparseable answer), 1 = only sections beyond
+    # the transfers + 1 a plan needs (a deviation; docs/rewards.md "planning traps").
+    extra_section_allowance: int = 0
     map_weights: tuple[float, ...] = (1.0, 1.2, 1.5)  # in DIFFICULTIES order
     transfer_bonus: float = 0.5
     format_weight: float = 0.0
@@ -80,6 +85,9 @@ class RewardParams:
             if f.name != "map_weights"
         }
         p = cls(map_weights=map_weights, **kw)
+        if p.extra_section_allowance not in (0, 1):
+            raise ValueError("reward.extra_section_allowance must be 0 (official) or 1, got "
+                             f"{p.extra_section_allowance}")
         if p.mode not in ("difficulty_aware", "baseline"):
             raise ValueError(
                 f"reward.mode must be 'difficulty_aware' or 'baseline', got {p.mode!r}"
@@ -146,7 +154,8 @@ def planning_detail(a: dict[str, jax.Array], member: jax.Array, s1, s2, q, p: Re
     )
     bonus = jnp.where(stops_ok & link & (i + 1 <= qc), p.transfer_credit, 0.0)
     gained = jnp.sum(jnp.where(valid, credit + bonus, 0.0), axis=1)
-    penalty = p.extra_section_penalty * jnp.maximum(n - q, 0).astype(jnp.float32)
+    penalty = p.extra_section_penalty * jnp.maximum(
+        n - q - p.extra_section_allowance, 0).astype(jnp.float32)
     score = jnp.where(ends, p.endpoint_credit + gained - penalty, 0.0)
     return jnp.minimum(score, p.detail_cap)
 

@@ -190,7 +190,8 @@ class Trainer:
         if latest is None:
             init_from = self.config.train.get("init_from")
             if init_from:  # a fresh run starting from another run's params
-                self.params, from_step = ck.load_params(init_from, self.params)
+                step_from = int(self.config.train.get("init_from_step", 0)) or None
+                self.params, from_step = ck.load_params(init_from, self.params, step_from)
                 log.info("initialised from the params of step %d of %s", from_step, init_from)
             if self.phase == "rl" and self._needs_ref():  # no warm start: RL from step 0
                 self.ref_params = jax.tree.map(jnp.copy, self.params)

@@ -96,6 +96,41 @@ def test_transfer_credit_needs_matching_transfer_station():
     assert out["overall"][0] == pytest.approx(2.25)
 
 
+def test_extra_section_allowance_removes_the_planning_traps():
+    """The official rule charges every plan's last section -5. For a policy that cannot yet
+    find the line, that makes a well-formed wrong plan worth less than an unparseable answer,
+    and a one-section answer to a 1-transfer question worth more than a wrong two-section
+    plan. `extra_section_allowance=1` (a deviation) charges only sections beyond the
+    transfers + 1 a plan needs."""
+    a_d, a_f = planning("A", "D", 0), planning("A", "F", 1)
+    wrong_line = plan_text([("Line 2", "A", "D")])
+    one_section = plan_text([("Line 1", "A", "F")])
+    wrong_transfer = plan_text([("Line 1", "A", "C"), ("Line 2", "B", "F")])
+    # Official: wrong line 0.5 * (2 - 5 + 0) = -1.5 < 0 (unparseable); on A->F one section
+    # 0.5 * (2 + 3) * 1.5 = 3.75 > the wrong two-section plan's 0.5 * (2 + 3 - 5 + 3) * 1.5 = 2.25.
+    assert one(a_d, wrong_line) == pytest.approx(-1.5)
+    assert one(a_d, "no plan") == 0.0
+    assert one(a_f, one_section) == pytest.approx(3.75)
+    assert one(a_f, wrong_transfer) == pytest.approx(2.25)
+    # Allowance 1: wrong line 0.5 * (2 + 0) = 1.0 > 0; one section still 3.75, the wrong
+    # two-section plan 0.5 * (2 + 3 + 3) * 1.5 = 6.0 > 3.75; correct plans gain the 5 back:
+    # 0-transfer 10 + 0.5 * (2 + 4) = 13, 1-transfer (10 + 0.5 * (2 + 3 + 1 + 3)) * 1.5 = 21.75.
+    kw = {"extra_section_allowance": 1}
+    assert one(a_d, wrong_line, **kw) == pytest.approx(1.0)
+    assert one(a_f, one_section, **kw) == pytest.approx(3.75)
+    assert one(a_f, wrong_transfer, **kw) == pytest.approx(6.0)
+    assert one(a_d, plan_text([("Line 1", "A", "D")]), **kw) == pytest.approx(13.0)
+    ans = plan_text([("Line 1", "A", "B"), ("Line 2", "B", "F")])
+    assert one(a_f, ans, **kw) == pytest.approx(21.75)
+    # A third section on a 1-transfer question still pays: official detail
+    # 2 + (3 + 1) + (-5 + 3) + (-5 + 3) = 2; allowance 1 charges the third section only, 7.
+    three = plan_text([("Line 1", "A", "B"), ("Line 2", "B", "F"), ("Line 3", "F", "G")])
+    assert one(planning("A", "G", 1), three, "detail", **kw) == pytest.approx(
+        one(planning("A", "G", 1), three, "detail") + 5.0)
+    with pytest.raises(ValueError, match="extra_section_allowance"):
+        one(a_d, wrong_line, extra_section_allowance=2)
+
+
 def test_detail_is_capped_at_ten():
     # A->H with a stated transfer count of 3, answered in 3 chained sections:
     # 2 + (3 + 1) + (3 + 1) + 3 = 13 -> capped to 10; reward = (10 + 5) * 1.5 = 22.5

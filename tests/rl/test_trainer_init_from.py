@@ -25,6 +25,8 @@ def sft_run(tmp_path_factory):
     c = get_config()
     c.sft.steps = 3
     c.train.rl_steps = -1
+    c.checkpoint.every_steps = 1  # checkpoints 1, 2, 3: `init_from_step` picks one
+    c.checkpoint.keep = 5
     trainer.run(c, str(workdir))
     return workdir
 
@@ -90,4 +92,28 @@ def test_init_from_without_checkpoint_is_a_clear_error(tmp_path):
     with ck.CheckpointManager(tmp_path / "run", async_save=False,
                               handle_preemption=False) as mgr:
         with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+            t._restore_or_init(mgr)
+
+
+def test_init_from_step_picks_that_checkpoint(sft_run, tmp_path):
+    c = get_config()
+    c.sft.steps = 0
+    c.train.rl_steps = 1
+    c.train.init_from = str(sft_run)
+    c.train.init_from_step = 2
+    t = trainer.Trainer(c, tmp_path / "run")
+    with ck.CheckpointManager(tmp_path / "run", async_save=False,
+                              handle_preemption=False) as mgr:
+        assert t._restore_or_init(mgr) == 0
+    want, step = ck.load_params(sft_run, t.params, 2)
+    latest, _ = ck.load_params(sft_run, t.params)
+    assert step == 2
+    got = _leaves(t.params)
+    assert all(np.array_equal(a, b) for a, b in zip(got, _leaves(want), strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(got, _leaves(latest), strict=True))
+    c.train.init_from_step = 7  # no such checkpoint: the error names it
+    t = trainer.Trainer(c, tmp_path / "other")
+    with ck.CheckpointManager(tmp_path / "other", async_save=False,
+                              handle_preemption=False) as mgr:
+        with pytest.raises(FileNotFoundError, match="no complete checkpoint for step 7"):
             t._restore_or_init(mgr)

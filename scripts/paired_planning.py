@@ -1,0 +1,79 @@
+"""Held-out planning accuracy and official RewardMap reward of runs against a warm start, paired
+over the questions both answered.
+
+    python scripts/paired_planning.py runs/probes/official/eval/warm_start.json \
+      runs/probes/*/eval/final.json
+
+Every report's planning completions are re-scored with the reward as the official code computes
+it (mode `difficulty_aware`, no format term, `extra_section_allowance` 0), whatever reward its
+run trained with, so runs trained on different rewards compare on one scale. The map world
+(and its records) come from the first report's run (`<run>/config.json`). One line per report:
+mean before -> after, change ± paired standard error over the questions, z, and n.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rewardmap_jax.evaluation.report import load_report  # noqa: E402
+from rewardmap_jax.experiments import collect  # noqa: E402
+
+OFFICIAL = {"mode": "difficulty_aware", "format_weight": 0.0, "extra_section_allowance": 0}
+
+
+def planning_scores(report: dict, world, reward_fn) -> dict[str, tuple[float, float]]:
+    """{uid: (accuracy 0/1, official reward)} of a report's planning questions."""
+    samples = [s for s in report["samples"] if s["type"] == "planning"]
+    if not samples:
+        raise ValueError(f"report {report.get('tag')!r} holds no planning question")
+    if not all("completion" in s for s in samples):
+        raise ValueError(f"report {report.get('tag')!r} lacks completions (re-run evaluation)")
+    uids = [s["uid"] for s in samples]
+    records = [collect.record_of(u, world) for u in uids]
+    reward = np.asarray(reward_fn(records, [s["completion"] for s in samples])["overall"])
+    return {u: (float(float(s["acc"]) > 0.5), float(r))
+            for u, s, r in zip(uids, samples, reward, strict=True)}
+
+
+def paired(base: dict[str, tuple[float, float]], other: dict[str, tuple[float, float]],
+           which: int) -> tuple[float, float, float, float, int]:
+    """(mean before, mean after, change, paired SE, n) over the shared questions."""
+    keys = sorted(set(base) & set(other))
+    if len(keys) < 2:
+        raise ValueError(f"only {len(keys)} shared planning questions")
+    a = np.array([base[k][which] for k in keys])
+    b = np.array([other[k][which] for k in keys])
+    d = b - a
+    return a.mean(), b.mean(), d.mean(), d.std(ddof=1) / math.sqrt(len(d)), len(d)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("base", help="the warm start's report (eval/<tag>.json)")
+    ap.add_argument("reports", nargs="+", help="reports to compare with it")
+    args = ap.parse_args(argv)
+    base_path = Path(args.base)
+    config = collect.load_config(base_path.parent.parent)
+    config["reward"] = {**config["reward"], **OFFICIAL}
+    world, reward_fn = collect.world_of(config), collect.full_reward_fn(config)
+    base = planning_scores(load_report(base_path), world, reward_fn)
+    for path in args.reports:
+        scores = planning_scores(load_report(Path(path)), world, reward_fn)
+        for name, which in (("accuracy", 0), ("official reward", 1)):
+            before, after, change, se, n = paired(base, scores, which)
+            z = change / se if se > 0 else math.nan
+            print(f"{path}: planning {name} {before:.4f} -> {after:.4f}, change {change:+.4f}"
+                  f" ± {se:.4f} (z {z:+.1f}, n {n})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
