@@ -42,12 +42,7 @@ def signed(x: float, digits: int = 3) -> str:
 
 def diff_text(stat: Stat, digits: int = 3) -> str:
     """A paired difference in words: "+0.015 ± 0.020", "+0.015 (one seed)" or "no paired seed"."""
-    m, se, n = stat
-    if not n:
-        return "no paired seed"
-    if not math.isfinite(se):
-        return f"{signed(m, digits)} (one seed)"
-    return f"{signed(m, digits)} ± {se:.{digits}f}"
+    return tables.fmt(stat, digits, signed=True, empty="no paired seed", single=" (one seed)")
 
 
 def t_text(stat: Stat) -> str:

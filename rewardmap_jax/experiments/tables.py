@@ -218,13 +218,17 @@ def question_sets(rows: Iterable[Mapping[str, Any]], task: str
     return out
 
 
-def fmt(stat: tuple[float, float, int], digits: int = 3) -> str:
+def fmt(stat: tuple[float, float, int], digits: int = 3, *, signed: bool = False,
+        empty: str = "-", single: str = "") -> str:
+    """"mean ± SE" of a (mean, SE, n) statistic; `empty` when n is 0, the mean and `single`
+    when the SE is not finite (one seed); `signed` puts a sign on the mean."""
     m, se, n = stat
     if not n:
-        return "-"
+        return empty
+    mean = f"{m:+.{digits}f}" if signed else f"{m:.{digits}f}"
     if not math.isfinite(se):
-        return f"{m:.{digits}f}"
-    return f"{m:.{digits}f} ± {se:.{digits}f}"
+        return mean + single
+    return f"{mean} ± {se:.{digits}f}"
 
 
 def one_line(row: Mapping[str, Any]) -> str:

@@ -148,6 +148,13 @@ def test_compacted_rollout_equals_transformers(models):
     assert expect[0] == 15 and expect.max() == int(out.steps) - 1
 
 
+def sampling_params(cfg):
+    """Plain sampling, G = 2, T_NEW tokens, stop on EOS, vision tokens forbidden."""
+    return sampler.SamplingParams(max_new_tokens=T_NEW, num_generations=2, temperature=1.0,
+                                  stop_ids=(EOS,), pad_id=PAD,
+                                  forbidden_ids=sampler.vision_special_ids(cfg))
+
+
 def test_vision_tokens_never_sampled_when_rigged(models):
     _, model = models
     cfg = model.cfg
@@ -170,9 +177,7 @@ def test_vision_tokens_never_sampled_when_rigged(models):
 def test_new_images_same_buckets_do_not_recompile(models):
     _, model = models
     cfg = model.cfg
-    params = sampler.SamplingParams(max_new_tokens=T_NEW, num_generations=2, temperature=1.0,
-                                    stop_ids=(EOS,), pad_id=PAD,
-                                    forbidden_ids=sampler.vision_special_ids(cfg))
+    params = sampling_params(cfg)
     batch, _ = prompt_batch(cfg)
     sampler.generate(model, sampler.QWEN2_5_VL, batch, params, jax.random.key(0))
     before = sampler.TRACE_COUNTS["rollout"]
@@ -198,9 +203,7 @@ def test_split_policy_same_rollout_same_program(models):
     vocabulary (when the program is traced, before anything runs)."""
     _, model = models
     cfg = model.cfg
-    params = sampler.SamplingParams(max_new_tokens=T_NEW, num_generations=2, temperature=1.0,
-                                    stop_ids=(EOS,), pad_id=PAD,
-                                    forbidden_ids=sampler.vision_special_ids(cfg))
+    params = sampling_params(cfg)
     batch, _ = prompt_batch(cfg)
     want = sampler.generate(model, sampler.QWEN2_5_VL, batch, params, jax.random.key(7))
     before = sampler.TRACE_COUNTS["rollout"]
