@@ -270,7 +270,13 @@ def caveats(rows: Rows) -> list[str]:
            "* The long answer templates are not asked (`route` world: short template only):"
            " under the official arrival rule a long-template answer can never be judged correct"
            " (docs/rewards.md), so asking them would only add questions no policy can get"
-           " right."]
+           " right.",
+           "* The arms trained with the detail reward use it as the official code computes it:"
+           " every plan's last section pays the -5 extra-section penalty, so a well-formed plan"
+           " on the wrong line scores below an unparseable answer and a one-section answer to a"
+           " 1-transfer question above a wrong two-section plan (docs/rewards.md, \"Planning"
+           " traps\"). A policy that cannot yet find the line is pushed to break the format;"
+           " the route probes of docs/training.md measure this from one warm start."]
     by_seed: dict[int, set[str]] = {}
     for r in rows:
         by_seed.setdefault(int(r["seed"]), set()).add(str(r.get("commit", "unknown")))
