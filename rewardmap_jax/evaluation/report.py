@@ -172,7 +172,7 @@ def _plus_table(s: Mapping[str, Any]) -> list[str]:
 
 def _task_table(s: Mapping[str, Any], tasks: Sequence[str]) -> list[str]:
     has_reward = "reward/mean" in s
-    header = ["task", "questions", "accuracy (%)", "majority answer (%)"] + (
+    header = ["task", "questions", "accuracy (%)", "best constant answer (%)"] + (
         ["reward"] if has_reward else [])
     rows = []
     for t in [*tasks, "mean"]:

@@ -19,7 +19,7 @@ Figure names (also the keys of the metrics writer, under `eval/`):
 | `plus/acc`, `plus/acc_count`, `plus/acc_torf`, `plus/acc_<type>` | the VQA questions |
 | `accuracy/<type>`, `accuracy/mean` | every question (planning: short and long together) |
 | `reward/<type>`, `reward/mean` | every question, when a reward function is given |
-| `majority/<type>` | VQA types: the most common answer's rate (chance level), no SE |
+| `majority/<type>` | the best constant answer's rate (chance level), no SE; planning: `summarize` |
 | `weighted/<any reasonmap/ or plus/ name>` | the same, difficulty-weighted (below) |
 
 Difficulty weights are the project's own: the papers report "weighted" figures but publish no
@@ -35,6 +35,7 @@ None when n < 2.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -77,8 +78,9 @@ def score_completions(
     answer_after: str | None = None,
     weights: Mapping[str, Mapping[str, float]] = PROJECT_WEIGHTS,
 ) -> list[dict[str, Any]]:
-    """One row per question: uid, type, template, source, weight, acc, map_score_<mode>
-    (planning), reward (with `reward_fn`, on the whole completion) and the completion."""
+    """One row per question: uid, type, template, source, weight, acc, map_score_<mode> and
+    direct_lines (planning: `metrics.direct_lines`), answer (VQA), reward (with `reward_fn`, on
+    the whole completion) and the completion."""
     if len(records) != len(completions):
         raise ValueError(f"score_completions: {len(records)} records, {len(completions)} texts")
     rewards = None
@@ -94,6 +96,7 @@ def score_completions(
                                "weight": sample_weight(r, weights)}
         if r.type == "planning":
             row.update(metrics.score_planning(r, text, modes_for(r)))
+            row["direct_lines"] = list(metrics.direct_lines(r))
         else:
             row.update(metrics.score_vqa(r, text), answer=r.answer)
         if rewards is not None:
@@ -158,8 +161,10 @@ def sort_key(name: str) -> tuple[int, str]:
 def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """{figure: {"value", "se", "n"}} for every figure some question contributes to, the
     difficulty-weighted `weighted/...` versions of the ReasonMap and Plus figures, and
-    `majority/<type>`: the rate of the most common ground truth of a VQA type among the
-    evaluated questions (what a constant answer scores: the chance level)."""
+    `majority/<type>`, what the best constant answer scores on the evaluated questions (the
+    chance level): for a VQA type the rate of its most common ground truth; for planning the
+    rate of the line that most questions' `direct_lines` hold (a policy that copies the
+    endpoints and always names that line)."""
     out: dict[str, dict[str, Any]] = {}
     for name, (_, vals, ws) in group_rows(rows).items():
         value, se = weighted_mean_se(np.array(vals))
@@ -168,10 +173,14 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
             value, se = weighted_mean_se(np.array(vals), np.array(ws))
             out[WEIGHTED + name] = {"value": value, "se": se, "n": len(vals)}
     for t in task_types(rows):
-        answers = [r["answer"] for r in rows if r["type"] == t and "answer" in r]
-        if answers:
-            top = max(answers.count(a) for a in set(answers))
-            out[f"majority/{t}"] = {"value": top / len(answers), "se": None, "n": len(answers)}
+        if t == "planning":  # each question: the set of constant line answers that are right
+            hits = [set(r["direct_lines"]) for r in rows if r["type"] == t and "direct_lines" in r]
+        else:
+            hits = [{r["answer"]} for r in rows if r["type"] == t and "answer" in r]
+        if hits:
+            counts = Counter(a for h in hits for a in h)
+            top = max(counts.values(), default=0)
+            out[f"majority/{t}"] = {"value": top / len(hits), "se": None, "n": len(hits)}
     return dict(sorted(out.items(), key=lambda kv: sort_key(kv[0])))
 
 

@@ -85,6 +85,17 @@ def planning_accuracy(sections: Sequence[T.Section], record: Record) -> bool:
     return True
 
 
+def direct_lines(record: Record) -> tuple[str, ...]:
+    """The metro lines L on which the one-section plan "L: station_1 -> station_2" passes the
+    accuracy rule above: the questions a constant line answer (copy the endpoints, always name
+    L) gets right. Empty for a question that needs a transfer."""
+    ends = {"departure": record.station_1 or "", "arrival": record.station_2 or ""}
+    return tuple(sorted(
+        line for line in record.metro
+        if planning_accuracy([T.Section(route=line, strict=True, regex_ok=True, **ends)], record)
+    ))
+
+
 # ---------------------------------------------------------------------------------------------
 # Reference names -> metro vocabulary
 

@@ -114,3 +114,18 @@ def test_compare_is_paired_over_uids(tmp_path, capsys):
     assert "| plus/acc_TorF1 | 4 | 50.00 | 75.00 | +25.00 ± 25.00 | +1.0 | 1 / 0 |" in out
     assert (tmp_path / "c.md").read_text() == out
     assert main(["compare", str(pa), str(tmp_path / "missing.json")]) == 1
+
+
+def test_planning_majority_is_the_best_constant_line():
+    # Right constant lines: A->C {Line 1}, B->F {Line 2}, E->F {Line 2}, A->F {} (a transfer):
+    # always answering "Line 2" with the question's endpoints scores 2 of 4.
+    records = [planning("A", "C", 0), planning("B", "F", 0), planning("E", "F", 0),
+               planning("A", "F", 1)]
+    rows = S.score_completions(records, [plan_text([("Line 1", "A", "C")])] * 4)
+    assert [r["direct_lines"] for r in rows] == [["Line 1"], ["Line 2"], ["Line 2"], []]
+    s = S.summarize(rows)
+    assert s["majority/planning"] == {"value": 0.5, "se": None, "n": 4}
+    assert s["accuracy/planning"]["value"] == 0.25  # the policy's own "Line 1": 1 of 4
+    # Rows of reports written before `direct_lines` existed give no planning majority.
+    assert "majority/planning" not in S.summarize(
+        [{k: v for k, v in r.items() if k != "direct_lines"} for r in rows])

@@ -83,3 +83,13 @@ def test_long_via_map_score():
     assert score(rec, ans)["map_score"] == pytest.approx(5 + 13 / 6 + 20)
     # long answers read the arrival per line: the same answer is correct under the metric
     assert score(rec, ans)["acc"] == 1.0
+
+
+def test_direct_lines_are_the_constant_answers_the_accuracy_rule_accepts():
+    # hand_metro: Line 1 A-B-C-D, Line 2 E-B-F, Line 3 F-G-H (B, F annotated as transfers).
+    assert M.direct_lines(planning("A", "C", 0)) == ("Line 1",)
+    assert M.direct_lines(planning("B", "F", 0)) == ("Line 2",)  # annotations cleaned
+    assert M.direct_lines(planning("C", "A", 0)) == ("Line 1",)  # order is not checked
+    assert M.direct_lines(planning("A", "F", 1)) == ()  # needs a transfer
+    shared = {"Red": ["A", "B", "C"], "Blue": ["C", "B", "A", "D"], "Green": ["A", "D"]}
+    assert M.direct_lines(planning("A", "B", 0, metro=shared)) == ("Blue", "Red")
