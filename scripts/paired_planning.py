@@ -8,7 +8,10 @@ Every report's planning completions are re-scored with the reward as the officia
 it (mode `difficulty_aware`, no format term, `extra_section_allowance` 0), whatever reward its
 run trained with, so runs trained on different rewards compare on one scale. The map world
 (and its records) come from the first report's run (`<run>/config.json`). One line per report:
-mean before -> after, change ± paired standard error over the questions, z, and n.
+mean before -> after, change ± paired standard error over the questions, z, and n. Before
+them, for every report: the most common first route name of its plans and the chance level,
+the best constant line's accuracy on its questions (a policy that copies the endpoints and
+always names one line; an accuracy at that level says nothing about reading the map).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,8 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rewardmap_jax.evaluation import scoring  # noqa: E402
 from rewardmap_jax.evaluation.report import load_report  # noqa: E402
 from rewardmap_jax.experiments import collect  # noqa: E402
+from rewardmap_jax.rewards import metrics  # noqa: E402
 
 OFFICIAL = {"mode": "difficulty_aware", "format_weight": 0.0, "extra_section_allowance": 0}
 
@@ -41,6 +47,20 @@ def planning_scores(report: dict, world, reward_fn) -> dict[str, tuple[float, fl
     reward = np.asarray(reward_fn(records, [s["completion"] for s in samples])["overall"])
     return {u: (float(float(s["acc"]) > 0.5), float(r))
             for u, s, r in zip(uids, samples, reward, strict=True)}
+
+
+def line_profile(report: dict, world) -> str:
+    """The most common first route name of a report's plans and the chance level: the best
+    constant line's accuracy on the same questions (`evaluation.scoring`, `majority/planning`)."""
+    samples = [s for s in report["samples"] if s["type"] == "planning"]
+    records = [collect.record_of(s["uid"], world) for s in samples]
+    chance = scoring.best_constant_rate([metrics.direct_lines(r) for r in records])
+    first = Counter(
+        (sections[0].route if (sections := metrics.metric_sections(s["completion"], r.template))
+         else "(no section)") for s, r in zip(samples, records, strict=True))
+    name, count = first.most_common(1)[0]
+    return (f"{count} of {len(samples)} plans ({count / len(samples):.0%}) name {name!r} first;"
+            f" the best constant line scores {chance:.4f} on these questions (chance)")
 
 
 def paired(base: dict[str, tuple[float, float]], other: dict[str, tuple[float, float]],
@@ -64,9 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = collect.load_config(base_path.parent.parent)
     config["reward"] = {**config["reward"], **OFFICIAL}
     world, reward_fn = collect.world_of(config), collect.full_reward_fn(config)
-    base = planning_scores(load_report(base_path), world, reward_fn)
+    base_report = load_report(base_path)
+    base = planning_scores(base_report, world, reward_fn)
+    print(f"{args.base}: {line_profile(base_report, world)}")
     for path in args.reports:
-        scores = planning_scores(load_report(Path(path)), world, reward_fn)
+        report = load_report(Path(path))
+        scores = planning_scores(report, world, reward_fn)
+        print(f"{path}: {line_profile(report, world)}")
         for name, which in (("accuracy", 0), ("official reward", 1)):
             before, after, change, se, n = paired(base, scores, which)
             z = change / se if se > 0 else math.nan

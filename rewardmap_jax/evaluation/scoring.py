@@ -178,10 +178,17 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
         else:
             hits = [{r["answer"]} for r in rows if r["type"] == t and "answer" in r]
         if hits:
-            counts = Counter(a for h in hits for a in h)
-            top = max(counts.values(), default=0)
-            out[f"majority/{t}"] = {"value": top / len(hits), "se": None, "n": len(hits)}
+            out[f"majority/{t}"] = {"value": best_constant_rate(hits), "se": None,
+                                    "n": len(hits)}
     return dict(sorted(out.items(), key=lambda kv: sort_key(kv[0])))
+
+
+def best_constant_rate(hits: Sequence[Iterable[Any]]) -> float:
+    """The share of questions the best constant answer gets right, given each question's set
+    of right answers (`hits`, one per question; VQA: its ground truth, planning: its
+    `direct_lines`)."""
+    counts = Counter(a for h in hits for a in set(h))
+    return max(counts.values(), default=0) / len(hits) if hits else 0.0
 
 
 def task_types(rows: Sequence[Mapping[str, Any]]) -> list[str]:

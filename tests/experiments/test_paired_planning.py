@@ -15,6 +15,7 @@ from rewardmap_jax.config_utils import config_to_dict
 from rewardmap_jax.evaluation.report import FORMAT
 from rewardmap_jax.mapworld.generator import get_world, make_record
 from rewardmap_jax.mapworld.questions import answer_text
+from rewardmap_jax.rewards import metrics as M
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "paired_planning.py"
 MAP_WEIGHT = {"easy": 1.0, "middle": 1.2, "hard": 1.5}
@@ -62,7 +63,16 @@ def test_paired_change_uses_the_official_reward_and_shared_questions(tmp_path, c
     mod = _script()
     assert mod.main([str(base), str(other)]) == 0
     out = capsys.readouterr().out.splitlines()
-    acc, rew = out
+    base_profile, profile, acc, rew = out
+    # The profile: the most common first route name, and the best constant line's accuracy.
+    firsts = [answer_text(r).split("\n")[0].removeprefix("Route Name: ") if i in {0, 1, 2, 3}
+              else "Red Line" for i, r in enumerate(plans[:6])]
+    top = max(set(firsts), key=firsts.count)
+    lines = [set(M.direct_lines(r)) for r in plans[:6]]
+    chance = max(sum(x in h for h in lines) for x in set().union(*lines)) / 6
+    assert profile.startswith(f"{other}: {firsts.count(top)} of 6 plans")
+    assert f"name {top!r} first" in profile and f"scores {chance:.4f}" in profile
+    assert base_profile.startswith(f"{base}: ") and "of 8 plans" in base_profile
     # accuracy over the 6 shared questions: 2/6 -> 4/6; differences (0, 0, 1, 1, 0, 0)
     d = [0, 0, 1, 1, 0, 0]
     mean = sum(d) / 6
