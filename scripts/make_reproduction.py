@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from rewardmap_jax.experiments import ablation, tables  # noqa: E402
+from rewardmap_jax.experiments import ablation, collect, tables  # noqa: E402
 from rewardmap_jax.experiments import discussion as disc  # noqa: E402
 
 RESULTS = ablation.results_path("full")
@@ -70,7 +70,8 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
 
 
 def arm_table(rows: Sequence[Mapping[str, Any]], arms: Sequence[str],
-              names: Sequence[str]) -> list[str]:
+              names: Sequence[str], chance: Mapping[str, float] | None = None) -> list[str]:
+    """Mean ± SE per arm of each metric; with `chance`, a last row of the chance levels."""
     stats = {n: tables.arm_stats(rows, n) for n in names}
     groups = tables.by_arm(rows)
     body = []
@@ -80,7 +81,26 @@ def arm_table(rows: Sequence[Mapping[str, Any]], arms: Sequence[str],
         body.append([f"`{arm}`", str(len(groups[arm]))]
                     + [tables.fmt(stats[n].get(arm, (math.nan, math.nan, 0)), _digits(n))
                        for n in names])
+    if chance:
+        body.append(["*chance: best constant answer*", "-"]
+                    + [f"{chance[n]:.3f}" if n in chance else "-" for n in names])
     return _md_table(["arm", "seeds", *(_label(n) for n in names)], body)
+
+
+def chance_of(rows: Sequence[Mapping[str, Any]], study: Any) -> dict[str, float]:
+    """The chance levels (`collect.chance_levels`) of the held-out questions every row was
+    asked; {} when the rows were asked different questions or keep no per-question results."""
+    if not rows or not all("per_question" in r["final"] for r in rows):
+        return {}
+    asked = {json.dumps({t: e["index"] for t, e in r["final"]["per_question"].items()},
+                        sort_keys=True) for r in rows}
+    if len(asked) != 1:
+        return {}
+    if "chance" in rows[0]["final"]:
+        return dict(rows[0]["final"]["chance"])
+    config = study.base()
+    return collect.chance_levels(collect.world_of(config), config.eval.split,
+                                 rows[0]["final"]["per_question"])
 
 
 def overrides_table(study: Any) -> list[str]:
@@ -194,6 +214,7 @@ def render_scale(rows: Sequence[Mapping[str, Any]], study: Any) -> list[str]:
     arms = [ablation.WARM_START, *study.ARMS]
     planning = tables.planning_metric_names(rows)
     plus = [n for n in tables.plus_metric_names(rows) if n.endswith("/accuracy")]
+    chance = chance_of(rows, study)
     out = [
         _runs_line(rows), "",
         "### Route planning (held-out, full RewardMap reward)",
@@ -201,15 +222,19 @@ def render_scale(rows: Sequence[Mapping[str, Any]], study: Any) -> list[str]:
         "Mean ± standard error over seeds (a single seed shows its value); *reward* is the full"
         " RewardMap reward (correctness, detail, difficulty weight) of the greedy answers,"
         " whatever reward the arm trained with; *@ transfers=k* splits the questions by their"
-        " fewest transfers, *@ map=* by map difficulty.",
+        " fewest transfers, *@ map=* by map difficulty. The last row is the chance level of"
+        " the same questions: what the best constant answer scores (planning: copy the"
+        " endpoints into one section and always name the line that answers most of them;"
+        " `majority/<task>` of docs/evaluation.md).",
         "",
-        *arm_table(rows, arms, planning[:2] + [n for n in planning[2:] if "@transfers" in n]),
+        *arm_table(rows, arms, planning[:2] + [n for n in planning[2:] if "@transfers" in n],
+                   chance),
         "",
-        *arm_table(rows, arms, [n for n in planning if "@map" in n]),
+        *arm_table(rows, arms, [n for n in planning if "@map" in n], chance),
         "",
         "### ReasonMap-Plus tasks (held-out accuracy)",
         "",
-        *arm_table(rows, arms, plus),
+        *arm_table(rows, arms, plus, chance),
         "",
         "### The paper's claims",
         "",
@@ -303,7 +328,8 @@ def render(rows: Sequence[Mapping[str, Any]], study: Any,
                 " this page. **These numbers measure nothing** (a few steps of a model that has"
                 " not learnt the answer formats yet).", "",
                 *render_scale(quick, study)[2:]]
-    out += disc.discussion(rows, CLAIMS, [ablation.WARM_START, *study.ARMS], quick)
+    out += disc.discussion(rows, CLAIMS, [ablation.WARM_START, *study.ARMS], quick,
+                           chance_of(rows, study))
     return "\n".join(out) + "\n"
 
 

@@ -18,7 +18,8 @@ Row layout (`summarize_run`):
      "reward_full": {task: mean},                              # full RewardMap reward
      "planning": {"transfers": {"0": {"n", "accuracy", "reward_full"}, "1": ...},
                   "difficulty": {"easy": {...}, "middle": {...}, "hard": {...}}},
-     "per_question": {task: {"uid": [...], "accuracy": [...], "reward_full": [...]}}}
+     "per_question": {task: {"uid": [...], "accuracy": [...], "reward_full": [...]}},
+     "chance": {metric: rate}}   # the best constant answer on these questions (`chance_levels`)
 
 `per_question` keeps the paired comparisons (warm start vs final) possible from the committed
 rows; the uids are compact (`index` only, the world, split and task are in the row).
@@ -35,8 +36,10 @@ from typing import Any
 
 import numpy as np
 
+from rewardmap_jax.evaluation.scoring import best_constant_rate
 from rewardmap_jax.mapworld.generator import get_world, make_record
 from rewardmap_jax.mapworld.records import DIFFICULTIES, TASK_TYPES, Record
+from rewardmap_jax.rewards.metrics import direct_lines
 
 SUMMARY = Path("eval") / "summary.json"
 
@@ -119,7 +122,34 @@ def summarize_report(report: Mapping[str, Any], world: Any, reward_fn: Any | Non
     if "planning" in by_task:
         row["planning"] = planning_breakdown(row["per_question"]["planning"], world,
                                              [s["uid"] for s in by_task["planning"]])
+    splits = {s["uid"].split("/")[1] for s in report["samples"]}
+    if len(splits) == 1:
+        row["chance"] = chance_levels(world, splits.pop(), row["per_question"])
     return row
+
+
+def chance_levels(world: Any, split: str, per_question: Mapping[str, Mapping[str, Any]]
+                  ) -> dict[str, float]:
+    """The chance level of a row's held-out questions: what the best constant answer scores
+    (the evaluation report's `majority/<task>`; VQA: the most common ground truth, planning:
+    the best constant line, `rewards.metrics.direct_lines`), under `tables.metrics`' names:
+    `<task>/accuracy` and, per subset of the planning questions (the best constant answer of
+    that subset), `planning/accuracy@transfers=<k>` and `planning/accuracy@map=<difficulty>`."""
+    out: dict[str, float] = {}
+    for task, entry in per_question.items():
+        records = [make_record(world, split, int(i), task) for i in entry["index"]]
+        hits = [direct_lines(r) if task == "planning" else (r.answer,) for r in records]
+        out[f"{task}/accuracy"] = best_constant_rate(hits)
+        if task != "planning":
+            continue
+        for label, key in (("transfers", lambda r: str(r.question_transfer_count)),
+                           ("map", lambda r: r.difficulty_city)):
+            groups: dict[str, list[tuple[str, ...]]] = {}
+            for r, h in zip(records, hits, strict=True):
+                groups.setdefault(key(r), []).append(h)
+            for value, subset in groups.items():
+                out[f"planning/accuracy@{label}={value}"] = best_constant_rate(subset)
+    return out
 
 
 def accuracy_of(report: Mapping[str, Any]) -> dict[str, float]:

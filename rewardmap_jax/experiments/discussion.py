@@ -295,10 +295,38 @@ def caveats(rows: Rows) -> list[str]:
     return out + [""]
 
 
+def chance_section(rows: Rows, arms: Sequence[str], chance: Mapping[str, float]) -> list[str]:
+    """Planning accuracy against its chance level (`chance`: metric -> the best constant
+    answer's accuracy on the same questions, `collect.chance_levels`), seed by seed."""
+    names = [n for n in (PLANNING, f"{PLANNING}@transfers=0", f"{PLANNING}@transfers=1")
+             if n in chance]
+    if not names:
+        return []
+    groups = tables.by_arm(rows)
+    out = ["### Against chance", "",
+           "The chance level is what the best constant answer scores on the same questions"
+           " (planning: the question's endpoints in one section, always on the line that"
+           " answers most of them). An accuracy at chance says nothing about reading the map:"
+           " the route probes of docs/training.md ended exactly there, every plan naming one"
+           " line.", ""]
+    for name in names:
+        vals = {a: [tables.metrics(r).get(name, math.nan) for r in groups[a].values()]
+                for a in arms if a in groups}
+        above = [a for a, v in vals.items() if all(x > chance[name] for x in v)]
+        rest = [f"`{a}` ({sum(x > chance[name] for x in v)} of {len(v)})"
+                for a, v in vals.items() if a not in above]
+        out.append(f"* {tables.label(name)}: chance {chance[name]:.3f}; every seed above it:"
+                   f" {', '.join(f'`{a}`' for a in above) or 'no arm'}"
+                   + (f"; seeds above it: {', '.join(rest)}" if rest else "") + ".")
+    return out + [""]
+
+
 def discussion(rows: Rows, claims: Sequence[Claim] = CLAIMS,
-               arms: Sequence[str] = (), quick: Rows = ()) -> list[str]:
+               arms: Sequence[str] = (), quick: Rows = (),
+               chance: Mapping[str, float] | None = None) -> list[str]:
     """The page's Discussion section from the full study's rows (`quick`: the pipeline check's,
-    only mentioned). `arms` orders the arms (the warm start first); by default the rows' order."""
+    only mentioned). `arms` orders the arms (the warm start first); by default the rows' order.
+    `chance`: the questions' chance levels (`chance_section`), when known."""
     arms = list(arms) or list(tables.by_arm(rows))
     out = ["## Discussion", ""]
     if not rows:  # the quick check's rows are not the study: no step counts from them
@@ -312,5 +340,6 @@ def discussion(rows: Rows, claims: Sequence[Claim] = CLAIMS,
     return out + [
         "Every figure below is computed from experiments/results/ablation.jsonl when this page"
         " is generated.", "",
-        *claims_section(rows, claims), *rl_section(rows, arms), *retention_section(rows, arms),
+        *claims_section(rows, claims), *rl_section(rows, arms),
+        *chance_section(rows, arms, chance or {}), *retention_section(rows, arms),
         *collapse_section(rows, claims), *question_section(rows, claims, arms), *caveats(rows)]

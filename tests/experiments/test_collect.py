@@ -74,3 +74,30 @@ def test_planning_breakdown_counts_every_question_once():
 def test_uids_of_another_world_are_refused():
     with pytest.raises(ValueError, match="not from map world"):
         collect.record_of("tiny/val/3/planning", get_world("route"))
+
+
+def test_chance_levels_match_constant_answers_scored_by_the_accuracy_rule():
+    from rewardmap_jax.experiments.collect import chance_levels
+    from rewardmap_jax.mapworld.generator import get_world, make_record
+    from rewardmap_jax.rewards import metrics
+
+    world = get_world("route", highlight=True)
+    idx = list(range(40))
+    chance = chance_levels(world, "val", {"planning": {"index": idx},
+                                          "TorF1": {"index": idx}})
+    plans = [make_record(world, "val", i, "planning") for i in idx]
+    names = {line for r in plans for line in r.metro}
+
+    def best(records):  # every constant line, each answer scored as text by the official rule
+        return max(sum(metrics.score_planning(
+            r, f"Route Name: {name}\nDeparture Stop: {r.station_1}\nArrival Stop: "
+               f"{r.station_2}")["acc"] for r in records) / len(records) for name in names)
+
+    assert chance["planning/accuracy"] == pytest.approx(best(plans))
+    assert 0 < chance["planning/accuracy"] < 1
+    for k in (0, 1):
+        subset = [r for r in plans if r.question_transfer_count == k]
+        assert chance[f"planning/accuracy@transfers={k}"] == pytest.approx(best(subset))
+    assert chance["planning/accuracy@transfers=1"] == 0.0  # no one line joins the endpoints
+    answers = [make_record(world, "val", i, "TorF1").answer for i in idx]
+    assert chance["TorF1/accuracy"] == max(answers.count(a) for a in set(answers)) / 40

@@ -263,3 +263,19 @@ def test_discussion_degrades_without_rows():
     text = _discussion_text(bare)
     assert "The rows keep no per-question results" in text
     assert discussion.discussion([])[0] == "## Discussion"
+
+
+def test_discussion_reads_planning_against_its_chance_level():
+    from rewardmap_jax.experiments import discussion
+
+    study = ablation.load_study(ROOT / "configs" / "ablation.py")
+    arms = [ablation.WARM_START, *study.ARMS]
+    # Seeds' planning (of 100): warm start 20, 20, 20; sparse_rl 20, 21, 19; plus_tasks 20, 19,
+    # 21; detail / difficulty 40 +- 1; rewardmap 25, 27, 23; sft_only 30, 31, 3. Chance .20:
+    # a seed *at* chance is not above it.
+    text = "\n".join(discussion.discussion(_study_rows(), discussion.CLAIMS, arms,
+                                           chance={"planning/accuracy": 0.2}))
+    assert ("* planning accuracy: chance 0.200; every seed above it: `detail`, `difficulty`,"
+            " `rewardmap`; seeds above it: `warm_start` (0 of 3), `sparse_rl` (1 of 3),"
+            " `plus_tasks` (1 of 3), `sft_only` (2 of 3).") in text
+    assert "### Against chance" not in _discussion_text(_study_rows())  # chance unknown
