@@ -228,17 +228,21 @@ def summarize_run(run_dir: str | Path) -> dict[str, Any]:
 
 
 def _format_table(row: Mapping[str, Any]) -> str:
+    chance = row.get("chance", {})
     lines = [f"{row['tag']} (step {row['step']})",
-             "  task        n   accuracy  reward  reward_full"]
+             "  task        n   accuracy  chance  reward  reward_full"]
     for task in TASK_TYPES:
         if task in row["n"]:
             full = row["reward_full"].get(task, math.nan)
             lines.append(f"  {task:10s} {row['n'][task]:4d}  {row['accuracy'][task]:.3f}    "
+                         f"{chance.get(f'{task}/accuracy', math.nan):.3f}  "
                          f"{row['reward'][task]:6.2f}  {full:6.2f}")
     for axis, groups in row.get("planning", {}).items():
+        label = "map" if axis == "difficulty" else axis
         for value, g in groups.items():
-            lines.append(f"  planning {axis}={value}: n {g['n']}, accuracy {g['accuracy']:.3f}, "
-                         f"full reward {g['reward_full']:.2f}")
+            c = chance.get(f"planning/accuracy@{label}={value}", math.nan)
+            lines.append(f"  planning {axis}={value}: n {g['n']}, accuracy {g['accuracy']:.3f}"
+                         f" (chance {c:.3f}), full reward {g['reward_full']:.2f}")
     return "\n".join(lines)
 
 
