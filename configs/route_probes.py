@@ -12,6 +12,10 @@ start) and differs from `official` only in the keys its preset sets:
     python scripts/paired_planning.py runs/probes/official/eval/warm_start.json \
       runs/probes/*/eval/final.json
 
+From the `route` preset's own warm-start length instead (docs/training.md, "From a warm start
+above chance"): `--config.sft.steps=1500` for `official`, and `--config.train.init_from_step=1500`
+for the others.
+
 Presets: `official` (the RewardMap reward as the official code computes it), `format_term`
 (+ the paper's explicit format term, weight 2), `sparse` (correctness only, weight 1: the
 paper's RL baseline), `allowance` (RewardMap with `reward.extra_section_allowance=1`, a
