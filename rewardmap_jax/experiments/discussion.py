@@ -307,8 +307,8 @@ def chance_section(rows: Rows, arms: Sequence[str], chance: Mapping[str, float])
            "The chance level is what the best constant answer scores on the same questions"
            " (planning: the question's endpoints in one section, always on the line that"
            " answers most of them). An accuracy at chance says nothing about reading the map:"
-           " the route probes of docs/training.md ended exactly there, every plan naming one"
-           " line.", ""]
+           " the route probes of docs/training.md from a 1,200-step warm start ended exactly"
+           " there, every plan naming one line.", ""]
     for name in names:
         vals = {a: [tables.metrics(r).get(name, math.nan) for r in groups[a].values()]
                 for a in arms if a in groups}
