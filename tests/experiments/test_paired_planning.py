@@ -67,11 +67,13 @@ def test_paired_change_uses_the_official_reward_and_shared_questions(tmp_path, c
     # The profile: the most common first route name, and the best constant line's accuracy.
     firsts = [answer_text(r).split("\n")[0].removeprefix("Route Name: ") if i in {0, 1, 2, 3}
               else "Red Line" for i, r in enumerate(plans[:6])]
-    top = max(set(firsts), key=firsts.count)
+    top = max(firsts.count(x) for x in firsts)
     lines = [set(M.direct_lines(r)) for r in plans[:6]]
     chance = max(sum(x in h for h in lines) for x in set().union(*lines)) / 6
-    assert profile.startswith(f"{other}: {firsts.count(top)} of 6 plans")
-    assert f"name {top!r} first" in profile and f"scores {chance:.4f}" in profile
+    assert profile.startswith(f"{other}: {top} of 6 plans")
+    # Under a tie any of the most common names may be the one shown.
+    assert any(f"name {x!r} first" in profile for x in firsts if firsts.count(x) == top)
+    assert f"scores {chance:.4f}" in profile
     assert base_profile.startswith(f"{base}: ") and "of 8 plans" in base_profile
     # accuracy over the 6 shared questions: 2/6 -> 4/6; differences (0, 0, 1, 1, 0, 0)
     d = [0, 0, 1, 1, 0, 0]
