@@ -209,12 +209,12 @@ def status(results: Mapping[str, Sequence[Mapping[str, Any]]], study: Any) -> li
     return out
 
 
-def render_scale(rows: Sequence[Mapping[str, Any]], study: Any) -> list[str]:
-    """Tables, claims and curves of one scale's rows."""
+def render_scale(rows: Sequence[Mapping[str, Any]], study: Any,
+                 chance: Mapping[str, float]) -> list[str]:
+    """Tables, claims and curves of one scale's rows (`chance`: their `chance_of`)."""
     arms = [ablation.WARM_START, *study.ARMS]
     planning = tables.planning_metric_names(rows)
     plus = [n for n in tables.plus_metric_names(rows) if n.endswith("/accuracy")]
-    chance = chance_of(rows, study)
     out = [
         _runs_line(rows), "",
         "### Route planning (held-out, full RewardMap reward)",
@@ -262,6 +262,7 @@ def render(rows: Sequence[Mapping[str, Any]], study: Any,
            quick: Sequence[Mapping[str, Any]] = ()) -> str:
     """The page: status, arms, the full study's rows (`rows`) and the quick check's."""
     results = {"full": rows, "quick": quick}
+    chance = chance_of(rows, study)
     out = [
         "# Reproduction: the RewardMap ablation at CPU scale",
         "",
@@ -309,7 +310,7 @@ def render(rows: Sequence[Mapping[str, Any]], study: Any,
         "## The full study",
         "",
     ]
-    out += render_scale(rows, study) if rows else ["Not run yet (see Status).", ""]
+    out += render_scale(rows, study, chance) if rows else ["Not run yet (see Status).", ""]
     out += ["## Learning curves", "",
             "![ablation learning curves](img/ablation_curves.png)", "",
             "Left: held-out planning accuracy every "
@@ -327,9 +328,8 @@ def render(rows: Sequence[Mapping[str, Any]], study: Any,
                 " it shows that each arm trains, resumes, is evaluated and is collected into"
                 " this page. **These numbers measure nothing** (a few steps of a model that has"
                 " not learnt the answer formats yet).", "",
-                *render_scale(quick, study)[2:]]
-    out += disc.discussion(rows, CLAIMS, [ablation.WARM_START, *study.ARMS], quick,
-                           chance_of(rows, study))
+                *render_scale(quick, study, chance_of(quick, study))[2:]]
+    out += disc.discussion(rows, CLAIMS, [ablation.WARM_START, *study.ARMS], quick, chance)
     return "\n".join(out) + "\n"
 
 

@@ -173,10 +173,10 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
             value, se = weighted_mean_se(np.array(vals), np.array(ws))
             out[WEIGHTED + name] = {"value": value, "se": se, "n": len(vals)}
     for t in task_types(rows):
-        if t == "planning":  # each question: the set of constant line answers that are right
-            hits = [set(r["direct_lines"]) for r in rows if r["type"] == t and "direct_lines" in r]
+        if t == "planning":  # each question: the constant line answers that are right
+            hits = [r["direct_lines"] for r in rows if r["type"] == t and "direct_lines" in r]
         else:
-            hits = [{r["answer"]} for r in rows if r["type"] == t and "answer" in r]
+            hits = [(r["answer"],) for r in rows if r["type"] == t and "answer" in r]
         if hits:
             out[f"majority/{t}"] = {"value": best_constant_rate(hits), "se": None,
                                     "n": len(hits)}

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from rewardmap_jax.evaluation.scoring import best_constant_rate
+from rewardmap_jax.experiments.tables import PLANNING_AXES
 from rewardmap_jax.mapworld.generator import get_world, make_record
 from rewardmap_jax.mapworld.records import DIFFICULTIES, TASK_TYPES, Record
 from rewardmap_jax.rewards.metrics import direct_lines
@@ -142,13 +143,10 @@ def chance_levels(world: Any, split: str, per_question: Mapping[str, Mapping[str
         out[f"{task}/accuracy"] = best_constant_rate(hits)
         if task != "planning":
             continue
-        for label, key in (("transfers", lambda r: str(r.question_transfer_count)),
-                           ("map", lambda r: r.difficulty_city)):
-            groups: dict[str, list[tuple[str, ...]]] = {}
-            for r, h in zip(records, hits, strict=True):
-                groups.setdefault(key(r), []).append(h)
-            for value, subset in groups.items():
-                out[f"planning/accuracy@{label}={value}"] = best_constant_rate(subset)
+        for axis, groups in planning_groups(records).items():
+            for value, sel in groups.items():
+                out[f"planning/accuracy@{PLANNING_AXES[axis]}={value}"] = best_constant_rate(
+                    [h for h, keep in zip(hits, sel, strict=True) if keep])
     return out
 
 
@@ -158,25 +156,25 @@ def accuracy_of(report: Mapping[str, Any]) -> dict[str, float]:
             if k.startswith("accuracy/") and k != "accuracy/mean"}
 
 
+def planning_groups(records: Sequence[Record]) -> dict[str, dict[str, np.ndarray]]:
+    """{axis: {value: boolean mask over `records`}} of the planning subsets: by question
+    transfer count (ascending) and by map difficulty (easy, middle, hard); empty ones left out."""
+    keys = {"transfers": np.asarray([str(r.question_transfer_count) for r in records]),
+            "difficulty": np.asarray([r.difficulty_city for r in records])}
+    order = {"transfers": sorted(set(keys["transfers"])), "difficulty": list(DIFFICULTIES)}
+    return {axis: {v: keys[axis] == v for v in order[axis] if (keys[axis] == v).any()}
+            for axis in keys}
+
+
 def planning_breakdown(entry: Mapping[str, Any], world: Any, uids: Sequence[str]
                        ) -> dict[str, Any]:
     """Planning accuracy (and full reward, when re-scored) by question transfer count and by
     map difficulty."""
-    records = [record_of(u, world) for u in uids]
     acc = np.asarray(entry["accuracy"], np.float64)
     rew = np.asarray(entry.get("reward_full", [math.nan] * len(acc)), np.float64)
-    out: dict[str, Any] = {"transfers": {}, "difficulty": {}}
-    keys = {"transfers": [str(r.question_transfer_count) for r in records],
-            "difficulty": [r.difficulty_city for r in records]}
-    order = {"transfers": sorted(set(keys["transfers"])), "difficulty": list(DIFFICULTIES)}
-    for axis, labels in keys.items():
-        labels = np.asarray(labels)
-        for value in order[axis]:
-            sel = labels == value
-            if sel.any():
-                out[axis][value] = {"n": int(sel.sum()), "accuracy": float(acc[sel].mean()),
-                                    "reward_full": float(rew[sel].mean())}
-    return out
+    return {axis: {v: {"n": int(sel.sum()), "accuracy": float(acc[sel].mean()),
+                       "reward_full": float(rew[sel].mean())} for v, sel in groups.items()}
+            for axis, groups in planning_groups([record_of(u, world) for u in uids]).items()}
 
 
 TRAIN_CURVE_KEYS = ("reward/mean", "accuracy/mean", "accuracy/planning", "sft/loss")
@@ -238,9 +236,8 @@ def _format_table(row: Mapping[str, Any]) -> str:
                          f"{chance.get(f'{task}/accuracy', math.nan):.3f}  "
                          f"{row['reward'][task]:6.2f}  {full:6.2f}")
     for axis, groups in row.get("planning", {}).items():
-        label = "map" if axis == "difficulty" else axis
         for value, g in groups.items():
-            c = chance.get(f"planning/accuracy@{label}={value}", math.nan)
+            c = chance.get(f"planning/accuracy@{PLANNING_AXES[axis]}={value}", math.nan)
             lines.append(f"  planning {axis}={value}: n {g['n']}, accuracy {g['accuracy']:.3f}"
                          f" (chance {c:.3f}), full reward {g['reward_full']:.2f}")
     return "\n".join(lines)

@@ -29,6 +29,9 @@ import numpy as np
 
 from rewardmap_jax.mapworld.records import DIFFICULTIES, PLUS_TYPES
 
+# The planning subsets of a row (`collect.planning_groups`): row axis -> metric label.
+PLANNING_AXES = {"transfers": "transfers", "difficulty": "map"}
+
 
 def metrics(row: Mapping[str, Any]) -> dict[str, float]:
     """The named scalars of one run's final held-out evaluation (see the module docstring)."""
@@ -38,7 +41,7 @@ def metrics(row: Mapping[str, Any]) -> dict[str, float]:
         out[f"{task}/accuracy"] = f["accuracy"][task]
         if task in f.get("reward_full", {}):
             out[f"{task}/reward"] = f["reward_full"][task]
-    for axis, label in (("transfers", "transfers"), ("difficulty", "map")):
+    for axis, label in PLANNING_AXES.items():
         for value, g in f.get("planning", {}).get(axis, {}).items():
             out[f"planning/accuracy@{label}={value}"] = g["accuracy"]
             out[f"planning/reward@{label}={value}"] = g["reward_full"]
