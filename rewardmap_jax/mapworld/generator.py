@@ -49,7 +49,10 @@ class WorldConfig:
     max_stations: int = 5
     run_len: tuple[int, int] = (2, 4)  # walk layout: cells per straight run
     connected: bool = False
-    labels: str = "letter"  # letter | place
+    # letter: a random distinct letter per station; grid: the letter of the station's cell,
+    # alphabet[row * grid + col] on every map (a name a model can learn from where the station
+    # is, without reading the glyph); place: invented place names.
+    labels: str = "letter"  # letter | grid | place
     alphabet: str = "EFHKMNPRT"
     second_word_prob: float = 0.3  # place names: chance of a second word ("... Park")
     line_naming: str = "color"  # color | number
@@ -73,7 +76,7 @@ class WorldConfig:
     def __post_init__(self) -> None:
         choices = {
             "layout": ("lshape", "walk"),
-            "labels": ("letter", "place"),
+            "labels": ("letter", "grid", "place"),
             "line_naming": ("color", "number"),
             "transfer_style": ("ring", "dot"),
         }
@@ -89,7 +92,7 @@ class WorldConfig:
             problems.append(f"stations per line {self.min_stations}..{self.max_stations}")
         if self.max_lines > min(self.palette_size, len(names.PALETTE)):
             problems.append(f"max_lines {self.max_lines} > palette_size {self.palette_size}")
-        if self.labels == "letter" and len(set(self.alphabet)) < self.grid * self.grid:
+        if self.letter_labels and len(set(self.alphabet)) < self.grid * self.grid:
             problems.append(
                 f"alphabet of {len(set(self.alphabet))} < {self.grid}x{self.grid} cells"
             )
@@ -103,6 +106,11 @@ class WorldConfig:
             problems.append("train_maps, eval_maps, image_size and grid must be >= 1")
         if problems:
             raise ValueError(f"world {self.name!r}: invalid config: " + "; ".join(problems))
+
+    @property
+    def letter_labels(self) -> bool:
+        """One-letter station names (`letter` or `grid`), drawn in the cell's corner."""
+        return self.labels in ("letter", "grid")
 
     @property
     def cell(self) -> float:
@@ -131,6 +139,22 @@ PRESETS: dict[str, WorldConfig] = {
         max_lines=3,
         connected=True,
         palette_size=4,
+        line_width_scale=0.3,
+        station_radius_scale=0.1,
+        planning_templates=("short",),
+        transfer_style="dot",
+        city_difficulty_bounds=(3, 5),
+    ),
+    # `route` with every station named after its cell (`labels="grid"`): a 1-transfer plan's
+    # transfer station, which no question names, can then be given from where the black disc
+    # is, without reading its letter (docs/mapworld.md).
+    "route_grid": WorldConfig(
+        name="route_grid",
+        min_lines=2,
+        max_lines=3,
+        connected=True,
+        palette_size=4,
+        labels="grid",
         line_width_scale=0.3,
         station_radius_scale=0.1,
         planning_templates=("short",),
@@ -229,10 +253,13 @@ def build_network(world: WorldConfig, rng: np.random.Generator) -> Network | Non
     cells = list(dict.fromkeys(c for path in paths for c in path))
     if world.labels == "letter":
         labels = names.letter_names(rng, world.alphabet, len(cells))
+    elif world.labels == "grid":
+        labels = [world.alphabet[r * world.grid + c] for r, c in cells]
     elif world.labels == "place":
         labels = names.place_names(rng, len(cells), world.second_word_prob)
     else:
-        raise ValueError(f"unknown label kind {world.labels!r}; expected 'letter' or 'place'")
+        raise ValueError(f"unknown label kind {world.labels!r}; "
+                         "expected 'letter', 'grid' or 'place'")
     name_of = dict(zip(cells, labels, strict=True))
     styles = names.line_styles(rng, n_lines, world.line_naming, world.palette_size)
     lines = tuple(

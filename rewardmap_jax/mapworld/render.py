@@ -83,12 +83,12 @@ def label_boxes(network: Network, world: WorldConfig) -> dict[str, tuple[tuple[f
     font = _font(size)
     pad = max(1.0, 0.06 * world.cell)
     out: dict[str, tuple[tuple[float, float], Box]] = {}
-    obstacles = _obstacles(network, world) if world.labels != "letter" else np.zeros((0, 4))
+    obstacles = _obstacles(network, world) if not world.letter_labels else np.zeros((0, 4))
     placed: list[Box] = []
     for name, (x, y) in network.positions:
         left, top, right, bottom = font.getbbox(name)
         w, h = right - left, bottom - top
-        if world.labels == "letter":
+        if world.letter_labels:
             candidates = [(x - world.cell / 2 + pad, y - world.cell / 2 + pad)]
         else:
             gap = radius + pad
@@ -142,7 +142,7 @@ def render_map(network: Network, world: WorldConfig) -> Image.Image:
     font = _font(size)
     boxes = label_boxes(network, world)
     for name, (anchor, box) in boxes.items():
-        if world.labels != "letter":
+        if not world.letter_labels:
             draw.rectangle(box, fill=BACKGROUND)
         draw.text(anchor, name, fill=INK, font=font)
     if world.legend:

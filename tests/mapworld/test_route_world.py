@@ -85,3 +85,26 @@ def test_planning_templates_option_restricts_the_templates():
 def test_bad_route_options_are_rejected(field, value, match):
     with pytest.raises(ValueError, match=match):
         generator.get_world("route", **{field: value})
+
+
+def test_grid_labels_name_every_station_after_its_cell():
+    world = generator.get_world("route_grid")
+    letter_of = {(r, c): world.alphabet[r * world.grid + c]
+                 for r in range(world.grid) for c in range(world.grid)}
+    for i in range(50):
+        net = generator.get_city(world, "train", i).network
+        for name, (x, y) in net.positions:
+            assert name == letter_of[(int(y // world.cell), int(x // world.cell))]
+    # The rest of the world is `route`'s: the same question kinds, 0-1 transfers.
+    rec = generator.make_record(world, "val", 3, "planning")
+    assert rec.template == "short" and rec.question_transfer_count in (0, 1)
+
+
+def test_letter_labels_differ_between_maps():
+    # The `letter` default draws names at random: the same cell carries different letters.
+    world = generator.get_world("route")
+    names_at_centre = {
+        name for i in range(30)
+        for name, (x, y) in generator.get_city(world, "train", i).network.positions
+        if (int(y // world.cell), int(x // world.cell)) == (1, 1)}
+    assert len(names_at_centre) > 3
