@@ -11,7 +11,9 @@ run trained with, so runs trained on different rewards compare on one scale. The
 mean before -> after, change ± paired standard error over the questions, z, and n. Before
 them, for every report: the most common first route name of its plans and the chance level,
 the best constant line's accuracy on its questions (a policy that copies the endpoints and
-always names one line; an accuracy at that level says nothing about reading the map).
+always names one line; an accuracy at that level says nothing about reading the map), and
+its plans counted by the question's transfer count and the plan's number of sections, with the
+share of each judged right (a reward that pays for sections shows up here first).
 """
 
 from __future__ import annotations
@@ -63,6 +65,23 @@ def line_profile(report: dict, world) -> str:
             f" the best constant line scores {chance:.4f} on these questions (chance)")
 
 
+def section_profile(report: dict, world) -> str:
+    """A report's plans by (question transfers / sections in the plan, as the accuracy rule
+    reads them): how many, and the share judged right."""
+    samples = [s for s in report["samples"] if s["type"] == "planning"]
+    count: Counter[tuple[int, int]] = Counter()
+    right: Counter[tuple[int, int]] = Counter()
+    for s in samples:
+        rec = collect.record_of(s["uid"], world)
+        key = (rec.question_transfer_count,
+               len(metrics.metric_sections(s["completion"], rec.template)))
+        count[key] += 1
+        right[key] += float(s["acc"]) > 0.5
+    return "plans by transfers/sections: " + ", ".join(
+        f"{t}/{n} {count[t, n]} ({right[t, n] / count[t, n]:.2f} right)"
+        for t, n in sorted(count))
+
+
 def paired(base: dict[str, tuple[float, float]], other: dict[str, tuple[float, float]],
            which: int) -> tuple[float, float, float, float, int]:
     """(mean before, mean after, change, paired SE, n) over the shared questions."""
@@ -87,10 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     base_report = load_report(base_path)
     base = planning_scores(base_report, world, reward_fn)
     print(f"{args.base}: {line_profile(base_report, world)}")
+    print(f"{args.base}: {section_profile(base_report, world)}")
     for path in args.reports:
         report = load_report(Path(path))
         scores = planning_scores(report, world, reward_fn)
         print(f"{path}: {line_profile(report, world)}")
+        print(f"{path}: {section_profile(report, world)}")
         for name, which in (("accuracy", 0), ("official reward", 1)):
             before, after, change, se, n = paired(base, scores, which)
             z = change / se if se > 0 else math.nan

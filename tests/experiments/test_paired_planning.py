@@ -63,7 +63,7 @@ def test_paired_change_uses_the_official_reward_and_shared_questions(tmp_path, c
     mod = _script()
     assert mod.main([str(base), str(other)]) == 0
     out = capsys.readouterr().out.splitlines()
-    base_profile, profile, acc, rew = out
+    base_profile, base_sections, profile, sections, acc, rew = out
     # The profile: the most common first route name, and the best constant line's accuracy.
     firsts = [answer_text(r).split("\n")[0].removeprefix("Route Name: ") if i in {0, 1, 2, 3}
               else "Red Line" for i, r in enumerate(plans[:6])]
@@ -75,6 +75,15 @@ def test_paired_change_uses_the_official_reward_and_shared_questions(tmp_path, c
     assert any(f"name {x!r} first" in profile for x in firsts if firsts.count(x) == top)
     assert f"scores {chance:.4f}" in profile
     assert base_profile.startswith(f"{base}: ") and "of 8 plans" in base_profile
+    # Sections: a right plan is the reference (transfers + 1 sections), a wrong one has 1.
+    want = {}
+    for i, r in enumerate(plans[:6]):
+        key = (r.question_transfer_count, r.question_transfer_count + 1 if i < 4 else 1)
+        n, k = want.get(key, (0, 0))
+        want[key] = (n + 1, k + (i < 4))
+    assert sections == f"{other}: plans by transfers/sections: " + ", ".join(
+        f"{t}/{s} {n} ({k / n:.2f} right)" for (t, s), (n, k) in sorted(want.items()))
+    assert base_sections.startswith(f"{base}: plans by transfers/sections: ")
     # accuracy over the 6 shared questions: 2/6 -> 4/6; differences (0, 0, 1, 1, 0, 0)
     d = [0, 0, 1, 1, 0, 0]
     mean = sum(d) / 6
