@@ -50,6 +50,11 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         raise ValueError(f"unknown probe {probe!r}; choose one of {PRESETS}")
     c = _load(DEFAULT_CONFIG, "route")
     c.preset = probe
+    # The probes ran on the `route` world with the RewardMap reward (the `route` preset has
+    # since moved to `route_grid` and the sparse reward); `--config.data.mapworld_world=
+    # route_grid` runs them on the demo's world (docs/training.md).
+    c.data.mapworld_world = "route"
+    c.reward.mode = "difficulty_aware"
     c.sft.steps = WARM_START_STEPS
     c.train.rl_steps = RL_STEPS
     c.curriculum.stages = (PERCEPTION, _planning_stage(5.0, 1.0))

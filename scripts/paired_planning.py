@@ -13,7 +13,10 @@ them, for every report: the most common first route name of its plans and the ch
 the best constant line's accuracy on its questions (a policy that copies the endpoints and
 always names one line; an accuracy at that level says nothing about reading the map), and
 its plans counted by the question's transfer count and the plan's number of sections, with the
-share of each judged right (a reward that pays for sections shows up here first).
+share of each judged right (a reward that pays for sections shows up here first). With several
+reports (e.g. the seeds of one configuration), a last line gives the mean change over them ±
+its standard error over the reports (the spread between training runs, which a single run's
+paired SE does not measure).
 """
 
 from __future__ import annotations
@@ -107,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = planning_scores(base_report, world, reward_fn)
     print(f"{args.base}: {line_profile(base_report, world)}")
     print(f"{args.base}: {section_profile(base_report, world)}")
+    changes: dict[str, list[float]] = {"accuracy": [], "official reward": []}
     for path in args.reports:
         report = load_report(Path(path))
         scores = planning_scores(report, world, reward_fn)
@@ -115,8 +119,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, which in (("accuracy", 0), ("official reward", 1)):
             before, after, change, se, n = paired(base, scores, which)
             z = change / se if se > 0 else math.nan
+            changes[name].append(change)
             print(f"{path}: planning {name} {before:.4f} -> {after:.4f}, change {change:+.4f}"
                   f" ± {se:.4f} (z {z:+.1f}, n {n})")
+    if len(args.reports) > 1:
+        for name, values in changes.items():
+            mean, spread = float(np.mean(values)), float(np.std(values, ddof=1))
+            se = spread / math.sqrt(len(values))
+            t = mean / se if se > 0 else math.nan
+            print(f"over the {len(values)} reports: planning {name} change {mean:+.4f} ± "
+                  f"{se:.4f} (SE over reports; t {t:+.1f}; min {min(values):+.4f}, "
+                  f"max {max(values):+.4f})")
     return 0
 
 

@@ -39,6 +39,7 @@ def _official(rec) -> float:
 
 def _write(run: Path, tag: str, plans, right: set[int], reward: dict) -> Path:
     config = config_to_dict(get_config("route"))
+    config["data"]["mapworld_world"] = "route"  # the world the tests' records come from
     config["train"]["highlight_stations"] = True
     config["reward"].update(reward)
     run.mkdir(parents=True, exist_ok=True)
@@ -104,3 +105,25 @@ def test_reports_without_completions_are_refused(tmp_path):
     mod = _script()
     with pytest.raises(ValueError, match="lacks completions"):
         mod.planning_scores(report, world, None)
+
+
+def test_several_reports_get_a_mean_change_with_its_se_over_reports(tmp_path, capsys):
+    world = get_world("route", highlight=True)
+    plans = [make_record(world, "val", i, "planning") for i in range(6)]
+    base = _write(tmp_path / "a", "warm_start", plans, {0}, {})
+    # Accuracy changes +1/6, +3/6 and 0: mean 2/9, SD sqrt(((1/6-2/9)^2+(1/2-2/9)^2+(2/9)^2)/2).
+    runs = [_write(tmp_path / f"r{k}", "final", plans, right, {})
+            for k, right in enumerate(({0, 1}, {0, 1, 2, 3}, {0}))]
+    mod = _script()
+    assert mod.main([str(base), *map(str, runs)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    changes = [1 / 6, 3 / 6, 0.0]
+    mean = sum(changes) / 3
+    se = math.sqrt(sum((c - mean) ** 2 for c in changes) / 2) / math.sqrt(3)
+    line = [x for x in out if x.startswith("over the 3 reports: planning accuracy")]
+    assert line == [f"over the 3 reports: planning accuracy change +{mean:.4f} ± {se:.4f} "
+                    f"(SE over reports; t +{mean / se:.1f}; min +0.0000, max +0.5000)"]
+    # One report: no mean line.
+    capsys.readouterr()
+    assert mod.main([str(base), str(runs[0])]) == 0
+    assert "over the" not in capsys.readouterr().out
