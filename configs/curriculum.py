@@ -3,9 +3,16 @@ r"""RewardMap: supervised warm start, then curriculum GRPO with the RewardMap re
 Presets (`--config configs/curriculum.py:PRESET`):
 
 * `tiny` (default): a tiny Qwen2.5-VL-shaped model on the built-in procedural map world; the whole
-  method end to end on a 2-core laptop CPU.
+  method (RewardMap reward, curriculum) end to end on a 2-core laptop CPU. Its perception tasks
+  learn; route planning does not at this scale (docs/training.md).
 
     python -m rewardmap_jax.main --config configs/curriculum.py --workdir runs/tiny
+
+* `route`: route planning learning on a 2-core CPU (the README's demo): the tiny model on the
+  `route_grid` map world, a warm start half on plans, then GRPO with the sparse correctness
+  reward from perception to planning (docs/planning.md).
+
+    python -m rewardmap_jax.main --config configs/curriculum.py:route --workdir runs/route
 
 * `qwen2_5_vl_3b`, `qwen2_5_vl_7b`: the real policy with the official hyperparameters
   (arXiv 2510.02240, github.com/fscdc/RewardMap; docs/grpo.md), real weights and ReasonMap
@@ -293,7 +300,7 @@ def _route_data(d: mlc.ConfigDict) -> None:
     1-transfer plans)."""
     # Stations named after their cells: a 1-transfer plan's transfer station can be named from
     # where it is. On `route` (random letters) no 1-transfer question is ever answered right at
-    # this scale (docs/training.md).
+    # this scale (docs/planning.md).
     d.mapworld_world = "route_grid"
     # One answer bucket: nearly every SFT batch holds a 1-transfer plan (32 tokens + end), so
     # smaller buckets would only add compilations (one per bucket) for the rare batch without.
@@ -390,7 +397,7 @@ def _tiny_training(c: mlc.ConfigDict) -> None:
     c.log.gallery_every_steps = 100
 
 def _route_training(c: mlc.ConfigDict) -> None:
-    """The planning demo (`route` preset; docs/training.md "The route-planning demo"), applied
+    """The planning demo (`route` preset; docs/planning.md), applied
     on top of `_tiny_training`: only what differs is set here.
 
     The `route_grid` map world (2-3 connected lines, short plans, 0-1 transfers, stations named
@@ -398,7 +405,7 @@ def _route_training(c: mlc.ConfigDict) -> None:
     answer format, half on the five Plus types, then 500 GRPO steps from perception to planning
     (the paper's order) with the paper's sparse RL-baseline reward (correctness only, weight 1).
     At this scale the detail reward does not raise planning accuracy, in its official form or
-    with its off-by-one corrected (docs/training.md): `--config.reward.mode=difficulty_aware`
+    with its off-by-one corrected (docs/planning.md): `--config.reward.mode=difficulty_aware`
     runs the full RewardMap reward instead.
     """
     c.sft.steps = 1500

@@ -1,4 +1,4 @@
-r"""Route-planning probes: which GRPO reward teaches planning at CPU scale (docs/training.md,
+r"""Route-planning probes: which GRPO reward teaches planning at CPU scale (docs/planning.md,
 "Route planning at this scale"), one config per probe.
 
 `official` is the `route` demo shortened to a 1,200-step warm start and 500 GRPO steps, run as
@@ -12,7 +12,7 @@ start) and differs from `official` only in the keys its preset sets:
     python scripts/paired_planning.py runs/probes/official/eval/warm_start.json \
       runs/probes/*/eval/final.json
 
-From the `route` preset's own warm-start length instead (docs/training.md, "From a warm start
+From the `route` preset's own warm-start length instead (docs/planning.md, "From a warm start
 above chance"): `--config.sft.steps=1500` for `official`, and `--config.train.init_from_step=1500`
 for the others.
 
@@ -52,7 +52,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.preset = probe
     # The probes ran on the `route` world with the RewardMap reward (the `route` preset has
     # since moved to `route_grid` and the sparse reward); `--config.data.mapworld_world=
-    # route_grid` runs them on the demo's world (docs/training.md).
+    # route_grid` runs them on the demo's world (docs/planning.md).
     c.data.mapworld_world = "route"
     c.reward.mode = "difficulty_aware"
     c.sft.steps = WARM_START_STEPS

@@ -3,6 +3,7 @@
     python -m rewardmap_jax.experiments.ablation --seeds 3
         [--scale full|quick] [--config configs/ablation.py] [--workdir runs/ablation]
         [--results experiments/results/ablation.jsonl] [--arms sparse_rl,rewardmap] [--dry_run]
+        [--world route_grid]
 
 For every seed: one supervised warm start (`configs/ablation.py:warm_start`), then every arm
 (`configs/ablation.py:<arm>`, the same base config with the overrides of `ARMS`) starts from that
@@ -17,7 +18,9 @@ its held-out results are collected (`collect.summarize_run`) into one line of `-
 arms is printed at the end. docs/reproduction.md is generated from that file by
 `scripts/make_reproduction.py`. `--scale quick` runs the same plan at the config's `quick` sizes
 (minutes: a check that every arm runs, not a measurement) into `runs/ablation_quick` and
-`experiments/results/ablation_quick.jsonl`.
+`experiments/results/ablation_quick.jsonl`. `--world W` runs the same study on another map world
+(every run gets `--config.data.mapworld_world=W`; default workdir and results gain `_W`); a
+results file whose rows ran on another world than the study's is refused before any compute.
 """
 
 from __future__ import annotations
@@ -70,20 +73,33 @@ def is_finished(path: Path) -> bool:
     return not s.get("preempted") and int(s.get("step", -1)) == int(s.get("total", -2))
 
 
-def results_path(scale: str) -> Path:
-    """The committed metric rows of a study scale."""
-    name = "ablation.jsonl" if scale == "full" else f"ablation_{scale}.jsonl"
-    return ROOT / "experiments" / "results" / name
+def results_path(scale: str, world: str = "") -> Path:
+    """The committed metric rows of a study scale (on `world` when it is not the study's)."""
+    name = "ablation" + ("" if scale == "full" else f"_{scale}") + (f"_{world}" if world else "")
+    return ROOT / "experiments" / "results" / f"{name}.jsonl"
 
 
 def command(config_path: Path, arm: str, seed: int, path: Path, init_from: Path | None,
-            scale: str = "full") -> list[str]:
+            scale: str = "full", world: str = "") -> list[str]:
+    """The run's `rewardmap_jax.main` command line (`world`: a map world other than the
+    study config's, as an override)."""
     preset = arm if scale == "full" else f"{arm}@{scale}"
     cmd = [sys.executable, "-m", "rewardmap_jax.main", "--config", f"{config_path}:{preset}",
            "--workdir", str(path), f"--config.seed={seed}"]
     if init_from is not None:
         cmd.append(f"--config.train.init_from={init_from}")
+    if world:
+        cmd.append(f"--config.data.mapworld_world={world}")
     return cmd
+
+
+def check_worlds(rows: dict[tuple[str, int], dict[str, Any]], world: str, path: Path) -> None:
+    """Refuses a results file holding runs on another map world than the study's: its rows
+    would count as finished runs of this study."""
+    other = sorted({str(r["world"]) for r in rows.values() if r.get("world", world) != world})
+    if other:
+        raise SystemExit(f"{path} holds runs on map world {', '.join(other)}, this study runs "
+                         f"on {world!r}: pass another --results (and --workdir)")
 
 
 def git_commit() -> str:
@@ -173,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="default experiments/results/ablation[_<scale>].jsonl")
     ap.add_argument("--arms", default="", help="comma-separated subset of the arms")
     ap.add_argument("--dry_run", action="store_true", help="print the plan and exit")
+    ap.add_argument("--world", default="",
+                    help="map world of every run (default: the study config's)")
     args = ap.parse_args(argv)
     if args.seeds < 1:
         ap.error("--seeds must be >= 1")
@@ -190,10 +208,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error(f"unknown --scale {args.scale!r}; the study has {list(scales)}")
     suffix = "" if args.scale == "full" else f"_{args.scale}"
     for arm in [WARM_START, *arms]:  # every config must load before any compute
-        study.get_config(arm if args.scale == "full" else f"{arm}@{args.scale}")
-    workdir = Path(args.workdir or f"runs/ablation{suffix}").resolve()
-    out_path = Path(args.results) if args.results else results_path(args.scale)
+        config = study.get_config(arm if args.scale == "full" else f"{arm}@{args.scale}")
+    study_world = str(config.data.mapworld_world)
+    world = args.world or study_world
+    if world != study_world:
+        from rewardmap_jax.mapworld.generator import get_world
+
+        get_world(world)  # an unknown world fails here, naming the presets
+    extra = "" if world == study_world else world
+    workdir = Path(args.workdir or f"runs/ablation{suffix}" + (f"_{extra}" if extra else ""))
+    workdir = workdir.resolve()
+    out_path = Path(args.results) if args.results else results_path(args.scale, extra)
     results = read_results(out_path)
+    check_worlds(results, world, out_path)
     order = [WARM_START, *study.ARMS]
     jobs = [(WARM_START, s) for s in range(args.seeds)]
     jobs += [(a, s) for s in range(args.seeds) for a in arms]
@@ -219,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for job in todo:
             init = run_dir(workdir, WARM_START, job[1]) if job[0] != WARM_START else None
             print(" ", " ".join(command(config_path, *job, run_dir(workdir, *job), init,
-                                        args.scale)))
+                                        args.scale, extra)))
         return 0
     from tqdm import tqdm
 
@@ -240,8 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     shown["text"] = text
                     bar.set_description(text)
 
-            timing = train(command(config_path, arm, seed, path, init, args.scale), path,
-                           progress)
+            timing = train(command(config_path, arm, seed, path, init, args.scale, extra),
+                           path, progress)
         row = collect.summarize_run(path)
         row.update(arm=arm, seed=seed, commit=commit, scale=args.scale, **timing)
         results[(arm, seed)] = row

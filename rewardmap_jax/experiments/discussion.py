@@ -276,7 +276,14 @@ def caveats(rows: Rows) -> list[str]:
            " on the wrong line scores below an unparseable answer and a one-section answer to a"
            " 1-transfer question above a wrong two-section plan (docs/rewards.md, \"Planning"
            " traps\"). A policy that cannot yet find the line is pushed to break the format;"
-           " the route probes of docs/training.md measure this from one warm start."]
+           " the route probes of docs/planning.md measure this from one warm start."]
+    if "route" in worlds:
+        out.append("* On the `route` world a transfer station's name (a letter drawn at random"
+                   " per map) has to be read off the map, which the tiny model does not learn:"
+                   " 1-transfer questions are out of reach for every arm, and the detail"
+                   " reward's credit on them can reward only a plan's shape. The `route_grid`"
+                   " world names stations after their cells; docs/planning.md compares the"
+                   " rewards there, over 3 seeds each.")
     by_seed: dict[int, set[str]] = {}
     for r in rows:
         by_seed.setdefault(int(r["seed"]), set()).add(str(r.get("commit", "unknown")))
@@ -307,7 +314,7 @@ def chance_section(rows: Rows, arms: Sequence[str], chance: Mapping[str, float])
            "The chance level is what the best constant answer scores on the same questions"
            " (planning: the question's endpoints in one section, always on the line that"
            " answers most of them). An accuracy at chance says nothing about reading the map:"
-           " the route probes of docs/training.md from a 1,200-step warm start ended exactly"
+           " the route probes of docs/planning.md from a 1,200-step warm start ended exactly"
            " there, every plan naming one line.", ""]
     for name in names:
         vals = {a: [tables.metrics(r).get(name, math.nan) for r in groups[a].values()]

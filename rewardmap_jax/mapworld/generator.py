@@ -130,7 +130,7 @@ PRESETS: dict[str, WorldConfig] = {
         alphabet="EFGHJKLMNPRSTUWY",
         city_difficulty_bounds=(3, 5),
     ),
-    # Route planning a small model can learn (docs/training.md): 2-3 connected lines on the
+    # Route planning a small model can learn (docs/planning.md): 2-3 connected lines on the
     # tiny grid in 4 colours, drawn thick (more line pixels per image token) with small station
     # dots, transfers as filled discs, short-template questions with 0-1 transfers.
     "route": WorldConfig(

@@ -93,3 +93,34 @@ def test_bad_arguments_fail_before_any_run(fake_runs, tmp_path):
         with pytest.raises(SystemExit):
             ablation.main([*bad, "--workdir", str(tmp_path)])
     assert fake_runs == []
+
+
+def test_another_world_is_an_override_of_every_run_and_its_own_results(fake_runs, tmp_path):
+    results = tmp_path / "r.jsonl"
+    args = ["--seeds", "1", "--scale", "quick", "--arms", "sparse_rl", "--world", "route_grid",
+            "--workdir", str(tmp_path / "w"), "--results", str(results)]
+    assert ablation.main(args) == 0
+    assert len(fake_runs) == 2
+    assert all("--config.data.mapworld_world=route_grid" in c for c in fake_runs)
+    # Default paths of a study on another world carry its name.
+    assert ablation.results_path("full", "route_grid").name == "ablation_route_grid.jsonl"
+    assert ablation.results_path("quick").name == "ablation_quick.jsonl"
+    # The study's own world adds no override.
+    fake_runs.clear()
+    own = ["--seeds", "1", "--scale", "quick", "--arms", "sparse_rl", "--workdir",
+           str(tmp_path / "own"), "--results", str(tmp_path / "own.jsonl")]
+    assert ablation.main(own) == 0
+    assert not any(a.startswith("--config.data.mapworld_world") for c in fake_runs for a in c)
+
+
+def test_rows_of_another_world_are_refused_before_any_run(fake_runs, tmp_path):
+    results = tmp_path / "r.jsonl"
+    row = {"arm": "warm_start", "seed": 0, "world": "route", "final": {}}
+    results.write_text(json.dumps(row) + "\n")
+    with pytest.raises(SystemExit, match="map world route, this study runs on 'route_grid'"):
+        ablation.main(["--seeds", "1", "--scale", "quick", "--world", "route_grid",
+                       "--workdir", str(tmp_path / "w"), "--results", str(results)])
+    with pytest.raises(ValueError, match="unknown map-world preset 'nope'"):
+        ablation.main(["--seeds", "1", "--scale", "quick", "--world", "nope",
+                       "--workdir", str(tmp_path / "w"), "--results", str(results)])
+    assert fake_runs == []
