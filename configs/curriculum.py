@@ -416,7 +416,7 @@ def _route_training(c: mlc.ConfigDict) -> None:
     c.train.rl_steps = 500
     # Perception to planning (the paper's order): the Plus types first, then half of the
     # prompts route planning. Stage lengths count curriculum batches: dynamic sampling draws up
-    # to 6 per step, so the 120-batch perception stage lasted 34 steps in the measured run.
+    # to 6 per step, so the 120-batch perception stage lasted 36 steps in the measured run.
     c.curriculum.stages = (
         {"name": "perception", "steps": 120,
          "weights": {"TorF1": 2.0, "TorF2": 2.0, "Counting2": 1.0, "Counting3": 1.0}},

@@ -94,11 +94,14 @@ def chance_of(rows: Sequence[Mapping[str, Any]], study: Any) -> dict[str, float]
         return {}
     asked = {json.dumps({t: e["index"] for t, e in r["final"]["per_question"].items()},
                         sort_keys=True) for r in rows}
-    if len(asked) != 1:
+    worlds = {r.get("world") for r in rows}
+    if len(asked) != 1 or len(worlds) != 1:
         return {}
     if "chance" in rows[0]["final"]:
         return dict(rows[0]["final"]["chance"])
     config = study.base()
+    if rows[0].get("world"):  # the rows' own world (a study run with --world)
+        config.data.mapworld_world = rows[0]["world"]
     return collect.chance_levels(collect.world_of(config), config.eval.split,
                                  rows[0]["final"]["per_question"])
 
@@ -298,8 +301,9 @@ def render(rows: Sequence[Mapping[str, Any]], study: Any,
         "",
         "## Arms",
         "",
-        "Every arm is `base()` of `configs/ablation.py` (the `route` demo's world, model and GRPO"
-        " settings, without dynamic sampling so that every arm draws the same prompts per step)"
+        f"Every arm is `base()` of `configs/ablation.py` (the `{study.WORLD}` map world, the"
+        " `route` demo's model and GRPO settings, the RewardMap reward unless the arm sets"
+        " another, without dynamic sampling so that every arm draws the same prompts per step)"
         " plus exactly these overrides; every RL arm starts from its seed's warm start and runs"
         f" {study.RL_STEPS} GRPO steps ({study.WARM_START_STEPS} warm-start SFT steps before);"
         f" {study.EVAL_PER_TASK} held-out questions per task type per run (maps never seen in"
