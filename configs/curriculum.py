@@ -210,7 +210,7 @@ def _train_config() -> mlc.ConfigDict:
     t.init_from = ""
     t.init_from_step = 0  # the checkpoint of `init_from` to start from; 0 = its latest
     # Map world: also mark the stations a question names on its map (ring = 1st, square = 2nd);
-    # the tiny model learns Counting2 from the marker, not from reading labels (tiny_world.md).
+    # the tiny model learns Counting2 from the marker, not from reading labels (docs/training.md).
     t.highlight_stations = False
     return t
 

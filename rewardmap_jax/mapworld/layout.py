@@ -133,7 +133,7 @@ def layout_lines(
 ) -> list[list[Cell]] | None:
     """`n_lines` paths with no shared segment (and, if `connected`, one network). None on failure.
 
-    `kind`: "lshape" (tiny_world.md: straight run + one turn) or "walk" (metro-like).
+    `kind`: "lshape" (a straight run + one turn) or "walk" (metro-like).
     """
     paths: list[list[Cell]] = []
     used: set[tuple[Cell, Cell]] = set()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 # (name, RGB): distinct, saturated colours that read well on white; the first six are the
-# tiny-world palette of tiny_world.md.
+# palette of the tiny world.
 PALETTE: tuple[tuple[str, tuple[int, int, int]], ...] = (
     ("Red", (220, 30, 40)),
     ("Blue", (30, 80, 220)),

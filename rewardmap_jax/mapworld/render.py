@@ -75,9 +75,9 @@ def _hits(box: Box, others: np.ndarray) -> int:
 def label_boxes(network: Network, world: WorldConfig) -> dict[str, tuple[tuple[float, float], Box]]:
     """Station -> (text anchor (x, y), background box) of its label.
 
-    Letter labels sit in the upper-left corner of the station's cell, where no line runs
-    (tiny_world.md). Place names try positions around the station and take the one that covers
-    the fewest earlier labels, markers and line segments (the first such on ties).
+    Letter labels sit in the upper-left corner of the station's cell, where no line runs (the
+    layouts keep lines on cell centres). Place names try positions around the station and take
+    the one that covers the fewest earlier labels, markers and line segments (first on ties).
     """
     _, radius, size = _sizes(world)
     font = _font(size)
@@ -176,7 +176,7 @@ def highlight_stations(
 ) -> Image.Image:
     """A copy of `image` with a thick ring on `first` and a thick square frame on `second`.
 
-    The label boxes are cut out of the markers, so the letters stay readable (tiny_world.md).
+    The label boxes are cut out of the markers, so the letters stay readable.
     """
     img = image.copy()
     draw = ImageDraw.Draw(img)
