@@ -120,6 +120,22 @@ class WorldConfig:
         return self.train_maps if split == "train" else self.eval_maps
 
 
+# Route planning a small model can learn (docs/planning.md): 2-3 connected lines on the
+# tiny grid in 4 colours, drawn thick (more line pixels per image token) with small station
+# dots, transfers as filled discs, short-template questions with 0-1 transfers.
+_ROUTE = WorldConfig(
+    name="route",
+    min_lines=2,
+    max_lines=3,
+    connected=True,
+    palette_size=4,
+    line_width_scale=0.3,
+    station_radius_scale=0.1,
+    planning_templates=("short",),
+    transfer_style="dot",
+    city_difficulty_bounds=(3, 5),
+)
+
 PRESETS: dict[str, WorldConfig] = {
     "tiny": WorldConfig(),
     "small": WorldConfig(
@@ -130,37 +146,11 @@ PRESETS: dict[str, WorldConfig] = {
         alphabet="EFGHJKLMNPRSTUWY",
         city_difficulty_bounds=(3, 5),
     ),
-    # Route planning a small model can learn (docs/planning.md): 2-3 connected lines on the
-    # tiny grid in 4 colours, drawn thick (more line pixels per image token) with small station
-    # dots, transfers as filled discs, short-template questions with 0-1 transfers.
-    "route": WorldConfig(
-        name="route",
-        min_lines=2,
-        max_lines=3,
-        connected=True,
-        palette_size=4,
-        line_width_scale=0.3,
-        station_radius_scale=0.1,
-        planning_templates=("short",),
-        transfer_style="dot",
-        city_difficulty_bounds=(3, 5),
-    ),
+    "route": _ROUTE,
     # `route` with every station named after its cell (`labels="grid"`): a 1-transfer plan's
     # transfer station, which no question names, can then be given from where the black disc
     # is, without reading its letter (docs/mapworld.md).
-    "route_grid": WorldConfig(
-        name="route_grid",
-        min_lines=2,
-        max_lines=3,
-        connected=True,
-        palette_size=4,
-        labels="grid",
-        line_width_scale=0.3,
-        station_radius_scale=0.1,
-        planning_templates=("short",),
-        transfer_style="dot",
-        city_difficulty_bounds=(3, 5),
-    ),
+    "route_grid": dataclasses.replace(_ROUTE, name="route_grid", labels="grid"),
     "dense": WorldConfig(
         name="dense",
         image_size=1280,
