@@ -39,6 +39,7 @@ from types import ModuleType
 from typing import Any
 
 from rewardmap_jax.experiments import collect, tables
+from rewardmap_jax.mapworld.generator import get_world
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "configs" / "ablation.py"
@@ -184,9 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3, help="seeds per arm (0..N-1)")
     ap.add_argument("--scale", default="full", help="study sizes: a key of the config's SCALES")
     ap.add_argument("--config", default=str(DEFAULT_CONFIG))
-    ap.add_argument("--workdir", default="", help="default runs/ablation[_<scale>]")
+    ap.add_argument("--workdir", default="", help="default runs/ablation[_<scale>][_<world>]")
     ap.add_argument("--results", default="",
-                    help="default experiments/results/ablation[_<scale>].jsonl")
+                    help="default experiments/results/ablation[_<scale>][_<world>].jsonl")
     ap.add_argument("--arms", default="", help="comma-separated subset of the arms")
     ap.add_argument("--dry_run", action="store_true", help="print the plan and exit")
     ap.add_argument("--world", default="",
@@ -212,8 +213,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     study_world = str(config.data.mapworld_world)
     world = args.world or study_world
     if world != study_world:
-        from rewardmap_jax.mapworld.generator import get_world
-
         get_world(world)  # an unknown world fails here, naming the presets
     extra = "" if world == study_world else world
     workdir = Path(args.workdir or f"runs/ablation{suffix}" + (f"_{extra}" if extra else ""))
