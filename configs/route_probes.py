@@ -1,5 +1,5 @@
-r"""Route-planning probes: which GRPO reward teaches planning at CPU scale (docs/planning.md,
-"Route planning at this scale"), one config per probe.
+r"""Route-planning probes: which GRPO reward teaches planning at CPU scale (docs/planning.md),
+one config per probe.
 
 `official` is the `route` demo shortened to a 1,200-step warm start and 500 GRPO steps, run as
 one command; every other probe starts from that run's step-1,200 checkpoint (the same warm
@@ -12,8 +12,8 @@ start) and differs from `official` only in the keys its preset sets:
     python scripts/paired_planning.py runs/probes/official/eval/warm_start.json \
       runs/probes/*/eval/final.json
 
-From the `route` preset's own warm-start length instead (docs/planning.md, "From a warm start
-above chance"): `--config.sft.steps=1500` for `official`, and `--config.train.init_from_step=1500`
+From the `route` preset's own warm-start length instead (docs/planning.md, "On the `route`
+world"): `--config.sft.steps=1500` for `official`, and `--config.train.init_from_step=1500`
 for the others.
 
 Presets: `official` (the RewardMap reward as the official code computes it), `format_term`
